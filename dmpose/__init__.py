@@ -1,0 +1,16 @@
+"""dmpose: 2D human pose estimation with heatmap distribution matching.
+
+Coordinate convention (everywhere in dmpose): in every image space (original image, input crop,
+heatmap) pixel centres sit at integer coordinates; pixel (i, j) covers [j-0.5, j+0.5) x [i-0.5, i+0.5),
+x to the right, y down. Keypoints passed to the loss and returned by the decoders are in heatmap pixels.
+"""
+
+__version__ = "0.1.0"
+
+from dmpose.decode import decode_2x2, decode_argmax
+
+__all__ = [
+    "__version__",
+    "decode_2x2",
+    "decode_argmax",
+]

@@ -1,0 +1,3 @@
+from dmpose.cli import main
+
+main()
