@@ -148,8 +148,10 @@ class _DMLossFunction(torch.autograd.Function):
             solve = dm_sinkhorn_torch
             if opts["backend"] == "triton":
                 from dmpose.kernels.sinkhorn import dm_sinkhorn_triton as solve
+
+                xy, mass = xy.float(), mass.float()  # the kernels take fp32 coordinates and masses
             cost, g, _, _ = solve(
-                heatmaps.reshape(-1, h, w)[idx], xy.float(), mass.float(),
+                heatmaps.reshape(-1, h, w)[idx], xy, mass,
                 eps=float(opts["eps"]), max_iters=opts["max_iters"], tol=float(opts["tol"]), grad=opts["grad"],
             )
             w_sel = flat_w[idx]
