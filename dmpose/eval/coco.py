@@ -91,7 +91,7 @@ def oks(
     g = np.asarray(gt, dtype=np.float64)
     s = np.asarray(sigmas, dtype=np.float64)
     if p.ndim < 2 or p.shape[-1] < 2:
-        raise ValueError(f"oks: pred must be (..., K, 2+) , got shape {p.shape}")
+        raise ValueError(f"oks: pred must be (..., K, 2+), got shape {p.shape}")
     k = p.shape[-2]
     if g.shape[0] != k or g.ndim != 2 or g.shape[-1] < 2:
         raise ValueError(f"oks: gt must be (K={k}, 2+), got shape {g.shape}")
