@@ -356,3 +356,20 @@ def test_oks_nms_rejects_bad_input():
         oks_nms([a], SIGMAS[:16])
     with pytest.raises(ValueError, match="image_id"):
         oks_nms([{k: v for k, v in a.items() if k != "image_id"}], SIGMAS)
+
+
+@needs_sample
+def test_coco_keypoints_are_integer_pixel_indices():
+    """The evidence for passing keypoints to/from COCO unshifted: labelled keypoints are integer pixel
+    indices inside [0, W-1] x [0, H-1], i.e. pixel centres in dmpose's integer-centre convention."""
+    dataset = _gt_dataset()
+    size = {im["id"]: (im["width"], im["height"]) for im in dataset["images"]}
+    n = 0
+    for a in dataset["annotations"]:
+        kp = _kp(a)
+        kp = kp[kp[:, 2] > 0]
+        w, h = size[a["image_id"]]
+        assert np.array_equal(kp[:, :2], np.round(kp[:, :2]))
+        assert (kp[:, 0] >= 0).all() and (kp[:, 0] <= w - 1).all() and (kp[:, 1] >= 0).all() and (kp[:, 1] <= h - 1).all()
+        n += len(kp)
+    assert n == 181
