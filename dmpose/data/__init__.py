@@ -1,0 +1,1 @@
+"""Datasets, keypoint sets, augmentation and the synthetic COCO-format generator."""
