@@ -111,8 +111,9 @@ class TopDownTransform:
         self.augment = augment
         self.padding = float(padding)
         self.aspect_ratio = self.input_size[0] / self.input_size[1]
-        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
-        self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
+        # normalised = pixel * scale + offset, per channel (pixel in 0..255)
+        self.scale = (1.0 / (np.asarray(std, dtype=np.float64) * 255.0)).astype(np.float32)
+        self.offset = (-np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(np.float32)
 
     def draw(self, center, size, keypoints, visible, rng: np.random.Generator | None) -> _Draw:
         """The random centre/size/rotation/flip for one sample (identity when augment is None)."""
@@ -150,14 +151,17 @@ class TopDownTransform:
             kp_hm, vis = kp_hm[perm], vis[perm]
         target = self.codec.encode(kp_hm, vis)
         weights = self.codec.weights(kp_hm, vis)
-        img = (crop.astype(np.float32) - self.mean) * self.inv_std
+        img = np.empty((3, self.input_size[1], self.input_size[0]), np.float32)
+        for ch in range(3):  # channel-first normalisation without float temporaries of the whole crop
+            np.multiply(crop[:, :, ch], self.scale[ch], out=img[ch])
+            img[ch] += self.offset[ch]
         sample_meta = dict(meta or {})
         sample_meta.update(
             center=d.center.copy(), size=d.size.copy(), rotation=d.rotation, flipped=d.flip,
             half_body=d.half_body, affine_input=m_in, affine_heatmap=m_hm,
         )
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
+            "image": torch.from_numpy(img),
             "keypoints_hm": torch.from_numpy(np.where(weights[:, None] > 0, kp_hm, 0.0).astype(np.float32)),
             "weights": torch.from_numpy(weights),
             "target": {k: torch.from_numpy(v) for k, v in target.items()},
