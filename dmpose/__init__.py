@@ -7,10 +7,13 @@ x to the right, y down. Keypoints passed to the loss and returned by the decoder
 
 __version__ = "0.1.0"
 
+from dmpose.codec import DMCodec, GaussianCodec
 from dmpose.decode import decode_2x2, decode_argmax
 
 __all__ = [
     "__version__",
+    "DMCodec",
+    "GaussianCodec",
     "decode_2x2",
     "decode_argmax",
 ]

@@ -99,10 +99,13 @@ def test_loader_reads_synthetic(synth):
     from dmpose.data.transforms import TopDownTransform
 
     t = TopDownTransform((192, 256), (48, 64), DMCodec((48, 64)), load_keypoint_set("coco17"))
-    ann, img = coco_paths(synth, "val2017")
-    ds = CocoKeypoints(ann, img, t, detections=synth / DETECTION_FILE, det_score_threshold=0.0)
+    ds = CocoKeypoints.from_root(synth, "val2017", t, detections=True)
     assert len(ds) == len(json.loads((synth / DETECTION_FILE).read_text()))
     assert ds[0]["image"].shape == (3, 256, 192)
+    train = CocoKeypoints.from_root(synth, "train2017", t)
+    n_labelled = sum(1 for a in json.loads(coco_paths(synth, "train2017")[0].read_text())["annotations"]
+                     if a["num_keypoints"] > 0)
+    assert len(train) <= n_labelled and len(train) > 0
 
 
 def test_deterministic_for_a_seed(synth, tmp_path):

@@ -106,6 +106,14 @@ class CocoKeypoints(Dataset):
         self.detections = None if detections is None else Path(detections)
         self.records = self.gt_records if detections is None else self._load_detections(self.detections, det_score_threshold)
 
+    @classmethod
+    def from_root(cls, root: str | Path, split: str, transform: TopDownTransform,
+                  detections: bool | str | Path = False, det_score_threshold: float = 0.0) -> "CocoKeypoints":
+        """The standard layout under `root`; detections=True uses root/DEFAULT_DETECTION_FILE."""
+        ann_file, image_dir = coco_paths(root, split)
+        det = Path(root) / DEFAULT_DETECTION_FILE if detections is True else (detections or None)
+        return cls(ann_file, image_dir, transform, det, det_score_threshold)
+
     def _load_gt(self, annotations: list) -> list[PersonRecord]:
         k = self.num_keypoints
         records, crowd, unlabelled, empty = [], 0, 0, 0

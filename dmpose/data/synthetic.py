@@ -40,6 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dmpose.data.coco import DEFAULT_DETECTION_FILE as DETECTION_FILE
 from dmpose.data.keypoints import load_keypoint_set
 
 __all__ = ["SynthConfig", "generate_synthetic_coco", "ensure_synthetic", "render_image", "DETECTION_FILE"]
@@ -47,7 +48,6 @@ __all__ = ["SynthConfig", "generate_synthetic_coco", "ensure_synthetic", "render
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-DETECTION_FILE = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
 _MARKER = ".complete.json"
 
 # COCO-17 joint indices
