@@ -17,23 +17,25 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.geometry import invert_affine
+from dmpose.loss import heatmap_weights
 
 __all__ = ["DMCodec", "GaussianCodec", "build_codec", "keypoint_weights", "heatmap_to_image", "image_to_heatmap"]
 
 
 def keypoint_weights(keypoints_hm, visible, heatmap_size_wh) -> np.ndarray:
-    """(K,) float32: 1 for v > 0 and the dot inside [-0.5, W-0.5) x [-0.5, H-0.5), else 0."""
+    """(K,) float32 numpy weights by `dmpose.loss.heatmap_weights` (the one rule): 1 for v > 0 and the dot
+    inside [-0.5, W-0.5) x [-0.5, H-0.5), else 0. heatmap_size_wh is (W, H)."""
     kp = np.asarray(keypoints_hm, dtype=np.float64)
     vis = np.asarray(visible)
     if kp.ndim != 2 or kp.shape[1] != 2 or vis.shape != kp.shape[:1]:
         raise ValueError(f"keypoints must be (K, 2) and visible (K,), got {kp.shape} and {vis.shape}")
     w, h = heatmap_size_wh
-    inside = (kp[:, 0] >= -0.5) & (kp[:, 0] < w - 0.5) & (kp[:, 1] >= -0.5) & (kp[:, 1] < h - 0.5)
-    return ((vis > 0) & inside & np.isfinite(kp).all(axis=1)).astype(np.float32)
+    return heatmap_weights(torch.from_numpy(kp), torch.from_numpy(vis.astype(np.float64)), (h, w)).numpy()
 
 
 def _batched_affine(points, affines) -> np.ndarray:

@@ -3,9 +3,7 @@ augmented crops whose keypoints still sit on the marker pixels, eval-mode round 
 
 import json
 import logging
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +17,6 @@ from dmpose.data.keypoints import load_keypoint_set
 from dmpose.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, TopDownTransform
 from dmpose.geometry import apply_affine, compose_affine, invert_affine
 
-SHARED = Path(os.environ.get("DMPOSE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-SAMPLE = SHARED / "coco_sample"
-needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"shared COCO sample not found at {SAMPLE}")
 COCO17 = load_keypoint_set("coco17")
 
 
@@ -34,30 +29,27 @@ def denormalise(image_tensor):
     return img * np.array(IMAGENET_STD, np.float32) * 255 + np.array(IMAGENET_MEAN, np.float32) * 255
 
 
-@needs_sample
-def test_sample_counts_and_logged_filtering(caplog):
+def test_sample_counts_and_logged_filtering(coco_sample, caplog):
     with caplog.at_level(logging.INFO, logger="dmpose.data.coco"):
-        ds = CocoKeypoints(SAMPLE / "test_coco.json", SAMPLE, make_transform())
+        ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, make_transform())
     assert len(ds) == 12  # 14 persons, 2 with num_keypoints 0
     assert sum(int((r.keypoints[:, 2] > 0).sum()) for r in ds.records) == 181
     assert "12 person boxes kept" in caplog.text and "2 without labelled keypoints" in caplog.text
     assert {r.annotation_id for r in ds.records}.isdisjoint({1202706, 508900})
 
 
-@needs_sample
-def test_detections_threshold():
-    dets = json.loads((SAMPLE / "test_coco_det_AP_H_56.json").read_text())
-    ds = CocoKeypoints(SAMPLE / "test_coco.json", SAMPLE, make_transform(), SAMPLE / "test_coco_det_AP_H_56.json")
+def test_detections_threshold(coco_sample):
+    dets = json.loads((coco_sample / "test_coco_det_AP_H_56.json").read_text())
+    ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, make_transform(), coco_sample / "test_coco_det_AP_H_56.json")
     assert len(ds) == len(dets) == 118
-    ds = CocoKeypoints(SAMPLE / "test_coco.json", SAMPLE, make_transform(), SAMPLE / "test_coco_det_AP_H_56.json", 0.5)
+    ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, make_transform(), coco_sample / "test_coco_det_AP_H_56.json", 0.5)
     assert len(ds) == sum(d["score"] >= 0.5 for d in dets)
     s = ds[0]
     assert s["meta"]["annotation_id"] == -1 and s["meta"]["score"] >= 0.5 and s["weights"].sum() == 0
 
 
-@needs_sample
-def test_eval_mode_round_trip_and_crop_matches_affine():
-    ds = CocoKeypoints(SAMPLE / "test_coco.json", SAMPLE, make_transform())
+def test_eval_mode_round_trip_and_crop_matches_affine(coco_sample):
+    ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, make_transform())
     for i in range(len(ds)):
         s = ds[i]
         meta, kps = s["meta"], s["meta"]["keypoints"]
@@ -68,7 +60,7 @@ def test_eval_mode_round_trip_and_crop_matches_affine():
         kp_hm = apply_affine(kps[:, :2], meta["affine_heatmap"])
         inside = np.all((kp_hm >= -0.5) & (kp_hm < np.array([47.5, 63.5])), axis=1)
         np.testing.assert_array_equal(w, (kps[:, 2] > 0) & inside)
-    crop = warp_affine(read_image(SAMPLE / ds.records[-1].file_name), meta["affine_input"], (192, 256))
+    crop = warp_affine(read_image(coco_sample / ds.records[-1].file_name), meta["affine_input"], (192, 256))
     np.testing.assert_allclose(denormalise(s["image"]), crop, atol=1e-3)
 
 
@@ -78,12 +70,11 @@ def blob_image(shape_hw, point, sigma):
     return np.exp(-((xx - point[0]) ** 2 + (yy - point[1]) ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
-@needs_sample
-def test_augmented_crops_keep_keypoints_on_their_pixels():
+def test_augmented_crops_keep_keypoints_on_their_pixels(coco_sample):
     """Render a Gaussian marker at each labelled joint in the image, warp it with the sample's affine,
     and check the marker's centroid in the crop lands where keypoints_hm says (with the left/right swap)."""
     aug = AugmentConfig(rotation_prob=1.0, flip_prob=0.5, half_body_prob=0.3)
-    ds = CocoKeypoints(SAMPLE / "test_coco.json", SAMPLE, make_transform(aug))
+    ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, make_transform(aug))
     torch.manual_seed(0)
     flips, checked = set(), 0
     for i in [0, 3, 7, 11] * 2:
@@ -91,7 +82,7 @@ def test_augmented_crops_keep_keypoints_on_their_pixels():
         meta = s["meta"]
         flips.add(meta["flipped"])
         # 1) the crop is the original image warped by the sample's input affine
-        image = read_image(SAMPLE / ds.records[i].file_name)
+        image = read_image(coco_sample / ds.records[i].file_name)
         np.testing.assert_allclose(denormalise(s["image"]), warp_affine(image, meta["affine_input"], (192, 256)),
                                    atol=1e-3)
         # 2) each joint's marker sits at keypoints_hm (mapped to input pixels)
@@ -117,10 +108,9 @@ def test_augmented_crops_keep_keypoints_on_their_pixels():
     assert flips == {True, False} and checked > 50
 
 
-@needs_sample
-def test_gaussian_targets_and_collate():
+def test_gaussian_targets_and_collate(coco_sample):
     codec = GaussianCodec((48, 64), sigma=2.0, flavour="unbiased")
-    ds = CocoKeypoints(SAMPLE / "test_coco.json", SAMPLE, make_transform(AugmentConfig(), codec))
+    ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, make_transform(AugmentConfig(), codec))
     batch = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     assert batch["image"].shape == (4, 3, 256, 192) and batch["image"].dtype == torch.float32
     assert batch["target"]["heatmaps"].shape == (4, 17, 64, 48)
@@ -174,12 +164,11 @@ def test_bad_inputs(tmp_path):
         CocoKeypoints(ann, img, t)[0]
 
 
-@needs_sample
-def test_standard_layout(tmp_path):
+def test_standard_layout(coco_sample, tmp_path):
     from dmpose.data.coco import coco_paths
 
     (tmp_path / "annotations").mkdir()
     (tmp_path / "val2017").mkdir()
-    shutil.copy(SAMPLE / "test_coco.json", tmp_path / "annotations" / "person_keypoints_val2017.json")
+    shutil.copy(coco_sample / "test_coco.json", tmp_path / "annotations" / "person_keypoints_val2017.json")
     ann, img = coco_paths(tmp_path, "val2017")
     assert ann.is_file() and img.is_dir()

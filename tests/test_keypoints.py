@@ -2,16 +2,12 @@
 skeleton); custom YAML loads; bad YAML fails with a message naming the field."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from pycocotools.cocoeval import Params
 
 from dmpose.data.keypoints import KeypointSet, builtin_keypoint_sets, load_keypoint_set
-
-SHARED = Path(os.environ.get("DMPOSE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def test_builtins():
@@ -30,11 +26,8 @@ def test_builtins():
         assert set(ks.upper_body) | set(ks.lower_body) == set(range(ks.num_keypoints))
 
 
-def test_coco17_matches_coco_category():
-    path = SHARED / "coco_sample" / "test_coco.json"
-    if not path.is_file():
-        pytest.skip(f"shared COCO sample not found at {path}")
-    cat = json.loads(path.read_text())["categories"][0]
+def test_coco17_matches_coco_category(coco_sample):
+    cat = json.loads((coco_sample / "test_coco.json").read_text())["categories"][0]
     coco = load_keypoint_set("coco17")
     assert list(coco.names) == cat["keypoints"]
     assert {tuple(sorted(p)) for p in coco.skeleton} == {tuple(sorted((a - 1, b - 1))) for a, b in cat["skeleton"]}

@@ -1,8 +1,6 @@
 """MPII json pipeline on the real sample (shared/data/mpii_sample) and the gt_valid.mat-style reader."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +13,6 @@ from dmpose.data.mpii import MpiiKeypoints, load_mpii_gt
 from dmpose.data.transforms import AugmentConfig, TopDownTransform
 from dmpose.geometry import apply_affine
 
-SHARED = Path(os.environ.get("DMPOSE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-SAMPLE = SHARED / "mpii_sample"
-needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"shared MPII sample not found at {SAMPLE}")
 MPII16 = load_keypoint_set("mpii16")
 
 
@@ -25,10 +20,9 @@ def transform(augment=None):
     return TopDownTransform((256, 256), (64, 64), DMCodec((64, 64)), MPII16, augment)
 
 
-@needs_sample
-def test_sample_conversion_matches_official_loader():
-    raw = json.loads((SAMPLE / "test_mpii.json").read_text())
-    ds = MpiiKeypoints(SAMPLE / "test_mpii.json", SAMPLE, transform())
+def test_sample_conversion_matches_official_loader(mpii_sample):
+    raw = json.loads((mpii_sample / "test_mpii.json").read_text())
+    ds = MpiiKeypoints(mpii_sample / "test_mpii.json", mpii_sample, transform())
     assert len(ds) == 5 and sum(int(r.keypoints[:, 2].sum()) for r in ds.records) == 76
     for rec, a in zip(ds.records, raw):
         s = a["scale"]
@@ -40,9 +34,8 @@ def test_sample_conversion_matches_official_loader():
     assert ds.records[0].image == raw[0]["image"]
 
 
-@needs_sample
-def test_samples_eval_and_augmented():
-    ds = MpiiKeypoints(SAMPLE / "test_mpii.json", SAMPLE, transform())
+def test_samples_eval_and_augmented(mpii_sample):
+    ds = MpiiKeypoints(mpii_sample / "test_mpii.json", mpii_sample, transform())
     s = ds[1]
     rec = ds.records[1]
     np.testing.assert_allclose(apply_affine(rec.center, s["meta"]["affine_input"]), [127.5, 127.5], atol=1e-9)
@@ -51,7 +44,7 @@ def test_samples_eval_and_augmented():
     np.testing.assert_allclose(s["keypoints_hm"].numpy()[w], kp_hm[w], atol=1e-4)
     assert s["image"].shape == (3, 256, 256)
     torch.manual_seed(1)
-    aug = MpiiKeypoints(SAMPLE / "test_mpii.json", SAMPLE, transform(AugmentConfig(flip_prob=1.0, rotation_prob=1.0)))
+    aug = MpiiKeypoints(mpii_sample / "test_mpii.json", mpii_sample, transform(AugmentConfig(flip_prob=1.0, rotation_prob=1.0)))
     s = aug[1]
     assert s["meta"]["flipped"]
     kp_hm = apply_affine(rec.keypoints[:, :2], s["meta"]["affine_heatmap"])[MPII16.flip_index]
