@@ -8,9 +8,13 @@ x to the right, y down. Keypoints passed to the loss and returned by the decoder
 __version__ = "0.1.0"
 
 from dmpose.decode import decode_2x2, decode_argmax
+from dmpose.models import build_model, load_model, save_checkpoint
 
 __all__ = [
     "__version__",
     "decode_2x2",
     "decode_argmax",
+    "build_model",
+    "load_model",
+    "save_checkpoint",
 ]
