@@ -6,6 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's forward passes on one thread: on a loaded 2-core machine, two OpenMP threads
+    competing with other processes made HRNet-W32 forwards 50x slower than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def shared_dir() -> Path:

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from dmpose.models import build_model, list_models
-from official_keys import read_key_fixture
+from official_keys import read_key_fixture, single_thread
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+assert single_thread  # imported for its fixture
 
 # Published parameter counts (HRNet paper, Table 1, 17 joints), in millions, to the nearest 0.1M.
 PUBLISHED_PARAMS_M = {

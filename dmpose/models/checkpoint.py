@@ -212,14 +212,14 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if missing or unexpected or misshaped:
         raise ValueError(
             f"{path}: weights do not fit {meta['arch']} with {meta['num_joints']} joints: "
-            + _list_problems(missing=missing, unexpected=unexpected, misshaped=misshaped)
+            + list_key_problems(missing=missing, unexpected=unexpected, misshaped=misshaped)
         )
     model.load_state_dict(state, strict=True)
     model.checkpoint_meta = meta
     return model.to(map_location).eval()
 
 
-def _list_problems(limit: int = 10, **groups: list[str]) -> str:
+def list_key_problems(limit: int = 10, **groups: list[str]) -> str:
     parts = []
     for name, keys in groups.items():
         if keys:
