@@ -205,3 +205,22 @@ def test_source_reading_errors(tmp_path, tiny_state):
 def test_unknown_arch_is_a_clear_error(tiny_state):
     with pytest.raises(ValueError, match="unknown model 'hrnet_w7'"):
         convert_state_dict(tiny_state, "hrnet_w7")
+
+
+def test_cli_convert_reports_a_partial_load_as_a_table(tmp_path, tiny_state):
+    from typer.testing import CliRunner
+
+    from dmpose.cli import app
+
+    backbone = {"module." + k: v for k, v in tiny_state.items() if not k.startswith("final_layer")}
+    src = tmp_path / "backbone.pth"
+    torch.save({"state_dict": backbone}, src)
+    out = tmp_path / "out.safetensors"
+    runner = CliRunner()
+    strict = runner.invoke(app, ["convert", str(src), "--arch", "hrnet_tiny", "-o", str(out)])
+    assert strict.exit_code == 1 and "2 missing" in strict.output and "--partial" in strict.output
+    assert not out.exists()
+    result = runner.invoke(app, ["convert", str(src), "--arch", "hrnet_tiny", "-o", str(out), "--partial"])
+    assert result.exit_code == 0, result.output
+    assert "left at init" in result.output and "final_layer.weight" in result.output
+    assert dmpose.load_model(out).checkpoint_meta["partial_load"] is True

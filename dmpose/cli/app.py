@@ -26,3 +26,4 @@ def version() -> None:
         triton_version = "not installed"
     typer.echo(f"dmpose {dmpose.__version__} (torch {torch.__version__}, triton {triton_version})")
 
+from dmpose.cli import models  # noqa: E402,F401

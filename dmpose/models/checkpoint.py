@@ -43,7 +43,7 @@ from torch import nn
 
 from dmpose.models.registry import build_model
 
-__all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "model_meta"]
+__all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "model_meta", "checkpoint_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ REQUIRED = ("format", "arch", "num_joints")
 TEXT_FIELDS = ("format", "arch", "dmpose_version", "decode", "config")
 JSON_FIELDS = ("num_joints", "input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss")
 DECODE_RULES = ("2x2", "argmax")
+FIELD_ORDER = ("format", "arch", "num_joints", "dmpose_version", "input_size", "heatmap_size", "keypoint_names",
+               "flip_pairs", "skeleton", "loss", "decode", "config", "extra")
 
 
 def model_meta(model: nn.Module) -> dict[str, Any]:
@@ -111,7 +113,8 @@ def _encode(meta: dict[str, Any]) -> dict[str, str]:
 
 def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:
     meta: dict[str, Any] = {}
-    for key, value in raw.items():
+    order = [k for k in FIELD_ORDER if k in raw] + sorted(k for k in raw if k not in FIELD_ORDER)
+    for key, value in ((k, raw[k]) for k in order):
         try:
             if key in JSON_FIELDS:
                 meta[key] = json.loads(value)
@@ -226,3 +229,13 @@ def list_key_problems(limit: int = 10, **groups: list[str]) -> str:
             shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
             parts.append(f"{len(keys)} {name} ({shown})")
     return "; ".join(parts)
+
+
+def checkpoint_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Metadata plus what loading reveals: parameter and tensor counts and the file size in bytes."""
+    model = load_model(path)
+    meta = dict(model.checkpoint_meta)
+    meta["parameters"] = sum(p.numel() for p in model.parameters())
+    meta["tensors"] = len(model.state_dict())
+    meta["file_bytes"] = Path(path).stat().st_size
+    return meta
