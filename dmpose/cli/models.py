@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dmpose.cli.app import app
+from dmpose.cli.parsing import parse_pair
 
 console = Console()
 
@@ -17,16 +18,6 @@ console = Console()
 def _fail(err: Exception) -> None:
     console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
-
-
-def _parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"expected HEIGHTxWIDTH such as 256x192, got {text!r}") from None
-    return h, w
 
 
 @app.command()
@@ -102,10 +93,11 @@ def export(
     """Export a checkpoint to ONNX (dynamic batch axis) or re-write it as a dmpose .safetensors file."""
     from dmpose.models.export import export_checkpoint
 
+    size = parse_pair(input_size, "x", "--input-size", int) if input_size else None
     if out is None:
         out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
     try:
-        path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_size=_parse_size(input_size))
+        path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_size=size)
     except (ValueError, FileNotFoundError, ImportError) as err:
         _fail(err)
     console.print(f"wrote {path}", highlight=False)
