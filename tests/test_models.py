@@ -98,3 +98,46 @@ def test_hrnet_fusion_reaches_every_branch():
     # The top-left output pixel is outside the high-resolution branch's small receptive field but is
     # reached through the fused lower-resolution branches.
     assert diff[0, 0] > 0
+
+
+def _conv_bn(x, conv, bn, stride=1, relu=False):
+    """Reference conv + eval-mode BN (+ ReLU) written with functional ops."""
+    y = torch.nn.functional.conv2d(x, conv.weight, stride=stride, padding=conv.padding)
+    y = (y - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+    y = y * bn.weight[:, None, None] + bn.bias[:, None, None]
+    return y.clamp_min(0) if relu else y
+
+
+def test_fusion_matches_a_functional_reference():
+    """Branch i of a module's output = relu(sum_j resample_j->i(branch_j)): 1x1 conv + BN + nearest 2^(j-i)
+    upsampling from lower resolutions, chains of stride-2 3x3 conv + BN (ReLU between) from higher ones."""
+    from dmpose.models.hrnet import HighResolutionModule
+
+    torch.manual_seed(0)
+    widths = [4, 8, 16]
+    module = HighResolutionModule(widths, num_blocks=1).eval()
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+        xs = [torch.randn(2, w, 16 // 2**k, 12 // 2**k) for k, w in enumerate(widths)]
+        out = module(xs)
+        branches = [b(x) for b, x in zip(module.branches, xs)]
+        for i in range(3):
+            total = torch.zeros_like(branches[i])
+            for j in range(3):
+                layer = module.fuse_layers[i][j]
+                if j == i:
+                    z = branches[j]
+                elif j > i:
+                    z = _conv_bn(branches[j], layer[0], layer[1])
+                    z = z.repeat_interleave(2 ** (j - i), dim=2).repeat_interleave(2 ** (j - i), dim=3)
+                else:
+                    z = branches[j]
+                    for k, step in enumerate(layer):
+                        z = _conv_bn(z, step[0], step[1], stride=2, relu=k < i - j - 1)
+                total = total + z
+            torch.testing.assert_close(out[i], total.clamp_min(0), rtol=1e-5, atol=1e-5)

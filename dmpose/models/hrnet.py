@@ -119,14 +119,12 @@ class HighResolutionModule(nn.Module):
         xs = [branch(x) for branch, x in zip(self.branches, xs)]
         out = []
         for i, fuse in enumerate(self.fuse_layers):
-            y = xs[i]
+            y = None  # summed in branch order 0, 1, ... as in the official code (same float rounding)
             for j, layer in enumerate(fuse):
-                if j == i:
-                    continue
                 z = layer(xs[j])
                 if j > i:
                     z = F.interpolate(z, size=xs[i].shape[-2:], mode="nearest")
-                y = y + z
+                y = z if y is None else y + z
             out.append(self.relu(y))
         return out
 
