@@ -43,9 +43,11 @@ def convert(
     for reason, keys in report.dropped.items():
         table.add_row("dropped", str(len(keys)), reason)
     if report.missing:
-        table.add_row("[yellow]left at init[/yellow]", str(len(report.missing)), ", ".join(report.missing[:12]) + (" ..." if len(report.missing) > 12 else ""))
+        shown = ", ".join(report.missing[:12]) + (" ..." if len(report.missing) > 12 else "")
+        table.add_row("[yellow]left at init[/yellow]", str(len(report.missing)), shown)
     if report.head_shape_skipped:
-        table.add_row("[yellow]head shape differs[/yellow]", str(len(report.head_shape_skipped)), "; ".join(report.head_shape_skipped))
+        skipped = report.head_shape_skipped
+        table.add_row("[yellow]head shape differs[/yellow]", str(len(skipped)), "; ".join(skipped))
     if report.tracking_missing:
         table.add_row("absent num_batches_tracked", str(report.tracking_missing), "left at 0 (no effect on outputs)")
     console.print(table)

@@ -70,7 +70,9 @@ def _validate(meta: dict[str, Any]) -> None:
     k = meta["num_joints"]
     for field in ("input_size", "heatmap_size"):
         v = meta.get(field)
-        if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(s, int) and s > 0 for s in v)):
+        if v is None:
+            continue
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(s, int) and s > 0 for s in v)):
             raise ValueError(f"metadata {field} must be [height, width] positive ints, got {v!r}")
     names = meta.get("keypoint_names")
     if names is not None and (len(names) != k or not all(isinstance(n, str) for n in names)):
@@ -211,7 +213,11 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    misshaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or misshaped:
         raise ValueError(
             f"{path}: weights do not fit {meta['arch']} with {meta['num_joints']} joints: "

@@ -32,7 +32,14 @@ from torch import Tensor, nn
 from dmpose.models.checkpoint import list_key_problems, save_checkpoint
 from dmpose.models.registry import build_model
 
-__all__ = ["ConversionReport", "ConversionError", "read_foreign_state_dict", "unwrap_state_dict", "convert_state_dict", "convert_checkpoint"]
+__all__ = [
+    "ConversionReport",
+    "ConversionError",
+    "read_foreign_state_dict",
+    "unwrap_state_dict",
+    "convert_state_dict",
+    "convert_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +51,8 @@ MMPOSE_PREFIXES = ("backbone.", "keypoint_head.", "head.")
 DROP_RULES: tuple[tuple[str, str], ...] = (
     (r"^(incre_modules|downsamp_modules|classifier)\.", "HRNet ImageNet classification head"),
     (r"^final_layer\.\d+\.", "HRNet ImageNet classification final_layer (2048 channels)"),
-    (r"^stage4\.\d+\.fuse_layers\.[1-9]\d*\.", "HRNet classification multi-scale outputs (the pose net keeps the highest resolution)"),
+    (r"^stage4\.\d+\.fuse_layers\.[1-9]\d*\.",
+     "HRNet classification multi-scale outputs (the pose net keeps the highest resolution)"),
     (r"^fc\.", "ResNet ImageNet classifier"),
 )
 
@@ -172,7 +180,9 @@ def convert_state_dict(
     missing = [k for k in missing if not k.endswith(TRACKING_SUFFIX)]
 
     if unexpected or misshaped or (missing and not partial):
-        hint = " (pass partial=True / --partial to keep missing keys at their initialisation)" if missing and not partial else ""
+        hint = ""
+        if missing and not partial:
+            hint = " (pass partial=True / --partial to keep missing keys at their initialisation)"
         raise ConversionError(
             f"weights do not fit {arch} with {num_joints} joints: "
             + list_key_problems(unexpected=unexpected, misshaped=misshaped, missing=missing)
@@ -184,7 +194,8 @@ def convert_state_dict(
     for reason, keys in report.dropped.items():
         logger.info("dropped %d keys: %s", len(keys), reason)
     if report.is_partial:
-        logger.warning("partial load: %d keys left at initialisation", len(report.missing) + len(report.head_shape_skipped))
+        n_init = len(report.missing) + len(report.head_shape_skipped)
+        logger.warning("partial load: %d keys left at initialisation", n_init)
     return model, report
 
 

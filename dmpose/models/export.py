@@ -3,9 +3,10 @@ graph) or re-written as a dmpose `.safetensors` checkpoint.
 
 ONNX graphs: input `image` (B, 3, H, W) float32, normalised as in training. Outputs `heatmaps`
 (B, K, H/4, W/4), and with the decode also `coords` (B, K, 2) and `confidence` (B, K):
-`dmpose.decode_2x2` traced into the graph (ask onnxruntime for just the outputs you need). `coords` are (x, y) in heatmap pixels (pixel centres at integer coordinates;
-the heatmap's outer edges -0.5 ... W_hm - 0.5 are the input crop's outer edges -0.5 ... W_in - 0.5),
-so a crop coordinate is x_in = (x + 0.5) * W_in / W_hm - 0.5, never x * stride.
+`dmpose.decode_2x2` traced into the graph (ask onnxruntime for just the outputs you need).
+`coords` are (x, y) in heatmap pixels (pixel centres at integer coordinates; the heatmap's outer
+edges -0.5 ... W_hm - 0.5 are the input crop's outer edges -0.5 ... W_in - 0.5), so a crop
+coordinate is x_in = (x + 0.5) * W_in / W_hm - 0.5, never x * stride.
 """
 
 from __future__ import annotations

@@ -146,7 +146,8 @@ def _transition(prev: list[int], cur: list[int]) -> nn.ModuleList:
             steps = []
             for k in range(i + 1 - len(prev)):
                 cout = c if k == i - len(prev) else prev[-1]
-                steps.append(nn.Sequential(_conv3x3(prev[-1], cout, stride=2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)))
+                conv = _conv3x3(prev[-1], cout, stride=2)
+                steps.append(nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)))
             layers.append(nn.Sequential(*steps))
     return nn.ModuleList(layers)
 
