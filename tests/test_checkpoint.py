@@ -166,3 +166,9 @@ def test_map_location_places_the_weights(tmp_path, tiny):
     model = dmpose.load_model(path, map_location="cpu")
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert os.path.getsize(path) > 4 * sum(p.numel() for p in tiny.parameters())
+
+
+def test_wrapped_models_save_their_own_keys(tmp_path, tiny):
+    path = dmpose.save_checkpoint(torch.nn.DataParallel(tiny), tmp_path / "dp.safetensors")
+    model = dmpose.load_model(path)  # strict load: no `module.` prefix in the file
+    assert model.arch == "hrnet_tiny"

@@ -56,6 +56,17 @@ FIELD_ORDER = ("format", "arch", "num_joints", "dmpose_version", "input_size", "
                "flip_pairs", "skeleton", "loss", "decode", "config", "extra")
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside torch.compile (`_orig_mod`) and (Distributed)DataParallel (`module`) wrappers."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def model_meta(model: nn.Module) -> dict[str, Any]:
     """The metadata a model carries: `arch`, `num_joints`, plus whatever `load_model` attached."""
     for attr in ("arch", "num_joints"):
@@ -133,13 +144,15 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, A
     """Write `model`'s weights and metadata to one `.safetensors` file, atomically.
 
     `meta` adds or overrides fields (see the module docstring); `arch` and `num_joints` come from the
-    model and may not contradict it. `heatmap_size` defaults to `input_size` / output stride. The
+    model and may not contradict it. torch.compile and DataParallel wrappers are unwrapped, so the
+    keys are the network's own. `heatmap_size` defaults to `input_size` / output stride. The
     bytes go to a temporary file in the target's directory, are flushed to disk, then renamed over
     `path`: a crash never leaves a partial file under the final name.
     """
     from dmpose import __version__
 
     path = Path(path)
+    model = unwrap_model(model)
     full = model_meta(model)
     for key in ("arch", "num_joints"):
         if meta and key in meta and meta[key] != full[key]:
