@@ -172,3 +172,6 @@ def test_wrapped_models_save_their_own_keys(tmp_path, tiny):
     path = dmpose.save_checkpoint(torch.nn.DataParallel(tiny), tmp_path / "dp.safetensors")
     model = dmpose.load_model(path)  # strict load: no `module.` prefix in the file
     assert model.arch == "hrnet_tiny"
+    compiled = torch.compile(tiny)  # compiles lazily on the first call: never called here
+    path = dmpose.save_checkpoint(compiled, tmp_path / "compiled.safetensors")
+    assert dmpose.load_model(path).num_joints == 3
