@@ -168,6 +168,7 @@ def test_map_location_places_the_weights(tmp_path, tiny):
     assert os.path.getsize(path) > 4 * sum(p.numel() for p in tiny.parameters())
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised while torch.compile imports its internals
 def test_wrapped_models_save_their_own_keys(tmp_path, tiny):
     path = dmpose.save_checkpoint(torch.nn.DataParallel(tiny), tmp_path / "dp.safetensors")
     model = dmpose.load_model(path)  # strict load: no `module.` prefix in the file
