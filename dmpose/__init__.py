@@ -12,6 +12,7 @@ from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.eval.coco import evaluate_coco
 from dmpose.eval.mpii import pckh
 from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
+from dmpose.models import build_model, load_model, save_checkpoint
 
 __all__ = [
     "__version__",
@@ -27,4 +28,7 @@ __all__ = [
     "decode_argmax",
     "evaluate_coco",
     "pckh",
+    "build_model",
+    "load_model",
+    "save_checkpoint",
 ]
