@@ -10,7 +10,9 @@ __version__ = "0.1.0"
 from dmpose.codec import DMCodec, GaussianCodec
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.eval.coco import evaluate_coco
+from dmpose.eval.evaluate import evaluate_checkpoint
 from dmpose.eval.mpii import pckh
+from dmpose.eval.topdown import predict_dataset
 from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
 from dmpose.models import build_model, load_model, save_checkpoint
 
@@ -27,6 +29,8 @@ __all__ = [
     "decode_2x2",
     "decode_argmax",
     "evaluate_coco",
+    "evaluate_checkpoint",
+    "predict_dataset",
     "pckh",
     "build_model",
     "load_model",

@@ -345,3 +345,42 @@ def test_cli_eval_bad_input_names_the_problem(tiny_synthetic, fresh_checkpoint, 
     (no_dets / "annotations").mkdir(parents=True)
     result = invoke("--ckpt", str(fresh_checkpoint), "--data", str(no_dets))
     assert result.exit_code == 1 and "detection file not found" in result.output and "--gt-boxes" in result.output
+
+    result = invoke("--ckpt", str(fresh_checkpoint), "--data", str(tiny_synthetic), "--gt-boxes", "--dets", str(bad))
+    assert result.exit_code == 1 and "not both" in result.output
+
+
+def test_checkpoint_metadata_problems_are_named(tiny_synthetic, tmp_path):
+    import dmpose
+
+    torch.manual_seed(0)
+    model = dmpose.build_model("hrnet_tiny", num_joints=17)
+    wrong_hm = dmpose.save_checkpoint(model, tmp_path / "wrong_hm.safetensors",
+                                      meta={"input_size": [64, 48], "heatmap_size": [8, 8], "decode": "2x2"})
+    result = invoke("--ckpt", str(wrong_hm), "--data", str(tiny_synthetic), "--gt-boxes")
+    assert result.exit_code == 1 and "heatmap_size" in result.output and "(16, 12)" in result.output
+    mpii_model = dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny", num_joints=16), tmp_path / "m.safetensors",
+                                        meta={"input_size": [64, 48]})
+    result = invoke("--ckpt", str(mpii_model), "--data", str(tiny_synthetic))
+    assert result.exit_code == 1 and "num_joints=16" in result.output and "coco17" in result.output
+
+
+def test_resolve_decode_rule():
+    from dmpose.eval.evaluate import resolve_decode
+
+    assert resolve_decode({"decode": "2x2"}) == "2x2"
+    assert resolve_decode({"decode": "2x2"}, override="argmax") == "argmax"
+    assert resolve_decode({"loss": {"name": "dm", "eps": 1.0}}) == "2x2"
+    assert resolve_decode({"loss": "mse"}) == "argmax"
+    assert resolve_decode({}) == "argmax"  # foreign weights (official HRNet) are MSE-trained
+    with pytest.raises(ValueError, match="decode rule 'soft'"):
+        resolve_decode({}, override="soft")
+
+
+def test_predict_dataset_refuses_augmentation(coco_sample):
+    from dmpose.data.transforms import AugmentConfig
+
+    transform = TopDownTransform(INPUT_WH, HEATMAP_WH, DMCodec(HEATMAP_WH), COCO, augment=AugmentConfig())
+    ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, transform)
+    with pytest.raises(ValueError, match="augment"):
+        predict_dataset(Oracle(COCO.flip_pairs), ds, "2x2")

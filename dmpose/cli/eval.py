@@ -46,6 +46,11 @@ def eval_command(
     from dmpose.eval.mpii import pckh_table
 
     console = Console()
+    if data is None and dataset == "coco":
+        from dmpose.data.synthetic import default_synthetic_root
+
+        console.print(f"no --data: the synthetic dataset at {default_synthetic_root()} (generated on first use)",
+                      highlight=False)
     columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
     try:
@@ -63,7 +68,7 @@ def eval_command(
     except (ValueError, FileNotFoundError) as err:
         _fail(console, err)
     s = report.settings
-    title = f"{report.dataset.upper()} {report.split} | {report.boxes}"
+    title = f"{report.dataset.upper()} {report.split} | {report.boxes.split(' (')[0]}"
     console.print(f"{Path(s['checkpoint']).name}: {s['arch']}, decode {s['decode']}, flip {'on' if s['flip'] else 'off'}, "
                   f"{s['images_per_second']:.1f} images/s", highlight=False)
     if report.dataset == "mpii":
