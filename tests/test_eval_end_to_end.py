@@ -55,7 +55,8 @@ def render(points: np.ndarray, labelled: np.ndarray, size_wh, kind: str, sigma: 
                 continue
             x0, y0 = int(np.floor(x)), int(np.floor(y))
             fx, fy = x - x0, y - y0
-            for dx, dy, m in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+            corners = ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy))
+            for dx, dy, m in corners:
                 if 0 <= x0 + dx < w and 0 <= y0 + dy < h:
                     out[i, j, y0 + dy, x0 + dx] += m
     return out

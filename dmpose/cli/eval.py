@@ -69,8 +69,8 @@ def eval_command(
         _fail(console, err)
     s = report.settings
     title = f"{report.dataset.upper()} {report.split} | {report.boxes.split(' (')[0]}"
-    console.print(f"{Path(s['checkpoint']).name}: {s['arch']}, decode {s['decode']}, flip {'on' if s['flip'] else 'off'}, "
-                  f"{s['images_per_second']:.1f} images/s", highlight=False)
+    console.print(f"{Path(s['checkpoint']).name}: {s['arch']}, decode {s['decode']}, "
+                  f"flip {'on' if s['flip'] else 'off'}, {s['images_per_second']:.1f} images/s", highlight=False)
     if report.dataset == "mpii":
         console.print(pckh_table(report.pckh, title=title))
     elif report.metrics:

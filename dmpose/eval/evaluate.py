@@ -183,7 +183,8 @@ def _checkpoint_setup(ckpt: Path, dataset: str, device: str | None):
         input_size = (int(w), int(h))
     else:
         input_size = DEFAULT_INPUT_SIZE[dataset]
-        logger.warning("%s: metadata has no input_size; using %dx%d (height x width)", ckpt, input_size[1], input_size[0])
+        logger.warning("%s: metadata has no input_size; using %dx%d (height x width)",
+                       ckpt, input_size[1], input_size[0])
     if meta.get("heatmap_size"):
         hh, hw = meta["heatmap_size"]
         heatmap_size = (int(hw), int(hh))
@@ -260,8 +261,8 @@ def evaluate_checkpoint(
         preds = predict_dataset(model, ds, rule, flip_pairs if flip else None, batch_size, num_workers, amp, progress)
         pckh = evaluate_mpii_predictions(preds, gt)
         settings.update(persons=len(preds), images_per_second=preds.images_per_second)
-        report = EvalReport("mpii", split, "annotated person boxes", {f"PCKh@{r.threshold:g}": r.to_dict() for r in pckh},
-                            settings, pckh=pckh)
+        metrics = {f"PCKh@{r.threshold:g}": r.to_dict() for r in pckh}
+        report = EvalReport("mpii", split, "annotated person boxes", metrics, settings, pckh=pckh)
         if out_dir is not None:
             rows = [{"image": preds.meta["image"][n], "index": int(preds.meta["index"][n]),
                      "keypoints": np.concatenate([preds.keypoints[n], preds.confidence[n][:, None]], -1).tolist()}

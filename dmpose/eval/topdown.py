@@ -133,8 +133,9 @@ def predict_dataset(
             observe(batch)
         heatmaps = predict_heatmaps(model, images, decode, flip_pairs=flip_pairs, amp=amp)
         if expected_hw is not None and tuple(heatmaps.shape[-2:]) != expected_hw:
-            raise ValueError(f"the model's heatmaps are {tuple(heatmaps.shape[-2:])} (H, W) but the dataset's transform "
-                             f"maps keypoints into {expected_hw}: the checkpoint's heatmap_size metadata is wrong")
+            raise ValueError(f"the model's heatmaps are {tuple(heatmaps.shape[-2:])} (H, W) but the dataset's "
+                             f"transform maps keypoints into {expected_hw}: the checkpoint's heatmap_size metadata "
+                             "is wrong")
         coords_hm, conf = decoder(heatmaps)
         affine = batch["meta"]["affine_heatmap"].numpy()
         coords_all.append(heatmap_to_image(coords_hm, affine))
