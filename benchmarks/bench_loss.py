@@ -61,7 +61,7 @@ def main() -> None:
                         help="POT runs this many iterations (tol=0: a fixed cost per iteration) and is scaled to 1000")
     args = parser.parse_args()
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    console = Console()
+    console = Console(width=160)
     if not torch.cuda.is_available():
         console.print("[bold]No GPU on this machine:[/] CPU numbers only; no GPU numbers exist from this run.")
     table = Table(title=f"DM loss, eps=1, {args.joints} problems, device={args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
