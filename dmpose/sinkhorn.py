@@ -104,38 +104,43 @@ def sinkhorn(
 def _sinkhorn_shifted(a, C, b, live, eps, max_iters, tol) -> SinkhornResult:
     """Row-shifted multiplicative iterations on u_j = b_j exp(g_j/eps) (rescaled by its maximum).
 
-    Problems that meet tol leave the working set (it is compacted), so late iterations only touch the
+    Dead demanders keep u_j = 0, so their kernel entries never count. Problems that meet tol are
+    frozen; once half of the working set is frozen it is compacted, so late iterations touch only the
     few problems that still run.
     """
-    m = C.masked_fill(~live[:, :, None], math.inf).amin(dim=1)  # (P, N) each pixel's smallest cost
-    KtT = torch.exp((m[:, None, :] - C) / eps) * live[:, :, None]  # (P, M, N), live in [e^(-sqrt2/eps), 1]
+    masked = C if bool(live.all()) else C.masked_fill(~live[:, :, None], math.inf)
+    m = masked.amin(dim=1)  # (P, N) each pixel's smallest cost to a live demander
+    KtT = torch.sub(m.unsqueeze(1), C).mul_(1.0 / eps).exp_()  # (P, M, N), live in [e^(-sqrt2/eps), 1]
     Kt = KtT.transpose(1, 2).contiguous()  # (P, N, M): both layouts make both products fast bmm's
     n_prob = a.shape[0]
     u, col = b.clone(), torch.zeros_like(b)
     err = torch.zeros(n_prob, dtype=a.dtype, device=a.device)
     iters = torch.zeros(n_prob, dtype=torch.int32, device=a.device)
-    idx = torch.arange(n_prob, device=a.device)
+    idx = torch.arange(n_prob, device=a.device)  # working set -> problem index
     w_KtT, w_Kt, w_a, w_b, w_live, w_u = KtT, Kt, a, b, live, u.clone()
+    frozen = torch.zeros(n_prob, dtype=torch.bool, device=a.device)
     for it in range(max_iters + 1):
         s = torch.bmm(w_u.unsqueeze(1), w_KtT).squeeze(1)  # (p, N)
         v = torch.bmm((w_a / s).unsqueeze(1), w_Kt).squeeze(1)  # (p, M)
         w_col = w_u * v
         w_err = (w_col - w_b).abs().sum(-1)
-        done = (w_err < tol) if tol > 0 else torch.zeros_like(w_err, dtype=torch.bool)
-        if it == max_iters:
-            done = torch.ones_like(done)
-        if bool(done.any()):
+        done = ~frozen if it == max_iters else (~frozen & (w_err < tol) if tol > 0 else None)
+        if done is not None and bool(done.any()):
             fin = idx[done]
             u[fin], col[fin], err[fin] = w_u[done], w_col[done], w_err[done]
-            keep = ~done
-            if not bool(keep.any()):
+            frozen = frozen | done
+            if bool(frozen.all()):
                 break
-            idx, w_KtT, w_Kt, w_a, w_b, w_live, w_u, v = (t[keep] for t in (idx, w_KtT, w_Kt, w_a, w_b, w_live, w_u, v))
-        w_u = torch.where(w_live, w_b / v.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(w_u))
-        w_u = w_u / w_u.amax(dim=-1, keepdim=True)
-        iters[idx] += 1
+            if 2 * int(frozen.sum()) >= frozen.numel():  # compact: drop the frozen problems
+                keep = ~frozen
+                idx, w_KtT, w_Kt, w_a, w_b, w_live, w_u, v = (t[keep] for t in (idx, w_KtT, w_Kt, w_a, w_b, w_live, w_u, v))
+                frozen = frozen[keep]
+        u_new = torch.where(w_live, w_b / v.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(w_u))
+        u_new = u_new / u_new.amax(dim=-1, keepdim=True)
+        w_u = torch.where(frozen[:, None], w_u, u_new)
+        iters[idx[~frozen]] += 1
     s = torch.bmm(u.unsqueeze(1), KtT).squeeze(1)
-    pi = KtT * u[:, :, None] / s[:, None, :]
+    pi = KtT.mul_(u.unsqueeze(-1)).div_(s.unsqueeze(1))  # the kernel's memory becomes the plan's
     f = m - eps * torch.log(s)
     ratio = torch.where(live, u / torch.where(live, b, torch.ones_like(b)), torch.ones_like(u))
     g = eps * torch.log(ratio)  # u_j = b_j exp(g_j / eps) up to a common factor; 0 on dead demanders
@@ -184,11 +189,12 @@ def exact_grad_a(res: SinkhornResult, a: Tensor, C: Tensor, b: Tensor) -> Tensor
     """
     live = (b > 0).double()
     pi = res.pi
-    cbar = (C * pi).sum(1)  # (P, N)
     a_pi = pi * a[:, None, :]  # (P, M, N)
+    cbar = (C * pi).sum(1)  # (P, N)
     A = torch.diag_embed(res.col.double()) - torch.bmm(a_pi, pi.transpose(1, 2)).double()
     A = A + live[:, :, None] * live[:, None, :] + torch.diag_embed(1.0 - live)
-    h = (a_pi * (C - cbar[:, None, :])).sum(-1).double() * live
+    # h_l = sum_i a_i pi_li C_li - sum_i a_i pi_li cbar_i
+    h = ((a_pi * C).sum(-1) - torch.bmm(a_pi, cbar.unsqueeze(-1)).squeeze(-1)).double() * live
     w = torch.linalg.solve(A, h.unsqueeze(-1)).to(pi.dtype)  # (P, M, 1)
     return cbar - torch.bmm(w.transpose(1, 2), pi).squeeze(1)
 
@@ -204,7 +210,7 @@ def pixel_demander_cost(height: int, width: int, demander_xy: Tensor) -> Tensor:
     ys, xs = torch.meshgrid(torch.arange(height, dtype=dt, device=dev), torch.arange(width, dtype=dt, device=dev), indexing="ij")
     dx = xs.reshape(1, 1, -1) - demander_xy[:, :, 0, None]
     dy = ys.reshape(1, 1, -1) - demander_xy[:, :, 1, None]
-    return torch.sqrt(dx * dx + dy * dy)
+    return dx.square_().add_(dy.square_()).sqrt_()
 
 
 def suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,4 +1,4 @@
-"""HRNet pose network (Sun et al., CVPR 2019), self-contained.
+"""HRNet pose network (Sun et al., CVPR 2019), residual blocks from blocks.py.
 
 Attribute names follow the official code (leoxiaobin/deep-high-resolution-net.pytorch), so an
 official pose state dict loads strictly with no renaming: stem `conv1 bn1 conv2 bn2`, `layer1`
@@ -20,67 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dmpose.models.blocks import BasicBlock, Bottleneck, conv3x3, make_layer
 from dmpose.models.registry import register_model
 
 __all__ = ["HRNet", "HRNetSpec"]
-
-
-def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = _conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-def _make_blocks(block: type[nn.Module], inplanes: int, planes: int, blocks: int) -> nn.Sequential:
-    """`blocks` residual blocks at stride 1; a 1x1 projection on the first if channels change."""
-    downsample = None
-    if inplanes != planes * block.expansion:
-        downsample = nn.Sequential(
-            nn.Conv2d(inplanes, planes * block.expansion, kernel_size=1, bias=False),
-            nn.BatchNorm2d(planes * block.expansion),
-        )
-    layers = [block(inplanes, planes, 1, downsample)]
-    layers += [block(planes * block.expansion, planes) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
 
 
 class HighResolutionModule(nn.Module):
@@ -92,7 +35,7 @@ class HighResolutionModule(nn.Module):
 
     def __init__(self, widths: list[int], num_blocks: int, multi_scale_output: bool = True):
         super().__init__()
-        self.branches = nn.ModuleList(_make_blocks(BasicBlock, w, w, num_blocks) for w in widths)
+        self.branches = nn.ModuleList(make_layer(BasicBlock, w, w, num_blocks) for w in widths)
         self.relu = nn.ReLU(inplace=True)
         n_out = len(widths) if multi_scale_output else 1
         self.fuse_layers = nn.ModuleList(
@@ -109,7 +52,7 @@ class HighResolutionModule(nn.Module):
         for k in range(i - j):
             last = k == i - j - 1
             cout = widths[i] if last else widths[j]
-            layers = [_conv3x3(widths[j], cout, stride=2), nn.BatchNorm2d(cout)]
+            layers = [conv3x3(widths[j], cout, stride=2), nn.BatchNorm2d(cout)]
             if not last:
                 layers.append(nn.ReLU(inplace=True))
             steps.append(nn.Sequential(*layers))
@@ -141,12 +84,12 @@ def _transition(prev: list[int], cur: list[int]) -> nn.ModuleList:
             if c == prev[i]:
                 layers.append(nn.Identity())
             else:
-                layers.append(nn.Sequential(_conv3x3(prev[i], c), nn.BatchNorm2d(c), nn.ReLU(inplace=True)))
+                layers.append(nn.Sequential(conv3x3(prev[i], c), nn.BatchNorm2d(c), nn.ReLU(inplace=True)))
         else:
             steps = []
             for k in range(i + 1 - len(prev)):
                 cout = c if k == i - len(prev) else prev[-1]
-                conv = _conv3x3(prev[-1], cout, stride=2)
+                conv = conv3x3(prev[-1], cout, stride=2)
                 steps.append(nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)))
             layers.append(nn.Sequential(*steps))
     return nn.ModuleList(layers)
@@ -184,7 +127,7 @@ class HRNet(nn.Module):
         self.conv2 = nn.Conv2d(s, s, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(s)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = _make_blocks(Bottleneck, s, spec.layer1_planes, spec.layer1_blocks)
+        self.layer1 = make_layer(Bottleneck, s, spec.layer1_planes, spec.layer1_blocks)
 
         widths = [spec.width * 2**i for i in range(4)]
         prev = [spec.layer1_planes * Bottleneck.expansion]

@@ -1,4 +1,4 @@
-"""SimpleBaseline pose network (Xiao et al., ECCV 2018), self-contained: a ResNet backbone written
+"""SimpleBaseline pose network (Xiao et al., ECCV 2018): a ResNet backbone written
 here (torchvision's key layout: `conv1 bn1 layer1..4`, so ImageNet ResNet weights load directly),
 three 4x4 stride-2 deconvolutions (256 channels, BN, ReLU) in `deconv_layers` and a 1x1
 `final_layer`, as in the official code (microsoft/human-pose-estimation.pytorch).
@@ -15,45 +15,10 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from dmpose.models.blocks import Bottleneck, make_layer
 from dmpose.models.registry import register_model
 
 __all__ = ["SimpleBaseline"]
-
-
-class Bottleneck(nn.Module):
-    """ResNet v1.5 bottleneck (stride on the 3x3 conv)."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-def _resnet_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    downsample = None
-    if stride != 1 or inplanes != planes * Bottleneck.expansion:
-        downsample = nn.Sequential(
-            nn.Conv2d(inplanes, planes * Bottleneck.expansion, kernel_size=1, stride=stride, bias=False),
-            nn.BatchNorm2d(planes * Bottleneck.expansion),
-        )
-    layers = [Bottleneck(inplanes, planes, stride, downsample)]
-    layers += [Bottleneck(planes * Bottleneck.expansion, planes) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
 
 
 class SimpleBaseline(nn.Module):
@@ -72,7 +37,7 @@ class SimpleBaseline(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = 64
         for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
-            setattr(self, f"layer{i}", _resnet_layer(inplanes, planes, blocks, stride=1 if i == 1 else 2))
+            setattr(self, f"layer{i}", make_layer(Bottleneck, inplanes, planes, blocks, stride=1 if i == 1 else 2))
             inplanes = planes * Bottleneck.expansion
 
         deconvs: list[nn.Module] = []
