@@ -38,6 +38,8 @@ def eval_command(
                                         "ROOT/annot/gt_{split}.mat."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default: cuda when available."),
     workers: int = typer.Option(2, "--workers", min=0, help="Data loading processes."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads; default: torch's "
+                                       "(on a loaded machine 1 can be much faster, benchmarks/RESULTS.md)."),
 ) -> None:
     """Top-down evaluation: crops -> model (+ flip test) -> decode -> image pixels -> rescoring + OKS-NMS
     -> COCOeval (or PCKh for MPII). Prints AP, AP50, AP75, APM, APL, AR and writes the json files."""
@@ -45,6 +47,10 @@ def eval_command(
     from dmpose.eval.evaluate import evaluate_checkpoint
     from dmpose.eval.mpii import pckh_table
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     console = Console()
     if data is None and dataset == "coco":
         from dmpose.data.synthetic import default_synthetic_root
