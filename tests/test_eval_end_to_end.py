@@ -396,3 +396,13 @@ def test_predict_dataset_refuses_augmentation(coco_sample):
     ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, transform)
     with pytest.raises(ValueError, match="augment"):
         predict_dataset(Oracle(COCO.flip_pairs), ds, "2x2")
+
+
+def test_default_synthetic_root_follows_dmpose_cache(monkeypatch, tmp_path):
+    from dmpose.data.synthetic import default_synthetic_root
+
+    monkeypatch.setenv("DMPOSE_CACHE", str(tmp_path / "cache"))
+    assert default_synthetic_root() == tmp_path / "cache" / "synthetic-coco"
+    monkeypatch.delenv("DMPOSE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_synthetic_root() == tmp_path / "xdg" / "dmpose" / "synthetic-coco"

@@ -71,7 +71,7 @@ def eval_command(
                 batch_size=batch, out=out, device=device, num_workers=workers, joint_threshold=joint_thr,
                 oks_threshold=oks_thr, det_score_threshold=det_thr, mpii_gt=mpii_gt, progress=on_batch,
             )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: missing or unreadable files (images, json, checkpoint)
         _fail(console, err)
     s = report.settings
     title = f"{report.dataset.upper()} {report.split} | {report.boxes.split(' (')[0]}"
