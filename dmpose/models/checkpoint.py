@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from dmpose.atomic import atomic_write_bytes
 from dmpose.models.registry import build_model
 
 __all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "model_meta", "checkpoint_summary"]
@@ -168,23 +168,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, A
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     data = safetensors_bytes(tensors, metadata=_encode(full))
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
     logger.info("saved %s checkpoint (%d tensors, %.1f MB) to %s", full["arch"], len(tensors), len(data) / 1e6, path)
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from dmpose.atomic import atomic_output
 from dmpose.decode import decode_2x2
 from dmpose.models.checkpoint import load_model, model_meta, save_checkpoint
 
@@ -66,15 +66,12 @@ def export_onnx(
     example = torch.zeros(1, 3, h, w, device=next(model.parameters()).device)
     batch = torch.export.Dim("batch", min=1)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         kwargs = {"opset_version": opset} if opset is not None else {}
         torch.onnx.export(
             module,
             (example,),
-            tmp,
+            str(tmp),
             input_names=["image"],
             output_names=outputs,
             dynamic_shapes=({0: batch},),
@@ -83,9 +80,6 @@ def export_onnx(
             verbose=False,
             **kwargs,
         )
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     logger.info("exported %s (%s) to %s with input %dx%d", meta["arch"], ", ".join(outputs), path, h, w)
     return path
 
