@@ -50,14 +50,14 @@ def _costs(offs, W, dx, dy):
 
 
 @triton.jit
-def _load_supply(h_ptr, offs, N, softmax_mode, shift, inv):
+def _load_supply(h_ptr, offs, N, softmax_mode, shift, sc, inv):
     """Heatmap values (fp32) and supplier masses a of one block (0 outside the heatmap)."""
     inb = offs < N
     h = tl.load(h_ptr + offs, mask=inb, other=0.0).to(tl.float32)
     if softmax_mode:
         a = tl.exp(h - shift) * inv
     else:
-        a = tl.maximum(h, 0.0) * inv
+        a = (tl.maximum(h, 0.0) * sc) * inv
     a = tl.where(inb, a, 0.0)
     return h, a
 
@@ -68,13 +68,13 @@ def _row_min(C, live):
 
 
 @triton.jit
-def _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, shift, inv, neg_inv_eps,
+def _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, shift, sc, inv, neg_inv_eps,
                           BLOCK: tl.constexpr):
     """Column marginals col_j = u_j sum_i a_i Kt_ij / s_i for the current u."""
     acc = tl.zeros([4], dtype=tl.float32)
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        h, a = _load_supply(h_ptr, offs, N, softmax_mode, shift, inv)
+        h, a = _load_supply(h_ptr, offs, N, softmax_mode, shift, sc, inv)
         C = _costs(offs, W, dx, dy)
         m = _row_min(C, live)
         kt = tl.where(live[None, :], tl.exp((C - m[:, None]) * neg_inv_eps), 0.0)
@@ -84,13 +84,13 @@ def _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, shift, inv
 
 
 @triton.jit
-def _sweep_log(h_ptr, N, W, dx, dy, live, ell, softmax_mode, shift, inv, inv_eps, BLOCK: tl.constexpr):
+def _sweep_log(h_ptr, N, W, dx, dy, live, ell, softmax_mode, shift, sc, inv, inv_eps, BLOCK: tl.constexpr):
     """log col_j = log sum_i a_i pi_ij(ell) (ell = log u), by a streamed log-sum-exp over pixels."""
     run_max = tl.full([4], -1.0e30, dtype=tl.float32)
     run_sum = tl.zeros([4], dtype=tl.float32)
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        h, a = _load_supply(h_ptr, offs, N, softmax_mode, shift, inv)
+        h, a = _load_supply(h_ptr, offs, N, softmax_mode, shift, sc, inv)
         C = _costs(offs, W, dx, dy)
         m = _row_min(C, live)
         z = tl.where(live[None, :], ell[None, :] - (C - m[:, None]) * inv_eps, -1.0e30)
@@ -170,20 +170,26 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
     live = b > 0.0
     inv_eps = 1.0 / eps
 
-    # Suppliers: total positive mass S, and the max / sum-exp of a softmax fallback (online, one pass).
+    # Suppliers. Pass 1: the largest value. Pass 2: the positive mass S, summed after scaling by a power
+    # of two (sc) that keeps it finite and normal for any finite input, and the softmax fallback's
+    # normaliser Z. a = relu(H) * sc / (S * sc) exactly as relu(H) / S, or softmax(H) when S == 0.
+    hmax = tl.full([], -float("inf"), dtype=tl.float32)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        h = tl.load(h_ptr + offs, mask=offs < N, other=-float("inf")).to(tl.float32)
+        hmax = tl.maximum(hmax, tl.max(h, axis=0))
+    pos_max = tl.where(hmax > 0.0, hmax, 1.0)
+    sc = tl.exp2(-tl.minimum(tl.maximum(tl.floor(tl.log2(pos_max)), -120.0), 125.0))
     S = tl.zeros([], dtype=tl.float32)
-    hmax = tl.full([], -1.0e30, dtype=tl.float32)
     Z = tl.zeros([], dtype=tl.float32)
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         inb = offs < N
         h = tl.load(h_ptr + offs, mask=inb, other=0.0).to(tl.float32)
-        S += tl.sum(tl.maximum(h, 0.0), axis=0)
-        new_max = tl.maximum(hmax, tl.max(tl.where(inb, h, -1.0e30), axis=0))
-        Z = Z * tl.exp(hmax - new_max) + tl.sum(tl.where(inb, tl.exp(h - new_max), 0.0), axis=0)
-        hmax = new_max
+        S += tl.sum(tl.maximum(h, 0.0) * sc, axis=0)
+        Z += tl.sum(tl.where(inb, tl.exp(h - hmax), 0.0), axis=0)
     softmax_mode = S <= 0.0
-    inv = tl.where(softmax_mode, 1.0 / Z, 1.0 / tl.where(softmax_mode, 1.0, S))
+    inv = 1.0 / tl.where(softmax_mode, Z, S)
 
     # Sinkhorn iterations; each problem stops on its own tolerance.
     u = tl.where(live, b, 0.0)
@@ -192,10 +198,10 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
     go = it < max_iters
     while go:
         if LOG_DOMAIN:
-            log_col = _sweep_log(h_ptr, N, W, dx, dy, live, ell, softmax_mode, hmax, inv, inv_eps, BLOCK)
+            log_col = _sweep_log(h_ptr, N, W, dx, dy, live, ell, softmax_mode, hmax, sc, inv, inv_eps, BLOCK)
             col = tl.exp(log_col)
         else:
-            col = _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, hmax, inv, -inv_eps, BLOCK)
+            col = _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, hmax, sc, inv, -inv_eps, BLOCK)
         err = tl.sum(tl.where(live, tl.abs(col - b), 0.0), axis=0)
         converged = (tol > 0.0) & (err < tol)
         if LOG_DOMAIN:
@@ -222,7 +228,7 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
     G3 = tl.zeros([4], dtype=tl.float32)
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        h, a = _load_supply(h_ptr, offs, N, softmax_mode, hmax, inv)
+        h, a = _load_supply(h_ptr, offs, N, softmax_mode, hmax, sc, inv)
         C = _costs(offs, W, dx, dy)
         pi, cbar, f = _plan_rows(C, live, ell, eps, inv_eps)
         cost += tl.sum(a * cbar, axis=0)
@@ -247,14 +253,14 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
     # Gradient: gamma_k = dL/da_k, chained through a = relu(H)/S (or the softmax fallback).
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        h, a = _load_supply(h_ptr, offs, N, softmax_mode, hmax, inv)
+        h, a = _load_supply(h_ptr, offs, N, softmax_mode, hmax, sc, inv)
         C = _costs(offs, W, dx, dy)
         pi, cbar, f = _plan_rows(C, live, ell, eps, inv_eps)
         if EXACT:
             gamma = cbar - tl.sum(pi * w[None, :], axis=1)
         else:
             gamma = f
-        g = tl.where(softmax_mode, a * (gamma - gbar), tl.where(h > 0.0, (gamma - gbar) * inv, 0.0))
+        g = tl.where(softmax_mode, a * (gamma - gbar), tl.where(h > 0.0, ((gamma - gbar) * inv) * sc, 0.0))
         tl.store(grad_ptr + offs, g, mask=offs < N)
 
     tl.store(cost_ptr + p, cost)
