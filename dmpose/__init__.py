@@ -8,9 +8,20 @@ x to the right, y down. Keypoints passed to the loss and returned by the decoder
 __version__ = "0.1.0"
 
 from dmpose.decode import decode_2x2, decode_argmax
+from dmpose.eval.coco import evaluate_coco
+from dmpose.eval.mpii import pckh
+from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
 
 __all__ = [
     "__version__",
+    "dm_loss",
+    "DMLoss",
+    "mse_loss",
+    "MSELoss",
+    "demanders",
+    "heatmap_weights",
     "decode_2x2",
     "decode_argmax",
+    "evaluate_coco",
+    "pckh",
 ]

@@ -26,3 +26,7 @@ def version() -> None:
         triton_version = "not installed"
     typer.echo(f"dmpose {dmpose.__version__} (torch {torch.__version__}, triton {triton_version})")
 
+
+
+# Command modules register themselves on import (keep this list explicit).
+from dmpose.cli import demo  # noqa: E402,F401

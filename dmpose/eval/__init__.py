@@ -1,0 +1,1 @@
+"""Evaluation: COCO keypoint metrics (pycocotools), MPII PCKh, and the top-down inference helpers."""

@@ -1,0 +1,29 @@
+"""Shared test set-up: a deterministic hypothesis profile, and where the real data samples live."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+# No per-example deadline (the CI machine has 2 shared cores) and a fixed seed so CI is reproducible.
+settings.register_profile("dmpose", deadline=None, derandomize=True)
+settings.load_profile("dmpose")
+
+SHARED_DATA = Path(os.environ.get("DMPOSE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture
+def coco_sample() -> Path:
+    path = SHARED_DATA / "coco_sample"
+    if not (path / "test_coco.json").is_file():
+        pytest.skip(f"real COCO sample not found at {path} (set DMPOSE_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture
+def mpii_sample() -> Path:
+    path = SHARED_DATA / "mpii_sample"
+    if not (path / "test_mpii.json").is_file():
+        pytest.skip(f"real MPII sample not found at {path} (set DMPOSE_SHARED_DATA)")
+    return path

@@ -1,0 +1,162 @@
+"""The batched Sinkhorn solver against independent references: POT, exact EMD, finite differences."""
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from dmpose.loss import demanders
+from dmpose.sinkhorn import dm_sinkhorn_torch, pixel_demander_cost, sinkhorn, suppliers
+
+
+def make_problem(h, w, n, seed, kind="random", dtype=torch.float64):
+    """n heatmaps of one kind and n dots strictly inside the grid."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij")
+    dots = torch.rand(n, 2, generator=g, dtype=dtype) * torch.tensor([w - 1.0, h - 1.0], dtype=dtype)
+    if kind == "random":  # about half the pixels <= 0
+        hm = torch.randn(n, h, w, generator=g, dtype=dtype)
+    elif kind == "peaked":
+        d2 = (xs - dots[:, 0, None, None]) ** 2 + (ys - dots[:, 1, None, None]) ** 2
+        hm = torch.exp(-d2 / 4.0) - 0.05
+    elif kind == "multimodal":
+        c = torch.rand(n, 3, 2, generator=g, dtype=dtype) * torch.tensor([w - 1.0, h - 1.0], dtype=dtype)
+        hm = sum(torch.exp(-((xs - c[:, i, 0, None, None]) ** 2 + (ys - c[:, i, 1, None, None]) ** 2) / 8.0) for i in range(3)) - 0.1
+    elif kind == "noise":
+        hm = torch.rand(n, h, w, generator=g, dtype=dtype) * 1e-3
+    else:
+        raise ValueError(kind)
+    return hm, dots
+
+
+@pytest.mark.parametrize("h,w", [(8, 6), (17, 13), (64, 48), (96, 72)])
+def test_value_and_plan_match_pot_sinkhorn_log(h, w):
+    hm, dots = make_problem(h, w, 3, seed=h)
+    xy, mass = demanders(dots)
+    a, _, _ = suppliers(hm)
+    C = pixel_demander_cost(h, w, xy)
+    res = sinkhorn(a, C, mass, eps=1.0, max_iters=1000, tol=1e-12)
+    assert (res.marginal_error < 1e-10).all()
+    for p in range(3):
+        keep, live = a[p] > 0, mass[p] > 0  # POT needs strictly positive marginals
+        M = C[p][keep][:, live].numpy()
+        P_ref = ot.sinkhorn(a[p][keep].numpy(), mass[p][live].numpy(), M, 1.0, method="sinkhorn_log", numItermax=5000, stopThr=1e-13)
+        value_ref = float((P_ref * M).sum())
+        assert res.cost[p].item() == pytest.approx(value_ref, rel=1e-5)
+        P = (a[p][:, None] * res.pi[p])[keep][:, live].numpy()
+        np.testing.assert_allclose(P, P_ref, atol=1e-9)
+        # POT's sinkhorn2 reports the same linear term <C, P>.
+        v2 = ot.sinkhorn2(a[p][keep].numpy(), mass[p][live].numpy(), M, 1.0, method="sinkhorn_log", numItermax=5000, stopThr=1e-13)
+        assert res.cost[p].item() == pytest.approx(float(v2), rel=1e-5)
+
+
+def test_regularised_cost_approaches_exact_emd_from_above():
+    hm, dots = make_problem(10, 8, 2, seed=3, kind="peaked")
+    xy, mass = demanders(dots)
+    a, _, _ = suppliers(hm)
+    C = pixel_demander_cost(10, 8, xy)
+    for p in range(2):
+        emd = ot.emd2(a[p].numpy(), mass[p].numpy(), C[p].numpy())
+        values = []
+        for eps in (1.0, 0.5, 0.25, 0.1, 0.05, 0.02):
+            res = sinkhorn(a[p : p + 1], C[p : p + 1], mass[p : p + 1], eps=eps, max_iters=200000, tol=1e-11)
+            assert res.marginal_error.item() < 1e-10
+            values.append(res.cost.item())
+        assert all(v >= emd - 1e-9 for v in values)
+        assert all(x >= y - 1e-9 for x, y in zip(values, values[1:])), values  # shrinking eps lowers <C,P>
+        assert values[-1] - emd < 0.02 * emd
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.3, 0.1])
+def test_shifted_and_log_sum_exp_forms_agree(eps):
+    hm, dots = make_problem(13, 7, 4, seed=5)
+    xy, mass = demanders(dots)
+    a, _, _ = suppliers(hm)
+    C = pixel_demander_cost(13, 7, xy)
+    r1 = sinkhorn(a, C, mass, eps=eps, max_iters=5000, tol=1e-12, method="shifted")
+    r2 = sinkhorn(a, C, mass, eps=eps, max_iters=5000, tol=1e-12, method="lse")
+    torch.testing.assert_close(r1.cost, r2.cost, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(r1.pi, r2.pi, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(r1.f - r1.f.mean(-1, keepdim=True), r2.f - r2.f.mean(-1, keepdim=True), rtol=1e-8, atol=1e-10)
+
+
+def test_small_eps_uses_log_sum_exp_and_stays_finite_in_fp32():
+    hm, dots = make_problem(9, 9, 3, seed=1, dtype=torch.float32)
+    xy, mass = demanders(dots)
+    cost, grad, err, iters = dm_sinkhorn_torch(hm, xy, mass, eps=0.01, max_iters=3000, tol=1e-5, grad="exact")
+    assert torch.isfinite(cost).all() and torch.isfinite(grad).all()
+    ref, _, _, _ = dm_sinkhorn_torch(hm.double(), xy.double(), mass.double(), eps=0.01, max_iters=20000, tol=1e-12, grad="exact")
+    torch.testing.assert_close(cost.double(), ref, rtol=1e-3, atol=1e-4)
+
+
+def test_tol_zero_runs_exactly_max_iters():
+    hm, dots = make_problem(8, 6, 3, seed=2)
+    xy, mass = demanders(dots)
+    a, _, _ = suppliers(hm)
+    C = pixel_demander_cost(8, 6, xy)
+    assert sinkhorn(a, C, mass, eps=1.0, max_iters=37, tol=0.0).iterations.tolist() == [37, 37, 37]
+    res = sinkhorn(a, C, mass, eps=1.0, max_iters=1000, tol=1e-5)
+    assert (res.iterations < 20).all() and (res.marginal_error < 1e-5).all()
+
+
+def _finite_difference(fn, hm, direction, step=1e-6):
+    return (fn(hm + step * direction) - fn(hm - step * direction)) / (2 * step)
+
+
+def _dots_cases():
+    # random sub-pixel dots, a dot on a pixel centre (three dead demanders), a dot on a pixel-centre
+    # line (two dead), a dot in the outer half of a border pixel (demanders outside the heatmap)
+    return torch.tensor([[3.37, 4.71], [5.0, 2.0], [2.0, 6.4], [-0.3, 10.45]], dtype=torch.float64)
+
+
+def _heatmaps_away_from_kink(h, w, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    hm = torch.randn(n, h, w, generator=g, dtype=torch.float64)
+    return torch.where(hm.abs() < 0.05, hm.sign() * 0.05 + hm, hm)  # FD never crosses relu's kink
+
+
+@pytest.mark.parametrize("mode", ["subpixel", "naive"])
+def test_exact_gradient_matches_finite_differences_of_transport_cost(mode):
+    h, w = 11, 8
+    dots = _dots_cases()
+    hm = _heatmaps_away_from_kink(h, w, len(dots), seed=7)
+    hm[1] = -hm[1].abs()  # no positive mass: the softmax fallback
+    xy, mass = demanders(dots, mode)
+    _, grad, _, _ = dm_sinkhorn_torch(hm, xy, mass, eps=1.0, max_iters=5000, tol=1e-13, grad="exact")
+    value = lambda x: dm_sinkhorn_torch(x, xy, mass, eps=1.0, max_iters=5000, tol=1e-13, grad="exact")[0]
+    for seed in range(3):
+        d = torch.randn(hm.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.01
+        torch.testing.assert_close((grad * d).sum((1, 2)), _finite_difference(value, hm, d), rtol=1e-6, atol=1e-9)
+
+
+def test_envelope_gradient_matches_finite_differences_of_kl_objective():
+    h, w = 11, 8
+    dots = _dots_cases()
+    hm = _heatmaps_away_from_kink(h, w, len(dots), seed=8)
+    xy, mass = demanders(dots)
+    C = pixel_demander_cost(h, w, xy)
+    _, grad, _, _ = dm_sinkhorn_torch(hm, xy, mass, eps=1.0, max_iters=5000, tol=1e-13, grad="envelope")
+
+    def ot_kl(x):
+        a, _, _ = suppliers(x)
+        return sinkhorn(a, C, mass, eps=1.0, max_iters=5000, tol=1e-13).dual
+
+    d = torch.randn(hm.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.01
+    torch.testing.assert_close((grad * d).sum((1, 2)), _finite_difference(ot_kl, hm, d), rtol=1e-6, atol=1e-9)
+    # ... and it is not the gradient of <C, P>:
+    _, exact, _, _ = dm_sinkhorn_torch(hm, xy, mass, eps=1.0, max_iters=5000, tol=1e-13, grad="exact")
+    assert not torch.allclose(grad, exact, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["random", "peaked", "multimodal", "noise"])
+@pytest.mark.parametrize("size", [(64, 48), (96, 72)])
+def test_default_tolerance_agrees_with_the_papers_1000_iterations(kind, size):
+    """fp32: defaults (tol 1e-5) vs tol=0 (1000 iterations) within 1e-4 relative, value and gradient."""
+    hm, dots = make_problem(*size, 4, seed=11, kind=kind, dtype=torch.float32)
+    xy, mass = demanders(dots)
+    c1, g1, e1, it1 = dm_sinkhorn_torch(hm, xy, mass, eps=1.0, max_iters=1000, tol=1e-5, grad="exact")
+    c0, g0, _, it0 = dm_sinkhorn_torch(hm, xy, mass, eps=1.0, max_iters=1000, tol=0.0, grad="exact")
+    assert (it0 == 1000).all() and (it1 <= 12).all()
+    torch.testing.assert_close(c1, c0, rtol=1e-4, atol=0)
+    scale = g0.abs().amax(dim=(1, 2), keepdim=True)
+    assert ((g1 - g0).abs() <= 1e-4 * scale).all()
