@@ -16,8 +16,9 @@ coordinates and never stored. See /docs (and the maths note) for the formulas; i
   rescaled by its maximum. ``iterations`` counts u-updates; tol = 0 runs exactly ``max_iters``.
   For eps < 0.05 the same iteration runs in log-sum-exp form on log u (fp32 would underflow).
 - Final plan pi_ij = Kt_ij u_j / s_i (defined for every pixel), cost = sum_i a_i sum_j C_ij pi_ij.
-- grad="exact": dL/da_k = cbar_k - w . pi_k with A' w = h (4x4 solve, gauge fixed by adding 1 1^T on the
-  live slots); grad="envelope": dL/da_k = f_k = -eps log sum_j b_j exp((g_j - C_kj)/eps) (+ const).
+- grad="exact": dL/da_k = cbar_k - w . pi_k with A w = h, A = diag(col) - sum_i a_i pi_i pi_i^T (4x4
+  solve in fp32, gauge fixed by adding 1 1^T on the live slots; diag(col) = diag(b) at convergence);
+  grad="envelope": dL/da_k = f_k = -eps log sum_j b_j exp((g_j - C_kj)/eps) (+ const).
   Both are chained through a = relu(H)/S (or the softmax) into d cost / d H.
 """
 
@@ -127,11 +128,11 @@ def _column(x, k):
 
 
 @triton.jit
-def _solve_gauged(G0, G1, G2, G3, col, b, live, rhs):
-    """Solve A' w = rhs for A = diag(b) - G (G = sum_i a_i pi_i pi_i^T, rows G0..G3), A' = A + m m^T.
+def _solve_gauged(G0, G1, G2, G3, live, rhs):
+    """Solve A' w = rhs for A = diag(col) - G (G = sum_i a_i pi_i pi_i^T, rows G0..G3), A' = A + m m^T.
 
-    The diagonal is formed as A_jj = (b_j - col_j) + sum_{l != j} G_jl, equal to b_j - G_jj since
-    sum_l G_jl = col_j, but without fp32 cancellation. Dead slots get A_ll = 1, rhs_l = 0 (so w_l = 0).
+    col_j = sum_l G_jl, so A_jj = sum_{l != j} G_jl: formed without fp32 cancellation, and A 1 = 0
+    exactly (at convergence col = b, the note's diag(b)). Dead slots get A_ll = 1, rhs_l = 0 (w_l = 0).
     Gauss-Jordan without pivoting: A' is symmetric positive definite.
     """
     slot = tl.arange(0, 4)
@@ -140,7 +141,7 @@ def _solve_gauged(G0, G1, G2, G3, col, b, live, rhs):
     G = tl.where(r == 0, G0[None, :], tl.where(r == 1, G1[None, :], tl.where(r == 2, G2[None, :], G3[None, :])))
     diag = r == c
     off = tl.where(diag, 0.0, G)
-    d = (b - col) + tl.sum(off, axis=1)
+    d = tl.sum(off, axis=1)
     A = tl.where(diag, d[:, None], -off)
     live2 = live[:, None] & live[None, :]
     A = tl.where(live2, A + 1.0, tl.where(diag, 1.0, 0.0))
@@ -244,7 +245,7 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
             fsum += tl.sum(a * f, axis=0)
     err = tl.sum(tl.where(live, tl.abs(col - b), 0.0), axis=0)
     if EXACT:
-        w = _solve_gauged(G0, G1, G2, G3, col, b, live, hvec)
+        w = _solve_gauged(G0, G1, G2, G3, live, hvec)
         gbar = cost - tl.sum(w * col, axis=0)
     else:
         w = tl.zeros([4], dtype=tl.float32)

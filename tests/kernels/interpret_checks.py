@@ -198,18 +198,52 @@ def test_reference_exact_gradient_matches_finite_differences():
     assert (grad - fd).abs().max() < 1e-7
 
 
+TWIN_CASES = {
+    "eps1-exact": dict(eps=1.0, grad="exact"),
+    "eps1-envelope": dict(eps=1.0, grad="envelope"),
+    "eps0.03-exact": dict(eps=0.03, grad="exact"),
+    "eps0.03-envelope": dict(eps=0.03, grad="envelope"),
+    "fp16": dict(eps=1.0, grad="exact", dtype=torch.float16),
+    "bf16-envelope": dict(eps=0.5, grad="envelope", dtype=torch.bfloat16),
+}
+
+
 @pytest.mark.skipif(dm_sinkhorn_torch is None, reason="dmpose.sinkhorn.dm_sinkhorn_torch not on this branch yet")
-@pytest.mark.parametrize("eps,grad", [(1.0, "exact"), (1.0, "envelope"), (0.03, "exact")])
-def test_matches_torch_twin(eps, grad):
+@pytest.mark.parametrize("case", list(TWIN_CASES))
+@pytest.mark.parametrize("tol,max_iters", [(0.0, 6), (1e-5, 40)])
+def test_matches_torch_twin(case, tol, max_iters):
+    opts = dict(TWIN_CASES[case])
+    dtype = opts.pop("dtype", torch.float32)
     hm, xy, mass = odd_problems(seed=9)
-    hm[1] = -1.0
-    opts = dict(eps=eps, max_iters=6, tol=0.0, grad=grad)
-    out = dm_sinkhorn_triton(hm.to(DEVICE), xy.to(DEVICE), mass.to(DEVICE), **opts)
-    twin = dm_sinkhorn_torch(hm.to(DEVICE), xy.to(DEVICE), mass.to(DEVICE), **opts)
+    hm[1] = -1.0  # no positive mass: softmax fallback
+    hm = hm.to(dtype).to(DEVICE)
+    xy, mass = xy.to(DEVICE), mass.to(DEVICE)
+    out = dm_sinkhorn_triton(hm, xy, mass, max_iters=max_iters, tol=tol, **opts)
+    twin = dm_sinkhorn_torch(hm, xy, mass, max_iters=max_iters, tol=tol, **opts)
     compare(out, twin)
 
 
-# ----------------------------------------------------------------------------------------------- decode
+@pytest.mark.skipif(dm_sinkhorn_torch is None, reason="dmpose.loss not on this branch yet")
+@pytest.mark.parametrize("grad", ["exact", "envelope"])
+def test_dm_loss_backend_triton_matches_torch(grad):
+    from dmpose.loss import dm_loss
+
+    g = torch.Generator().manual_seed(11)
+    hm = torch.randn(2, 3, 13, 7, generator=g)
+    kp = torch.tensor([[[2.3, 5.6], [4.0, 9.0], [-0.45, 12.4]], [[6.49, 0.0], [3.5, 6.5], [1.0, 1.25]]])
+    weights = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.5, 1.0]])
+    results = {}
+    for backend, dev in (("torch", "cpu"), ("triton", DEVICE)):
+        x = hm.clone().to(dev).requires_grad_(True)
+        loss = dm_loss(x, kp.to(dev), weights.to(dev), grad=grad, backend=backend, reduction="none")
+        (loss * torch.arange(1.0, 7.0, device=dev).view(2, 3)).sum().backward()
+        results[backend] = (loss.detach(), x.grad)
+    close(results["triton"][0], results["torch"][0], "dm_loss value")
+    close(results["triton"][1], results["torch"][1], "dm_loss grad")
+    assert results["triton"][1][0, 2].abs().max() == 0  # weight-0 joint: no gradient
+
+
+# ------------------------------------------------------------------------------------------- decode
 
 def decode_cases():
     g = torch.Generator().manual_seed(10)

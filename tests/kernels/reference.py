@@ -2,7 +2,8 @@
 
 Row-softmax Sinkhorn on the live demanders only: pi_ij = softmax_j(ell_j - C_ij / eps) with
 ell = log b + g / eps, the g-update ell <- ell + log b - log col, the stopping rule of the kernels, and the
-two gradients (exact implicit differentiation with A = diag(b) - sum_i a_i pi_i pi_i^T; envelope f),
+two gradients (exact implicit differentiation with A = diag(col) - sum_i a_i pi_i pi_i^T, which is the
+note's diag(b) at convergence and keeps A 1 = 0 exactly before it; envelope f),
 chained through a = relu(H)/S or, for a heatmap with no positive mass, a = softmax(H).
 """
 
@@ -53,7 +54,7 @@ def solve_one(h: torch.Tensor, xy: torch.Tensor, mass: torch.Tensor, *, eps: flo
     col = a @ pi
     err = (col - b).abs().sum()
     if grad == "exact":
-        A = torch.diag(b) - (a[:, None] * pi).T @ pi
+        A = torch.diag(col) - (a[:, None] * pi).T @ pi
         rhs = (a[:, None] * pi * (C - cbar[:, None])).sum(0)
         w = torch.linalg.solve(A + 1.0, rhs)
         gamma = cbar - pi @ w
