@@ -30,11 +30,15 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["dm_sinkhorn_triton", "LOG_DOMAIN_BELOW_EPS", "MAX_BLOCK", "INTERPRETED"]
+__all__ = ["dm_sinkhorn_triton", "launch_config", "LOG_DOMAIN_BELOW_EPS", "MAX_BLOCK", "INTERPRETED"]
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # how this module's kernels were built
 LOG_DOMAIN_BELOW_EPS = 0.05  # row-shifted Kt >= exp(-sqrt(2)/eps): fp32-safe above this eps
-MAX_BLOCK = 1024  # pixels per streamed block (4096 spills on sm_90)
+MAX_BLOCK = 1024  # the most pixels per streamed block (4096 spills on sm_90)
+# Default launch: 512 pixels per block, 8 warps (2 pixels per thread): 76-80 registers on sm_90, 3 programs
+# per SM. 1024/8 needs 105-128 registers (2 per SM). Not yet timed on a GPU: see bench_loss_triton.py --configs.
+DEFAULT_BLOCK = 512
+DEFAULT_WARPS = 8
 GRAD_MODES = ("exact", "envelope")
 HEATMAP_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -292,8 +296,20 @@ def _check(heatmaps, demander_xy, demander_mass, eps, max_iters, tol, grad) -> N
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
 
 
+def launch_config(n_pixels: int, block: int | None = None, num_warps: int | None = None) -> tuple[int, int]:
+    """(pixels per block, warps) for problems of ``n_pixels``: the defaults, shrunk for tiny heatmaps."""
+    if block is None:
+        block = max(16, min(DEFAULT_BLOCK, triton.next_power_of_2(n_pixels)))
+    if block > MAX_BLOCK or block < 16 or block & (block - 1):
+        raise ValueError(f"block must be a power of two in [16, {MAX_BLOCK}], got {block}")
+    if num_warps is None:
+        num_warps = DEFAULT_WARPS if block >= DEFAULT_BLOCK else 4
+    return block, num_warps
+
+
 def dm_sinkhorn_triton(heatmaps: torch.Tensor, demander_xy: torch.Tensor, demander_mass: torch.Tensor, *,
-                       eps: float, max_iters: int, tol: float, grad: str = "exact"):
+                       eps: float, max_iters: int, tol: float, grad: str = "exact",
+                       block: int | None = None, num_warps: int | None = None):
     """Solve P entropic OT problems (heatmap pixels -> 4 demanders) and differentiate them, one launch.
 
     Args:
@@ -304,6 +320,7 @@ def dm_sinkhorn_triton(heatmaps: torch.Tensor, demander_xy: torch.Tensor, demand
         max_iters: the most u-updates per problem (>= 1).
         tol: stop a problem once its L1 marginal error is below tol; 0 runs exactly max_iters.
         grad: "exact" (gradient of <C, P>) or "envelope" (gradient of <C,P> + eps KL(P | a x b)).
+        block, num_warps: launch tuning (pixels per streamed block, warps per program); see launch_config.
 
     Returns:
         cost (P,) float32 = <C, P> (both grad modes), grad_heatmaps (P, H, W) float32 = d cost / d heatmaps,
@@ -323,10 +340,10 @@ def dm_sinkhorn_triton(heatmaps: torch.Tensor, demander_xy: torch.Tensor, demand
         if h * w == 0 and p > 0:
             raise ValueError(f"heatmaps must have at least one pixel, got H={h}, W={w}")
         return cost, grad_h, err, iters
-    block = min(MAX_BLOCK, triton.next_power_of_2(h * w))
+    block, num_warps = launch_config(h * w, block, num_warps)
     _dm_sinkhorn_kernel[(p,)](
         hm, xy, mass, cost, grad_h, err, iters, h * w, w, float(eps), int(max_iters), float(tol),
         BLOCK=block, LOG_DOMAIN=bool(eps < LOG_DOMAIN_BELOW_EPS), EXACT=grad == "exact",
-        num_warps=8 if block >= 1024 else 4,
+        num_warps=num_warps,
     )
     return cost, grad_h, err, iters

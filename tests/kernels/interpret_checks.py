@@ -157,6 +157,20 @@ def test_block_streaming_and_tiny_shapes():
     compare(out, ref)
 
 
+def test_launch_shapes_agree():
+    """Block size only changes the streaming (and the fp32 summation order), not the answer."""
+    g = torch.Generator().manual_seed(12)
+    hm = torch.randn(1, 9, 11, generator=g).to(DEVICE)
+    xy, mass = subpixel_demanders(torch.tensor([[4.6, 3.2]]))
+    xy, mass = xy.to(DEVICE), mass.to(DEVICE)
+    outs = [dm_sinkhorn_triton(hm, xy, mass, eps=1.0, max_iters=3, tol=0.0, grad="exact", block=blk, num_warps=nw)
+            for blk, nw in ((16, 1), (64, 2), (1024, 8))]
+    for out in outs[1:]:
+        compare(out, outs[0])
+    with pytest.raises(ValueError, match="power of two"):
+        dm_sinkhorn_triton(hm, xy, mass, eps=1.0, max_iters=3, tol=0.0, grad="exact", block=4096)
+
+
 @pytest.mark.parametrize("eps", [1.0, 0.01])
 def test_never_nan(eps):
     """Extreme but finite inputs: huge / tiny values, fp16 extremes, dots half a pixel outside, tiny eps."""
