@@ -75,7 +75,7 @@ def _row_min(C, live):
 @triton.jit
 def _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, shift, sc, inv, neg_inv_eps,
                           BLOCK: tl.constexpr):
-    """Column marginals col_j = u_j sum_i a_i Kt_ij / s_i for the current u."""
+    """v_j = sum_i a_i Kt_ij / s_i for the current u (the column marginals are u_j v_j)."""
     acc = tl.zeros([4], dtype=tl.float32)
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -85,7 +85,7 @@ def _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, shift, sc,
         kt = tl.where(live[None, :], tl.exp((C - m[:, None]) * neg_inv_eps), 0.0)
         s = tl.sum(kt * u[None, :], axis=1)
         acc += tl.sum(kt * (a / s)[:, None], axis=0)
-    return acc * u
+    return acc
 
 
 @triton.jit
@@ -206,7 +206,8 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
             log_col = _sweep_log(h_ptr, N, W, dx, dy, live, ell, softmax_mode, hmax, sc, inv, inv_eps, BLOCK)
             col = tl.exp(log_col)
         else:
-            col = _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, hmax, sc, inv, -inv_eps, BLOCK)
+            v = _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, hmax, sc, inv, -inv_eps, BLOCK)
+            col = u * v
         err = tl.sum(tl.where(live, tl.abs(col - b), 0.0), axis=0)
         converged = (tol > 0.0) & (err < tol)
         if LOG_DOMAIN:
@@ -214,7 +215,7 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
             ell_new = ell_new - tl.max(tl.where(live, ell_new, -1.0e30), axis=0)
             ell = tl.where(converged, ell, ell_new)
         else:
-            u_new = tl.where(live, u * b / tl.where(live, col, 1.0), 0.0)
+            u_new = tl.where(live, b / tl.maximum(v, 1.1754944e-38), 0.0)  # v clamped at fp32's tiny
             u_new = u_new / tl.max(u_new, axis=0)
             u = tl.where(converged, u, u_new)
         it += tl.where(converged, 0, 1)
