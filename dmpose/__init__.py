@@ -7,6 +7,7 @@ x to the right, y down. Keypoints passed to the loss and returned by the decoder
 
 __version__ = "0.1.0"
 
+from dmpose.codec import DMCodec, GaussianCodec
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.eval.coco import evaluate_coco
 from dmpose.eval.mpii import pckh
@@ -14,6 +15,8 @@ from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, ms
 
 __all__ = [
     "__version__",
+    "DMCodec",
+    "GaussianCodec",
     "dm_loss",
     "DMLoss",
     "mse_loss",

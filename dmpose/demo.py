@@ -50,7 +50,7 @@ def fit_heatmap_to_dot(
     losses = []
     for step in range(steps):
         opt.zero_grad()
-        loss = dm_loss(heatmap, target, eps=eps, grad=grad, tol=1e-9)
+        loss = dm_loss(heatmap, target, eps=eps, grad=grad, tol=1e-7)
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -62,6 +62,6 @@ def fit_heatmap_to_dot(
         decoded=(coords[0, 0, 0].item(), coords[0, 0, 1].item()),
         confidence=conf[0, 0].item(),
         loss_start=losses[0],
-        loss_end=dm_loss(heatmap.detach(), target, eps=eps, tol=1e-9).item(),
+        loss_end=dm_loss(heatmap.detach(), target, eps=eps, tol=1e-7).item(),
         steps=steps,
     )

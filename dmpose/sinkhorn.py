@@ -170,9 +170,10 @@ def exact_grad_a(res: SinkhornResult, a: Tensor, C: Tensor, b: Tensor) -> Tensor
     live = (b > 0).double()
     pi, a64 = res.pi.double(), a.double()
     cbar = (C.double() * pi).sum(-1)
-    A = torch.diag_embed(res.col.double()) - torch.einsum("pi,pij,pil->pjl", a64, pi, pi)
+    a_pi_t = (a64[:, :, None] * pi).transpose(1, 2)  # (P, M, N)
+    A = torch.diag_embed(res.col.double()) - torch.bmm(a_pi_t, pi)
     A = A + live[:, :, None] * live[:, None, :] + torch.diag_embed(1.0 - live)
-    h = torch.einsum("pi,pil->pl", a64, pi * (C.double() - cbar[..., None])) * live
+    h = (a_pi_t * (C.double() - cbar[..., None]).transpose(1, 2)).sum(-1) * live
     w = torch.linalg.solve(A, h.unsqueeze(-1))
     return (cbar - torch.bmm(pi, w).squeeze(-1)).to(a.dtype)
 

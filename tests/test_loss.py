@@ -206,7 +206,7 @@ def fit(eps, grad, dot=(7.3, 5.7), size=(14, 12), steps=500):
     opt = torch.optim.Adam([hm], lr=0.01)
     for _ in range(steps):
         opt.zero_grad()
-        dm_loss(hm, kp, eps=eps, grad=grad, tol=1e-10).backward()
+        dm_loss(hm, kp, eps=eps, grad=grad, tol=1e-7).backward()
         opt.step()
     coords, _ = decode_2x2(hm.detach())
     return (coords[0, 0].double() - kp[0, 0]).norm().item()

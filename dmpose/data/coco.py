@@ -1,0 +1,196 @@
+"""COCO keypoints, top-down: one sample per person box.
+
+Standard layout under a root folder (`coco_paths`):
+    annotations/person_keypoints_{split}.json, {split}/*.jpg,
+    person_detection_results/COCO_val2017_detections_AP_H_56_person.json (optional, for eval).
+
+Training (mode="train") and evaluation with ground-truth boxes (mode="eval", no detections) keep every
+person annotation that is not crowd, has at least one labelled keypoint (v > 0) and whose box, clipped
+to the image as in the official HRNet loader, is not empty; the rest is counted and logged.
+Evaluation with a detection json keeps person detections with score >= det_score_threshold (counted).
+
+Coordinates: COCO keypoints and boxes are used as given, with pixel centres at integer coordinates
+(pixel (i, j) covers [j-0.5, j+0.5) x [i-0.5, i+0.5)); a box [x, y, w, h] has centre (x + w/2, y + h/2).
+
+A sample (dict) holds:
+  image (3, H, W) float32, normalised with the ImageNet mean/std;
+  keypoints_hm (K, 2) float32 heatmap px (0 where weight 0); weights (K,) float32;
+  target: the codec's targets (DM: keypoints_hm + weights; Gaussian: heatmaps (K, Hh, Wh) + weights);
+  meta: image_id, annotation_id (-1 for detections), score (1.0 for GT boxes), keypoints (K, 3) image px
+    with COCO flags (zeros for detections), center, size (image px), rotation, flipped, half_body,
+    affine_input / affine_heatmap (2x3 image -> input / heatmap).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dmpose.data.image import read_image
+from dmpose.data.transforms import TopDownTransform
+from dmpose.geometry import box_to_center_scale
+
+__all__ = ["CocoKeypoints", "coco_paths", "PersonRecord", "DEFAULT_DETECTION_FILE"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DETECTION_FILE = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
+
+
+def coco_paths(root: str | Path, split: str = "val2017") -> tuple[Path, Path]:
+    """(annotation json, image folder) of a split in the standard COCO layout."""
+    root = Path(root)
+    return root / "annotations" / f"person_keypoints_{split}.json", root / split
+
+
+@dataclass
+class PersonRecord:
+    image_id: int
+    file_name: str
+    annotation_id: int
+    box_xywh: np.ndarray  # (4,) image px
+    score: float
+    keypoints: np.ndarray  # (K, 3): x, y image px, COCO visibility flag
+
+
+def _load_json(path: Path, what: str):
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {path} is not valid JSON: {exc}") from exc
+
+
+def _clip_box(box, width: int, height: int) -> np.ndarray | None:
+    """HRNet's clipping: to [0, width-1] x [0, height-1]; None when nothing is left."""
+    x, y, w, h = box
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+    if x2 < x1 or y2 < y1 or w * h <= 0:
+        return None
+    return np.array([x1, y1, x2 - x1, y2 - y1], dtype=np.float64)
+
+
+class CocoKeypoints(Dataset):
+    """COCO-format keypoint dataset (any keypoint set whose size matches the annotations).
+
+    Args:
+        ann_file: person_keypoints_*.json; image_dir: folder with the images.
+        transform: TopDownTransform (input/heatmap size, codec, keypoint set, augmentation or None).
+        detections: optional COCO-results json of person boxes (evaluation only).
+        det_score_threshold: keep detections with score >= this.
+    """
+
+    def __init__(self, ann_file: str | Path, image_dir: str | Path, transform: TopDownTransform,
+                 detections: str | Path | None = None, det_score_threshold: float = 0.0):
+        self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
+        self.transform = transform
+        self.num_keypoints = transform.keypoint_set.num_keypoints
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.image_dir}")
+        data = _load_json(self.ann_file, "annotation file")
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                raise ValueError(f"annotation file {self.ann_file} has no '{key}' field")
+        self.images = {int(im["id"]): im for im in data["images"]}
+        self.gt_records = self._load_gt(data["annotations"])
+        self.detections = None if detections is None else Path(detections)
+        self.records = self.gt_records if detections is None else self._load_detections(self.detections, det_score_threshold)
+
+    @classmethod
+    def from_root(cls, root: str | Path, split: str, transform: TopDownTransform,
+                  detections: bool | str | Path = False, det_score_threshold: float = 0.0) -> "CocoKeypoints":
+        """The standard layout under `root`; detections=True uses root/DEFAULT_DETECTION_FILE."""
+        ann_file, image_dir = coco_paths(root, split)
+        det = Path(root) / DEFAULT_DETECTION_FILE if detections is True else (detections or None)
+        return cls(ann_file, image_dir, transform, det, det_score_threshold)
+
+    def _load_gt(self, annotations: list) -> list[PersonRecord]:
+        k = self.num_keypoints
+        records, crowd, unlabelled, empty = [], 0, 0, 0
+        for ann in annotations:
+            aid = ann.get("id")
+            kps = ann.get("keypoints")
+            if kps is None or len(kps) != 3 * k:
+                n = None if kps is None else len(kps)
+                raise ValueError(f"{self.ann_file}: annotation id {aid} has {n} keypoint values, expected {3 * k} "
+                                 f"({k} keypoints x 3) for keypoint set '{self.transform.keypoint_set.name}'")
+            box = ann.get("bbox")
+            if box is None or len(box) != 4:
+                raise ValueError(f"{self.ann_file}: annotation id {aid} has no valid bbox [x, y, w, h]: {box!r}")
+            if box[2] < 0 or box[3] < 0:
+                raise ValueError(f"{self.ann_file}: annotation id {aid} has a negative box size: {box!r}")
+            image = self.images.get(int(ann["image_id"]))
+            if image is None:
+                raise ValueError(f"{self.ann_file}: annotation id {aid} refers to unknown image id {ann['image_id']}")
+            kps = np.asarray(kps, dtype=np.float64).reshape(k, 3)
+            if ann.get("iscrowd", 0):
+                crowd += 1
+                continue
+            if not np.any(kps[:, 2] > 0):
+                unlabelled += 1
+                continue
+            clipped = _clip_box(box, int(image["width"]), int(image["height"]))
+            if clipped is None:
+                empty += 1
+                continue
+            records.append(PersonRecord(int(image["id"]), image["file_name"], int(aid), clipped, 1.0, kps))
+        logger.info("%s: %d person boxes kept; filtered %d crowd, %d without labelled keypoints, %d empty boxes",
+                    self.ann_file, len(records), crowd, unlabelled, empty)
+        return records
+
+    def _load_detections(self, path: Path, threshold: float) -> list[PersonRecord]:
+        dets = _load_json(path, "detection file")
+        if not isinstance(dets, list):
+            raise ValueError(f"detection file {path} must hold a list of results, got {type(dets).__name__}")
+        zeros = np.zeros((self.num_keypoints, 3))
+        records, other_class, low = [], 0, 0
+        for i, det in enumerate(dets):
+            try:
+                image_id, box, score = int(det["image_id"]), det["bbox"], float(det["score"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"detection file {path}: entry {i} lacks image_id/bbox/score: {exc}") from None
+            if det.get("category_id", 1) != 1:
+                other_class += 1
+                continue
+            if len(box) != 4 or box[2] < 0 or box[3] < 0:
+                raise ValueError(f"detection file {path}: entry {i} has a bad box (need w, h >= 0): {box!r}")
+            if image_id not in self.images:
+                raise ValueError(f"detection file {path}: entry {i} refers to unknown image id {image_id}")
+            if score < threshold:
+                low += 1
+                continue
+            records.append(PersonRecord(image_id, self.images[image_id]["file_name"], -1,
+                                        np.asarray(box, dtype=np.float64), score, zeros))
+        logger.info("%s: %d detections kept; filtered %d below score %.3g, %d not person",
+                    path, len(records), low, threshold, other_class)
+        return records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def center_size(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Centre and padded, aspect-fixed size (image px) of record `index`."""
+        t = self.transform
+        return box_to_center_scale(self.records[index].box_xywh, t.aspect_ratio, t.padding)
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        image = read_image(self.image_dir / rec.file_name)
+        center, size = self.center_size(index)
+        rng = None
+        if self.transform.augment is not None:
+            # drawn from torch's generator so torch.manual_seed and DataLoader worker seeding fix it
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        meta = {"image_id": rec.image_id, "annotation_id": rec.annotation_id, "score": rec.score,
+                "keypoints": rec.keypoints.copy()}
+        return self.transform(image, center, size, rec.keypoints[:, :2], rec.keypoints[:, 2], rng, meta)

@@ -1,0 +1,138 @@
+"""Keypoint sets: names, left/right flip pairs, OKS sigmas, skeleton and half-body split, from YAML.
+
+Built in: "coco17" and "mpii16" (dmpose/data/keypoint_sets/). A custom set (animals, hands, ...) is a
+YAML file with the same keys, referring to joints by name:
+
+    name: my_set                       # optional (defaults to the file name)
+    keypoints: [a, b, c]               # required, unique names; their order is the dataset's order
+    flip_pairs: [[a, b]]               # optional, each joint in at most one pair
+    sigmas: [0.05, 0.05, 0.1]          # optional OKS sigmas, one per keypoint (needed for COCO eval)
+    skeleton: [[a, c]]                 # optional, for drawing
+    upper_body: [a, b]                 # optional, enables the half-body augmentation
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+__all__ = ["KeypointSet", "load_keypoint_set", "builtin_keypoint_sets"]
+
+_BUILTIN_DIR = Path(__file__).resolve().parent / "keypoint_sets"
+_KEYS = {"name", "keypoints", "flip_pairs", "sigmas", "skeleton", "upper_body"}
+
+
+@dataclass(frozen=True)
+class KeypointSet:
+    name: str
+    names: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...]
+    sigmas: tuple[float, ...] | None
+    skeleton: tuple[tuple[int, int], ...]
+    upper_body: tuple[int, ...]
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.names)
+
+    @property
+    def flip_index(self) -> np.ndarray:
+        """Permutation p such that flipped_keypoints = keypoints[p] (left <-> right)."""
+        perm = np.arange(self.num_keypoints)
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return perm
+
+    @property
+    def lower_body(self) -> tuple[int, ...]:
+        if not self.upper_body:
+            return ()
+        return tuple(i for i in range(self.num_keypoints) if i not in set(self.upper_body))
+
+    def to_dict(self) -> dict:
+        """Plain-name form (the YAML layout), e.g. for checkpoint metadata."""
+        n = self.names
+        return {
+            "name": self.name,
+            "keypoints": list(n),
+            "flip_pairs": [[n[a], n[b]] for a, b in self.flip_pairs],
+            "sigmas": None if self.sigmas is None else list(self.sigmas),
+            "skeleton": [[n[a], n[b]] for a, b in self.skeleton],
+            "upper_body": [n[i] for i in self.upper_body],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "KeypointSet":
+        """Validate a YAML-layout dict; errors name the source and the offending field."""
+
+        def fail(msg: str):
+            raise ValueError(f"keypoint set {source}: {msg}")
+
+        if not isinstance(data, dict):
+            fail(f"expected a mapping, got {type(data).__name__}")
+        unknown = set(data) - _KEYS
+        if unknown:
+            fail(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+        names = data.get("keypoints")
+        if not isinstance(names, list) or not names or not all(isinstance(s, str) and s for s in names):
+            fail("'keypoints' must be a non-empty list of names")
+        if len(set(names)) != len(names):
+            dup = sorted({s for s in names if names.count(s) > 1})
+            fail(f"'keypoints' has duplicate names {dup}")
+        index = {s: i for i, s in enumerate(names)}
+
+        def lookup(field: str, name) -> int:
+            if name not in index:
+                fail(f"'{field}' refers to unknown keypoint {name!r}")
+            return index[name]
+
+        def pairs(field: str) -> tuple[tuple[int, int], ...]:
+            value = data.get(field) or []
+            out = []
+            for pair in value:
+                if not isinstance(pair, list) or len(pair) != 2:
+                    fail(f"'{field}' entries must be [name, name] pairs, got {pair!r}")
+                a, b = lookup(field, pair[0]), lookup(field, pair[1])
+                if a == b:
+                    fail(f"'{field}' pairs a keypoint with itself: {pair!r}")
+                out.append((a, b))
+            return tuple(out)
+
+        flip_pairs = pairs("flip_pairs")
+        seen = [i for p in flip_pairs for i in p]
+        if len(seen) != len(set(seen)):
+            fail("a keypoint appears in more than one flip pair")
+        sigmas = data.get("sigmas")
+        if sigmas is not None:
+            if not isinstance(sigmas, list) or len(sigmas) != len(names):
+                fail(f"'sigmas' must list {len(names)} numbers (one per keypoint), got {sigmas!r}")
+            if not all(isinstance(v, (int, float)) and v > 0 for v in sigmas):
+                fail("'sigmas' must all be positive numbers")
+            sigmas = tuple(float(v) for v in sigmas)
+        upper = tuple(lookup("upper_body", s) for s in (data.get("upper_body") or []))
+        name = data.get("name", Path(source).stem)
+        if not isinstance(name, str) or not name:
+            fail("'name' must be a non-empty string")
+        return cls(name, tuple(names), flip_pairs, sigmas, pairs("skeleton"), upper)
+
+
+def builtin_keypoint_sets() -> list[str]:
+    return sorted(p.stem for p in _BUILTIN_DIR.glob("*.yaml"))
+
+
+def load_keypoint_set(name_or_path: str | Path) -> KeypointSet:
+    """A built-in set by name ("coco17", "mpii16") or a user YAML file by path."""
+    builtin = _BUILTIN_DIR / f"{name_or_path}.yaml"
+    path = builtin if isinstance(name_or_path, str) and builtin.is_file() else Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"keypoint set {str(name_or_path)!r} is neither a built-in set {builtin_keypoint_sets()} nor a file"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"keypoint set {path}: invalid YAML: {exc}") from exc
+    return KeypointSet.from_dict(data, source=str(path))
