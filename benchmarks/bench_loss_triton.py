@@ -15,8 +15,9 @@ Prints, in one run on one CUDA device, a markdown table ready for benchmarks/RES
 - decode: achieved bandwidth of ``decode_2x2`` (Triton) vs the copy bandwidth (target >= 50%).
 Without a CUDA device it says plainly that no GPU numbers exist yet and exits 0.
 
-Heatmaps: a Gaussian bump (sigma 2 px) around a random sub-pixel dot plus N(0, 0.1) noise, so about
-half of each heatmap is <= 0, as in training. Timing: CUDA events, median of --reps after a warm-up.
+Heatmaps: those of benchmarks/bench_loss.py (a blurred peak near a random sub-pixel dot, a weaker second
+mode, noise; much of each heatmap <= 0, as in training). Timing: CUDA events, median of --reps after a
+warm-up.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository (dmpose)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ (bench_loss)
 
 BATCH, JOINTS = 32, 17
 FMA_PER_PIXEL_ITER = 8  # multiplicative form: 4 for s_i, 4 for the column sums
@@ -71,14 +73,12 @@ def sm_clock_hz() -> tuple[float, str]:
 
 
 def make_problems(h: int, w: int, dtype: torch.dtype, seed: int = 0):
+    """The CPU benchmark's realistic heatmaps (bench_loss.realistic_batch), on the GPU in ``dtype``."""
+    from bench_loss import realistic_batch
+
     from dmpose.loss import demanders
 
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    p = BATCH * JOINTS
-    dots = torch.rand(p, 2, generator=g, device="cuda") * torch.tensor([w - 1.0, h - 1.0], device="cuda")
-    ys, xs = torch.meshgrid(torch.arange(h, device="cuda"), torch.arange(w, device="cuda"), indexing="ij")
-    d2 = (xs[None] - dots[:, 0, None, None]) ** 2 + (ys[None] - dots[:, 1, None, None]) ** 2
-    hm = torch.exp(-d2 / 8.0) + 0.1 * torch.randn(p, h, w, generator=g, device="cuda")
+    hm, dots = realistic_batch(BATCH * JOINTS, h, w, "cuda", seed=seed)
     xy, mass = demanders(dots)
     return hm.to(dtype), xy.float(), mass.float(), dots
 
@@ -158,9 +158,9 @@ def bench_pot(hm, xy, mass, h: int, w: int, t_triton0: float) -> list[str]:
     except ImportError as exc:
         return [f"unavailable: {exc}", "", "", ""]
     a, _, _ = suppliers(hm.float())
+    a = (a + 1e-12) / (1 + 1e-12 * a.shape[1])  # POT's log domain needs a > 0 and b > 0 (as in bench_loss)
     C = pixel_demander_cost(h, w, xy)
-    b = mass.clamp_min(1e-12)  # random dots: no dead slots; POT's log of 0 would give -inf
-    b = b / b.sum(-1, keepdim=True)
+    b = (mass + 1e-12) / (1 + 4e-12)
     try:
         fn = lambda: ot.batch.solve_batch(C, reg=1.0, a=a, b=b, max_iter=1000, tol=0.0,  # noqa: E731
                                           method="log_sinkhorn", grad="detach")

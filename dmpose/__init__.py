@@ -11,6 +11,7 @@ from dmpose.codec import DMCodec, GaussianCodec
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.eval.coco import evaluate_coco
 from dmpose.eval.mpii import pckh
+from dmpose.kernels import triton_status
 from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "decode_argmax",
     "evaluate_coco",
     "pckh",
+    "triton_status",
 ]
