@@ -293,3 +293,29 @@ def test_decode_dispatch():
     coords, conf = decode_2x2(hm, backend="triton")
     want = decode_2x2(hm.cpu(), backend="torch")
     assert torch.equal(coords.cpu(), want[0])
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(heatmaps=torch.zeros(2, 3)), "heatmaps must be a \\(P, H, W\\)"),
+    (dict(heatmaps=torch.zeros(2, 3, 3, dtype=torch.float64)), "dtype must be float16, bfloat16 or float32"),
+    (dict(demander_xy=torch.zeros(2, 4)), "demander_xy must have shape \\(2, 4, 2\\)"),
+    (dict(demander_mass=torch.zeros(2, 3)), "demander_mass must have shape \\(2, 4\\)"),
+    (dict(eps=0.0), "eps must be > 0"),
+    (dict(max_iters=0), "max_iters must be >= 1"),
+    (dict(tol=-1.0), "tol must be >= 0"),
+    (dict(grad="autodiff"), "grad must be one of"),
+])
+def test_bad_arguments_name_the_problem(bad, match):
+    args = dict(heatmaps=torch.zeros(2, 3, 3), demander_xy=torch.zeros(2, 4, 2), demander_mass=torch.ones(2, 4) / 4,
+                eps=1.0, max_iters=3, tol=0.0, grad="exact")
+    args.update(bad)
+    args = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    with pytest.raises(ValueError, match=match):
+        dm_sinkhorn_triton(args.pop("heatmaps"), args.pop("demander_xy"), args.pop("demander_mass"), **args)
+
+
+def test_decode_bad_arguments():
+    with pytest.raises(ValueError, match="at least 2x2"):
+        decode_2x2_triton(torch.zeros(1, 1, 1, 5).to(DEVICE))
+    with pytest.raises(ValueError, match="\\(B, K, H, W\\)"):
+        decode_2x2_triton(torch.zeros(1, 5, 5).to(DEVICE))
