@@ -17,7 +17,7 @@ coordinates and never stored. See /docs (and the maths note) for the formulas; i
   For eps < 0.05 the same iteration runs in log-sum-exp form on log u (fp32 would underflow).
 - Final plan pi_ij = Kt_ij u_j / s_i (defined for every pixel), cost = sum_i a_i sum_j C_ij pi_ij.
 - grad="exact": dL/da_k = cbar_k - w . pi_k with A w = h, A = diag(col) - sum_i a_i pi_i pi_i^T (4x4
-  solve in fp32, gauge fixed by adding 1 1^T on the live slots; diag(col) = diag(b) at convergence);
+  solve in fp32 as a grounded graph Laplacian, free of cancellation; diag(col) = diag(b) at convergence);
   grad="envelope": dL/da_k = f_k = -eps log sum_j b_j exp((g_j - C_kj)/eps) (+ const).
   Both are chained through a = relu(H)/S (or the softmax) into d cost / d H.
 """
@@ -132,33 +132,54 @@ def _column(x, k):
 
 
 @triton.jit
-def _solve_gauged(G0, G1, G2, G3, live, rhs):
-    """Solve A' w = rhs for A = diag(col) - G (G = sum_i a_i pi_i pi_i^T, rows G0..G3), A' = A + m m^T.
+def _solve_laplacian(G0, G1, G2, G3, live, rhs):
+    """Solve A w = rhs for the 4x4 A = diag(col) - G, G = sum_i a_i pi_i pi_i^T (rows G0..G3), rhs . 1 = 0.
 
-    col_j = sum_l G_jl, so A_jj = sum_{l != j} G_jl: formed without fp32 cancellation, and A 1 = 0
-    exactly (at convergence col = b, the note's diag(b)). Dead slots get A_ll = 1, rhs_l = 0 (w_l = 0).
-    Gauss-Jordan without pivoting: A' is symmetric positive definite.
+    A is a weighted graph Laplacian: off-diagonal couplings K_jl = G_jl >= 0, diagonal
+    A_jj = sum_{l != j} K_jl (= col_j - G_jj, formed without cancellation), A 1 = 0. The gauge is fixed
+    by grounding the live slot with the largest coupling (its w is 0); the grounded system is solved
+    by Gaussian elimination in the GTH manner: every pivot is recomputed as a sum of non-negative
+    couplings (plus the accumulated coupling to ground), so there is no subtractive cancellation however
+    ill-conditioned A is (small eps: couplings of 1e-22 next to 1). Dead slots, and live slots with no
+    coupling at all, get w = 0. Any additive constant in w is irrelevant (the chain rule projects it out).
     """
     slot = tl.arange(0, 4)
     r = slot[:, None]
     c = slot[None, :]
     G = tl.where(r == 0, G0[None, :], tl.where(r == 1, G1[None, :], tl.where(r == 2, G2[None, :], G3[None, :])))
-    diag = r == c
-    off = tl.where(diag, 0.0, G)
-    d = tl.sum(off, axis=1)
-    A = tl.where(diag, d[:, None], -off)
-    live2 = live[:, None] & live[None, :]
-    A = tl.where(live2, A + 1.0, tl.where(diag, 1.0, 0.0))
-    x = tl.where(live, rhs, 0.0)
+    K = tl.where((r != c) & live[:, None] & live[None, :], G, 0.0)
+    K = 0.5 * (K + tl.trans(K))  # exactly symmetric (the two halves were accumulated separately)
+    ref = tl.argmax(tl.where(live, tl.sum(K, axis=1), -1.0), axis=0)
+    ground = tl.sum(tl.where(c == ref, K, 0.0), axis=1)
+    active = live & (slot != ref)
+    K = tl.where((r != ref) & (c != ref), K, 0.0)
+    x = tl.where(active, rhs, 0.0)
+    U = tl.zeros([4, 4], dtype=tl.float32)
+    piv = tl.zeros([4], dtype=tl.float32)
     for k in tl.static_range(4):
-        row_k = tl.sum(tl.where(r == k, A, 0.0), axis=0)
-        col_k = tl.sum(tl.where(c == k, A, 0.0), axis=1)
-        pivot = tl.sum(tl.where(slot == k, col_k, 0.0))
-        x_k = tl.sum(tl.where(slot == k, x, 0.0))
-        factor = tl.where(slot == k, 0.0, col_k / pivot)
-        A = A - factor[:, None] * row_k[None, :]
-        x = x - factor * x_k
-    return x / tl.sum(tl.where(diag, A, 0.0), axis=1)
+        row_k = tl.sum(tl.where(r == k, K, 0.0), axis=0)
+        g_k = tl.sum(tl.where(slot == k, ground, 0.0), axis=0)
+        x_k = tl.sum(tl.where(slot == k, x, 0.0), axis=0)
+        p_k = tl.sum(row_k, axis=0) + g_k
+        ok = tl.sum(tl.where((slot == k) & active, 1, 0), axis=0) > 0
+        ok = ok & (p_k > 0.0)
+        f = row_k / tl.where(ok, p_k, 1.0)  # K_jk / p_k (K symmetric)
+        f = tl.where(ok, f, 0.0)
+        K = K + f[:, None] * row_k[None, :]
+        K = tl.where((r == k) | (c == k) | (r == c), 0.0, K)
+        ground = ground + f * g_k
+        x = x + f * x_k
+        U = tl.where(r == k, row_k[None, :], U)
+        piv = tl.where(slot == k, tl.where(ok, p_k, 0.0), piv)
+    w = tl.zeros([4], dtype=tl.float32)
+    for kk in tl.static_range(4):
+        k = 3 - kk
+        u_k = tl.sum(tl.where(r == k, U, 0.0), axis=0)
+        p_k = tl.sum(tl.where(slot == k, piv, 0.0), axis=0)
+        x_k = tl.sum(tl.where(slot == k, x, 0.0), axis=0)
+        w_k = tl.where(p_k > 0.0, (x_k + tl.sum(u_k * w, axis=0)) / tl.where(p_k > 0.0, p_k, 1.0), 0.0)
+        w = tl.where(slot == k, w_k, w)
+    return w
 
 
 @triton.jit
@@ -250,7 +271,7 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
             fsum += tl.sum(a * f, axis=0)
     err = tl.sum(tl.where(live, tl.abs(col - b), 0.0), axis=0)
     if EXACT:
-        w = _solve_gauged(G0, G1, G2, G3, live, hvec)
+        w = _solve_laplacian(G0, G1, G2, G3, live, hvec)
         gbar = cost - tl.sum(w * col, axis=0)
     else:
         w = tl.zeros([4], dtype=tl.float32)

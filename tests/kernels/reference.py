@@ -3,7 +3,7 @@
 Row-softmax Sinkhorn on the live demanders only: pi_ij = softmax_j(ell_j - C_ij / eps) with
 ell = log b + g / eps, the g-update ell <- ell + log b - log col, the stopping rule of the kernels, and the
 two gradients (exact implicit differentiation with A = diag(col) - sum_i a_i pi_i pi_i^T, which is the
-note's diag(b) at convergence and keeps A 1 = 0 exactly before it; envelope f),
+note's diag(b) at convergence and keeps A 1 = 0 exactly before it, solved as a graph Laplacian; envelope f),
 chained through a = relu(H)/S or, for a heatmap with no positive mass, a = softmax(H).
 """
 
@@ -25,6 +25,26 @@ def suppliers(h: torch.Tensor) -> tuple[torch.Tensor, bool]:
     if r.sum() > 0:
         return r / r.sum(), False
     return torch.softmax(h, dim=0), True
+
+
+def solve_laplacian(G: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """w with A w = h (up to a constant) for A = diag(col) - G, col = G 1: a graph Laplacian.
+
+    Its diagonal is formed as the sum of the off-diagonal couplings (col_j - G_jj would cancel
+    catastrophically when pi is nearly one-hot, at small eps); the gauge is fixed by dropping the slot
+    with the largest coupling (w = 0 there), slots with no coupling get w = 0, and the remaining
+    positive-definite block is solved in float64 after symmetric diagonal scaling.
+    """
+    K = G - torch.diag(torch.diag(G))
+    d = K.sum(1)
+    keep = d > 0
+    keep[int(torch.argmax(d))] = False
+    w = torch.zeros_like(h)
+    if keep.any():
+        A = (torch.diag(d) - K)[keep][:, keep]
+        s = A.diagonal().rsqrt()
+        w[keep] = s * torch.linalg.solve(s[:, None] * A * s[None, :], s * h[keep])
+    return w
 
 
 def solve_one(h: torch.Tensor, xy: torch.Tensor, mass: torch.Tensor, *, eps: float, max_iters: int,
@@ -54,10 +74,7 @@ def solve_one(h: torch.Tensor, xy: torch.Tensor, mass: torch.Tensor, *, eps: flo
     col = a @ pi
     err = (col - b).abs().sum()
     if grad == "exact":
-        A = torch.diag(col) - (a[:, None] * pi).T @ pi
-        rhs = (a[:, None] * pi * (C - cbar[:, None])).sum(0)
-        w = torch.linalg.solve(A + 1.0, rhs)
-        gamma = cbar - pi @ w
+        gamma = cbar - pi @ solve_laplacian((a[:, None] * pi).T @ pi, (a[:, None] * pi * (C - cbar[:, None])).sum(0))
     else:
         gamma = -eps * torch.logsumexp(ell - C / eps, dim=1)
     gbar = a @ gamma
