@@ -10,9 +10,12 @@ __version__ = "0.1.0"
 from dmpose.codec import DMCodec, GaussianCodec
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.eval.coco import evaluate_coco
+from dmpose.eval.evaluate import evaluate_checkpoint
 from dmpose.eval.mpii import pckh
+from dmpose.eval.topdown import predict_dataset
 from dmpose.kernels import triton_status
 from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
+from dmpose.models import build_model, load_model, save_checkpoint
 
 __all__ = [
     "__version__",
@@ -27,6 +30,11 @@ __all__ = [
     "decode_2x2",
     "decode_argmax",
     "evaluate_coco",
+    "evaluate_checkpoint",
+    "predict_dataset",
     "pckh",
+    "build_model",
+    "load_model",
+    "save_checkpoint",
     "triton_status",
 ]

@@ -140,23 +140,29 @@ class _DMLossFunction(torch.autograd.Function):
         b, k, h, w = heatmaps.shape
         out_dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
         flat_w = weights.reshape(-1).to(out_dtype)
-        idx = flat_w.nonzero().squeeze(-1)  # only labelled joints are solved
+        labelled = flat_w != 0
+        everything = bool(labelled.all())
+        idx = None if everything else labelled.nonzero().squeeze(-1)  # only labelled joints are solved
         values = torch.zeros(b * k, dtype=out_dtype, device=heatmaps.device)
         grad = torch.zeros(b * k, h, w, dtype=out_dtype, device=heatmaps.device)
-        if idx.numel() > 0:
-            xy, mass = demanders(keypoints.reshape(-1, 2)[idx].to(out_dtype), opts["demanders"])
+        select = (lambda t: t) if everything else (lambda t: t[idx])
+        if everything or idx.numel() > 0:
+            xy, mass = demanders(select(keypoints.reshape(-1, 2)).to(out_dtype), opts["demanders"])
             solve = dm_sinkhorn_torch
             if opts["backend"] == "triton":
                 from dmpose.kernels.sinkhorn import dm_sinkhorn_triton as solve
 
                 xy, mass = xy.float(), mass.float()  # the kernels take fp32 coordinates and masses
             cost, g, _, _ = solve(
-                heatmaps.reshape(-1, h, w)[idx], xy, mass,
+                select(heatmaps.reshape(-1, h, w)), xy, mass,
                 eps=float(opts["eps"]), max_iters=opts["max_iters"], tol=float(opts["tol"]), grad=opts["grad"],
             )
-            w_sel = flat_w[idx]
-            values[idx] = cost.to(out_dtype) * w_sel
-            grad[idx] = g.to(out_dtype) * w_sel[:, None, None]
+            w_sel = select(flat_w)
+            if everything:
+                values, grad = cost.to(out_dtype) * w_sel, g.to(out_dtype).mul_(w_sel[:, None, None])
+            else:
+                values[idx] = cost.to(out_dtype) * w_sel
+                grad[idx] = g.to(out_dtype) * w_sel[:, None, None]
         ctx.save_for_backward(grad)
         ctx.heatmap_dtype = heatmaps.dtype
         return values.reshape(b, k)

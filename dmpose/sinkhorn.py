@@ -48,11 +48,11 @@ SHIFTED_MIN_EPS = 0.05
 
 @dataclass
 class SinkhornResult:
-    """Solution of P problems with N pixels and M demanders.
+    """Solution of P problems with N pixels and M demanders (demander-major layout: (P, M, N)).
 
     g: (P, M) demander potentials (0 on dead demanders; defined up to a common constant).
-    f: (P, N) pixel potentials f_i = -eps log sum_j b_j exp((g_j - C_ij)/eps), finite for every pixel.
-    pi: (P, N, M) row-softmax of the plan (P_ij = a_i pi_ij), defined for zero-mass pixels too.
+    f: (P, N) pixel potentials f_i = -eps log sum_j b_j exp((g_j - C_ji)/eps), finite for every pixel.
+    pi: (P, M, N) row-softmax of the plan (P_ji = a_i pi_ji), defined for zero-mass pixels too.
     cost: (P,) transport cost <C, P>.
     dual: (P,) <a, f> + <b, g>, the value of <C, P> + eps KL(P || a x b) at convergence.
     col: (P, M) column marginals of the plan; marginal_error: (P,) sum_j |col_j - b_j|.
@@ -83,7 +83,8 @@ def sinkhorn(
 
     Args:
         a: (P, N) pixel masses, each row >= 0 summing to 1 (zero-mass pixels are fine).
-        C: (P, N, M) costs. b: (P, M) demander masses, >= 0 summing to 1; zero entries are dead.
+        C: (P, M, N) costs, demander-major. b: (P, M) demander masses, >= 0 summing to 1; zero
+            entries are dead demanders.
         eps: regularisation weight (> 0). max_iters: most potential updates per problem.
         tol: each problem stops once its L1 column-marginal error is below tol (checked every
             iteration, at no extra cost); tol = 0 runs exactly max_iters updates.
@@ -100,36 +101,54 @@ def sinkhorn(
     raise ValueError(f"method must be 'auto', 'shifted' or 'lse', got {method!r}")
 
 
-def _stop_rule(err: Tensor, active: Tensor, tol: float) -> Tensor:
-    return active & ~(err < tol) if tol > 0 else active
-
-
 def _sinkhorn_shifted(a, C, b, live, eps, max_iters, tol) -> SinkhornResult:
-    m = C.masked_fill(~live[:, None, :], math.inf).amin(dim=-1, keepdim=True)  # (P, N, 1)
-    Kt = torch.exp((m - C) / eps) * live[:, None, :]  # (P, N, M), live entries in [e^(-sqrt2/eps), 1]
-    u = b.clone()
-    active = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
-    iters = torch.zeros(a.shape[0], dtype=torch.int32, device=a.device)
+    """Row-shifted multiplicative iterations on u_j = b_j exp(g_j/eps) (rescaled by its maximum).
+
+    Dead demanders keep u_j = 0, so their kernel entries never count. Problems that meet tol are
+    frozen; once half of the working set is frozen it is compacted, so late iterations touch only the
+    few problems that still run.
+    """
+    masked = C if bool(live.all()) else C.masked_fill(~live[:, :, None], math.inf)
+    m = masked.amin(dim=1)  # (P, N) each pixel's smallest cost to a live demander
+    KtT = torch.sub(m.unsqueeze(1), C).mul_(1.0 / eps).exp_()  # (P, M, N), live in [e^(-sqrt2/eps), 1]
+    Kt = KtT.transpose(1, 2).contiguous()  # (P, N, M): both layouts make both products fast bmm's
+    n_prob = a.shape[0]
+    u, col = b.clone(), torch.zeros_like(b)
+    err = torch.zeros(n_prob, dtype=a.dtype, device=a.device)
+    iters = torch.zeros(n_prob, dtype=torch.int32, device=a.device)
+    idx = torch.arange(n_prob, device=a.device)  # working set -> problem index
+    w_KtT, w_Kt, w_a, w_b, w_live, w_u = KtT, Kt, a, b, live, u.clone()
+    frozen = torch.zeros(n_prob, dtype=torch.bool, device=a.device)
     for it in range(max_iters + 1):
-        s = torch.bmm(Kt, u.unsqueeze(-1)).squeeze(-1)  # (P, N)
-        v = torch.bmm((a / s).unsqueeze(1), Kt).squeeze(1)  # (P, M)
-        col = u * v
-        err = (col - b).abs().sum(-1)
-        active = _stop_rule(err, active, tol)
-        if it == max_iters or not bool(active.any()):
-            break
-        u_new = torch.where(live, b / v.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(u))
+        s = torch.bmm(w_u.unsqueeze(1), w_KtT).squeeze(1)  # (p, N)
+        v = torch.bmm((w_a / s).unsqueeze(1), w_Kt).squeeze(1)  # (p, M)
+        w_col = w_u * v
+        w_err = (w_col - w_b).abs().sum(-1)
+        done = ~frozen if it == max_iters else (~frozen & (w_err < tol) if tol > 0 else None)
+        if done is not None and bool(done.any()):
+            fin = idx[done]
+            u[fin], col[fin], err[fin] = w_u[done], w_col[done], w_err[done]
+            frozen = frozen | done
+            if bool(frozen.all()):
+                break
+            if 2 * int(frozen.sum()) >= frozen.numel():  # compact: drop the frozen problems
+                keep = ~frozen
+                idx, w_KtT, w_Kt, w_a, w_b, w_live, w_u, v = (t[keep] for t in (idx, w_KtT, w_Kt, w_a, w_b, w_live, w_u, v))
+                frozen = frozen[keep]
+        u_new = torch.where(w_live, w_b / v.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(w_u))
         u_new = u_new / u_new.amax(dim=-1, keepdim=True)
-        u = torch.where(active[:, None], u_new, u)
-        iters += active.to(torch.int32)
-    pi = Kt * u[:, None, :] / s.unsqueeze(-1)
-    f = m.squeeze(-1) - eps * torch.log(s)
+        w_u = torch.where(frozen[:, None], w_u, u_new)
+        iters[idx[~frozen]] += 1
+    s = torch.bmm(u.unsqueeze(1), KtT).squeeze(1)
+    pi = KtT.mul_(u.unsqueeze(-1)).div_(s.unsqueeze(1))  # the kernel's memory becomes the plan's
+    f = m - eps * torch.log(s)
     ratio = torch.where(live, u / torch.where(live, b, torch.ones_like(b)), torch.ones_like(u))
     g = eps * torch.log(ratio)  # u_j = b_j exp(g_j / eps) up to a common factor; 0 on dead demanders
-    return _finish(a, C, b, live, f, g, pi, col, err, iters)
+    return _finish(a, C, b, f, g, pi, col, err, iters)
 
 
 def _sinkhorn_lse(a, C, b, live, eps, max_iters, tol) -> SinkhornResult:
+    """Log-sum-exp iterations on g (for small eps, where the shifted kernel would underflow)."""
     neg_inf = torch.tensor(-math.inf, dtype=a.dtype, device=a.device)
     log_a = torch.where(a > 0, torch.log(a), neg_inf)
     log_b = torch.where(live, torch.log(b), neg_inf)
@@ -137,25 +156,25 @@ def _sinkhorn_lse(a, C, b, live, eps, max_iters, tol) -> SinkhornResult:
     active = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
     iters = torch.zeros(a.shape[0], dtype=torch.int32, device=a.device)
     for it in range(max_iters + 1):
-        f = -eps * torch.logsumexp(log_b[:, None, :] + (g[:, None, :] - C) / eps, dim=-1)  # (P, N)
-        g_new = -eps * torch.logsumexp(log_a[:, :, None] + (f[:, :, None] - C) / eps, dim=1)  # (P, M)
+        f = -eps * torch.logsumexp(log_b[:, :, None] + (g[:, :, None] - C) / eps, dim=1)  # (P, N)
+        g_new = -eps * torch.logsumexp(log_a[:, None, :] + (f[:, None, :] - C) / eps, dim=-1)  # (P, M)
         col = torch.where(live, b * torch.exp(((g - g_new) / eps).clamp_max(80.0)), torch.zeros_like(b))
         err = (col - b).abs().sum(-1)
-        active = _stop_rule(err, active, tol)
+        if tol > 0:
+            active = active & ~(err < tol)
         if it == max_iters or not bool(active.any()):
             break
         g = torch.where(active[:, None] & live, g_new - g_new.masked_fill(~live, -math.inf).amax(-1, keepdim=True), g)
         iters += active.to(torch.int32)
     g = torch.where(live, g, torch.zeros_like(g))
-    logits = log_b[:, None, :] + (g[:, None, :] - C) / eps
-    pi = torch.softmax(logits, dim=-1)
-    f = -eps * torch.logsumexp(logits, dim=-1)
-    return _finish(a, C, b, live, f, g, pi, col, err, iters)
+    logits = log_b[:, :, None] + (g[:, :, None] - C) / eps
+    pi = torch.softmax(logits, dim=1)
+    f = -eps * torch.logsumexp(logits, dim=1)
+    return _finish(a, C, b, f, g, pi, col, err, iters)
 
 
-def _finish(a, C, b, live, f, g, pi, col, err, iters) -> SinkhornResult:
-    cbar = (C * pi).sum(-1)
-    cost = (a * cbar).sum(-1)
+def _finish(a, C, b, f, g, pi, col, err, iters) -> SinkhornResult:
+    cost = (a * (C * pi).sum(1)).sum(-1)
     dual = (a * f).sum(-1) + (b * g).sum(-1)
     return SinkhornResult(g=g, f=f, pi=pi, cost=cost, dual=dual, col=col, marginal_error=err, iterations=iters)
 
@@ -163,19 +182,21 @@ def _finish(a, C, b, live, f, g, pi, col, err, iters) -> SinkhornResult:
 def exact_grad_a(res: SinkhornResult, a: Tensor, C: Tensor, b: Tensor) -> Tensor:
     """dL/da for L = <C, P*> (up to a per-problem constant), by implicit differentiation.
 
-    With A = diag(col) - sum_i a_i pi_i pi_i^T and h_l = sum_i a_i pi_il (C_il - cbar_i), solve A w = h
+    With A = diag(col) - sum_i a_i pi_i pi_i^T and h_l = sum_i a_i pi_li (C_li - cbar_i), solve A w = h
     on the live demanders (gauge: A + 1 1^T, dead demanders get an identity row) and return
-    cbar_k - w . pi_k. The 4x4 solve runs in float64. Zero-mass pixels need no special case.
+    cbar_k - w . pi_k. Sums in the input dtype, the 4x4 solve in float64. Zero-mass pixels need no
+    special case. C and pi are (P, M, N).
     """
     live = (b > 0).double()
-    pi, a64 = res.pi.double(), a.double()
-    cbar = (C.double() * pi).sum(-1)
-    a_pi_t = (a64[:, :, None] * pi).transpose(1, 2)  # (P, M, N)
-    A = torch.diag_embed(res.col.double()) - torch.bmm(a_pi_t, pi)
+    pi = res.pi
+    a_pi = pi * a[:, None, :]  # (P, M, N)
+    cbar = (C * pi).sum(1)  # (P, N)
+    A = torch.diag_embed(res.col.double()) - torch.bmm(a_pi, pi.transpose(1, 2)).double()
     A = A + live[:, :, None] * live[:, None, :] + torch.diag_embed(1.0 - live)
-    h = (a_pi_t * (C.double() - cbar[..., None]).transpose(1, 2)).sum(-1) * live
-    w = torch.linalg.solve(A, h.unsqueeze(-1))
-    return (cbar - torch.bmm(pi, w).squeeze(-1)).to(a.dtype)
+    # h_l = sum_i a_i pi_li C_li - sum_i a_i pi_li cbar_i
+    h = ((a_pi * C).sum(-1) - torch.bmm(a_pi, cbar.unsqueeze(-1)).squeeze(-1)).double() * live
+    w = torch.linalg.solve(A, h.unsqueeze(-1)).to(pi.dtype)  # (P, M, 1)
+    return cbar - torch.bmm(w.transpose(1, 2), pi).squeeze(1)
 
 
 def envelope_grad_a(res: SinkhornResult) -> Tensor:
@@ -184,12 +205,12 @@ def envelope_grad_a(res: SinkhornResult) -> Tensor:
 
 
 def pixel_demander_cost(height: int, width: int, demander_xy: Tensor) -> Tensor:
-    """Euclidean distance (P, H*W, M) from every pixel centre (x=j, y=i) to each demander (x, y)."""
+    """Euclidean distance (P, M, H*W) from each demander (x, y) to every pixel centre (x=j, y=i)."""
     dt, dev = demander_xy.dtype, demander_xy.device
     ys, xs = torch.meshgrid(torch.arange(height, dtype=dt, device=dev), torch.arange(width, dtype=dt, device=dev), indexing="ij")
-    dx = xs.reshape(1, -1, 1) - demander_xy[:, None, :, 0]
-    dy = ys.reshape(1, -1, 1) - demander_xy[:, None, :, 1]
-    return torch.sqrt(dx * dx + dy * dy)
+    dx = xs.reshape(1, 1, -1) - demander_xy[:, :, 0, None]
+    dy = ys.reshape(1, 1, -1) - demander_xy[:, :, 1, None]
+    return dx.square_().add_(dy.square_()).sqrt_()
 
 
 def suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,6 +1,5 @@
 """dm_loss / DMLoss: the public API, its validation, its invariants and its optimum."""
 
-import math
 
 import pytest
 import torch

@@ -39,11 +39,11 @@ def test_value_and_plan_match_pot_sinkhorn_log(h, w):
     assert (res.marginal_error < 1e-10).all()
     for p in range(3):
         keep, live = a[p] > 0, mass[p] > 0  # POT needs strictly positive marginals
-        M = C[p][keep][:, live].numpy()
+        M = C[p][live][:, keep].T.numpy()  # POT takes (pixels, demanders)
         P_ref = ot.sinkhorn(a[p][keep].numpy(), mass[p][live].numpy(), M, 1.0, method="sinkhorn_log", numItermax=5000, stopThr=1e-13)
         value_ref = float((P_ref * M).sum())
         assert res.cost[p].item() == pytest.approx(value_ref, rel=1e-5)
-        P = (a[p][:, None] * res.pi[p])[keep][:, live].numpy()
+        P = (a[p][None, :] * res.pi[p])[live][:, keep].T.numpy()
         np.testing.assert_allclose(P, P_ref, atol=1e-9)
         # POT's sinkhorn2 reports the same linear term <C, P>.
         v2 = ot.sinkhorn2(a[p][keep].numpy(), mass[p][live].numpy(), M, 1.0, method="sinkhorn_log", numItermax=5000, stopThr=1e-13)
@@ -56,7 +56,7 @@ def test_regularised_cost_approaches_exact_emd_from_above():
     a, _, _ = suppliers(hm)
     C = pixel_demander_cost(10, 8, xy)
     for p in range(2):
-        emd = ot.emd2(a[p].numpy(), mass[p].numpy(), C[p].numpy())
+        emd = ot.emd2(a[p].numpy(), mass[p].numpy(), C[p].T.numpy())
         values = []
         for eps in (1.0, 0.5, 0.25, 0.1, 0.05, 0.02):
             res = sinkhorn(a[p : p + 1], C[p : p + 1], mass[p : p + 1], eps=eps, max_iters=200000, tol=1e-11)

@@ -45,7 +45,7 @@ def test_layout(synth):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools decode vs numpy 2
 def test_annotations_consistent(synth):
     coco = quiet_coco(synth / "annotations" / "person_keypoints_train2017.json")
-    n_border = n_occluded = n_unlabelled_inside = 0
+    n_border = n_occluded = 0
     for ann in coco.loadAnns(coco.getAnnIds()):
         img = coco.imgs[ann["image_id"]]
         kps = np.asarray(ann["keypoints"], dtype=float).reshape(17, 3)

@@ -44,8 +44,13 @@ DEFAULT_DETECTION_FILE = "person_detection_results/COCO_val2017_detections_AP_H_
 
 
 def coco_paths(root: str | Path, split: str = "val2017") -> tuple[Path, Path]:
-    """(annotation json, image folder) of a split in the standard COCO layout."""
+    """(annotation json, image folder) of a split in the standard COCO layout.
+
+    Test splits have no keypoint annotations: test-dev2017 -> annotations/image_info_test-dev2017.json
+    and the images in test2017/ (as COCO ships them)."""
     root = Path(root)
+    if split.startswith("test"):
+        return root / "annotations" / f"image_info_{split}.json", root / "test2017"
     return root / "annotations" / f"person_keypoints_{split}.json", root / split
 
 
@@ -98,11 +103,13 @@ class CocoKeypoints(Dataset):
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
         data = _load_json(self.ann_file, "annotation file")
-        for key in ("images", "annotations", "categories"):
+        # an image-info file (test-dev) has no annotations: usable with detections only
+        required = ("images", "annotations", "categories") if detections is None else ("images",)
+        for key in required:
             if key not in data:
                 raise ValueError(f"annotation file {self.ann_file} has no '{key}' field")
         self.images = {int(im["id"]): im for im in data["images"]}
-        self.gt_records = self._load_gt(data["annotations"])
+        self.gt_records = self._load_gt(data.get("annotations", []))
         self.detections = None if detections is None else Path(detections)
         self.records = self.gt_records if detections is None else self._load_detections(self.detections, det_score_threshold)
 

@@ -43,7 +43,8 @@ import numpy as np
 from dmpose.data.coco import DEFAULT_DETECTION_FILE as DETECTION_FILE
 from dmpose.data.keypoints import load_keypoint_set
 
-__all__ = ["SynthConfig", "generate_synthetic_coco", "ensure_synthetic", "render_image", "DETECTION_FILE"]
+__all__ = ["SynthConfig", "generate_synthetic_coco", "ensure_synthetic", "default_synthetic_root", "render_image",
+           "DETECTION_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -381,14 +382,23 @@ def generate_synthetic_coco(out: str | Path, n_train: int, n_val: int, seed: int
     return stats
 
 
-def ensure_synthetic(root: str | Path, n_train: int = 1000, n_val: int = 100, seed: int = 0) -> Path:
-    """The synthetic dataset at `root`, generated once and reused.
+def default_synthetic_root() -> Path:
+    """The cache folder of the default synthetic dataset: $DMPOSE_CACHE/synthetic-coco, where DMPOSE_CACHE
+    defaults to $XDG_CACHE_HOME/dmpose (~/.cache/dmpose)."""
+    cache = os.environ.get("DMPOSE_CACHE")
+    if not cache:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dmpose"
+    return Path(cache) / "synthetic-coco"
+
+
+def ensure_synthetic(root: str | Path | None = None, n_train: int = 1000, n_val: int = 100, seed: int = 0) -> Path:
+    """The synthetic dataset at `root` (default: `default_synthetic_root()`), generated once and reused.
 
     A dataset is complete when `root/.complete.json` records the same counts, seed and generator version;
     generation happens in a temporary sibling folder that is renamed into place with the marker already
     inside, so an interrupted run never leaves a folder that looks complete.
     """
-    root = Path(root)
+    root = default_synthetic_root() if root is None else Path(root)
     wanted = {"n_train": n_train, "n_val": n_val, "seed": seed, "version": GENERATOR_VERSION,
               "config": asdict(SynthConfig())}
     marker = root / _MARKER

@@ -27,12 +27,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dmpose.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -307,18 +308,9 @@ def coco_metrics_table(metrics: Mapping[str, float], title: str | None = None) -
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write `obj` as JSON atomically (temporary file in the same folder, then rename). NaN is refused."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(obj, allow_nan=False)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

@@ -1,0 +1,105 @@
+"""`dmpose convert`, `dmpose info`, `dmpose export`: weight import, checkpoint inspection, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dmpose.cli.app import app
+from dmpose.cli.parsing import parse_pair
+
+console = Console()
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Foreign weights: .pth/.pt/.ckpt (read weights_only) or .safetensors."),
+    arch: str = typer.Option(..., "--arch", help="Target architecture, e.g. hrnet_w32 (see `dmpose info --list`)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output dmpose checkpoint (.safetensors)."),
+    num_joints: int | None = typer.Option(None, help="Heatmap channels; default: the source head's, else 17."),
+    partial: bool = typer.Option(False, "--partial", help="Accept a backbone-only load; missing keys keep their init."),
+) -> None:
+    """Convert official HRNet, MMPose, ImageNet HRNet or torchvision ResNet weights to a dmpose checkpoint."""
+    from dmpose.models.convert import convert_checkpoint
+
+    try:
+        report = convert_checkpoint(src, arch, out, num_joints=num_joints, partial=partial)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    table = Table(title=f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)")
+    table.add_column("what")
+    table.add_column("keys", justify="right")
+    table.add_column("detail", overflow="fold")
+    table.add_row("loaded", str(len(report.loaded)), f"{report.renamed} renamed by prefix rules")
+    for reason, keys in report.dropped.items():
+        table.add_row("dropped", str(len(keys)), reason)
+    if report.missing:
+        shown = ", ".join(report.missing[:12]) + (" ..." if len(report.missing) > 12 else "")
+        table.add_row("[yellow]left at init[/yellow]", str(len(report.missing)), shown)
+    if report.head_shape_skipped:
+        skipped = report.head_shape_skipped
+        table.add_row("[yellow]head shape differs[/yellow]", str(len(skipped)), "; ".join(skipped))
+    if report.tracking_missing:
+        table.add_row("absent num_batches_tracked", str(report.tracking_missing), "left at 0 (no effect on outputs)")
+    console.print(table)
+
+
+@app.command()
+def info(
+    ckpt: Path | None = typer.Argument(None, help="A dmpose checkpoint (.safetensors)."),
+    list_models: bool = typer.Option(False, "--list", help="List the architecture names instead."),
+) -> None:
+    """Show a checkpoint's metadata and parameter count (or the known architectures with --list)."""
+    if list_models or ckpt is None:
+        from dmpose.models import list_models as names
+
+        console.print("\n".join(names()))
+        return
+    from dmpose.models.checkpoint import checkpoint_summary
+
+    try:
+        summary = checkpoint_summary(ckpt)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    table = Table(title=str(ckpt))
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in summary.items():
+        if key == "parameters":
+            value = f"{value:,} ({value / 1e6:.1f}M)"
+        elif key == "file_bytes":
+            value = f"{value / 1e6:.1f} MB"
+        elif not isinstance(value, str):
+            value = json.dumps(value)
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command()
+def export(
+    ckpt: Path = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx or safetensors."),
+    with_decode: bool = typer.Option(False, "--with-decode", help="ONNX: add the 2x2 decode (coords, confidence)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Output file; default next to the checkpoint."),
+    input_size: str | None = typer.Option(None, help="ONNX input HEIGHTxWIDTH; default: the checkpoint's."),
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch axis) or re-write it as a dmpose .safetensors file."""
+    from dmpose.models.export import export_checkpoint
+
+    size = parse_pair(input_size, "x", "--input-size", int) if input_size else None
+    if out is None:
+        out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
+    try:
+        path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_size=size)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        _fail(err)
+    console.print(f"wrote {path}", highlight=False)

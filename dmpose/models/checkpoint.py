@@ -1,0 +1,246 @@
+"""The dmpose checkpoint: one `.safetensors` file holding the weights and string metadata from which
+`load_model` rebuilds the network with nothing else.
+
+Metadata fields (safetensors metadata values are strings; structured values are stored as JSON):
+
+=================  ======  =================================================================
+field              stored  meaning
+=================  ======  =================================================================
+format             text    ``dmpose-checkpoint/1`` (required)
+arch               text    registry name, e.g. ``hrnet_w32`` (required)
+num_joints         JSON    heatmap channels K (required)
+dmpose_version     text    the dmpose version that wrote the file
+input_size         JSON    [height, width] of the input crop in pixels, e.g. [256, 192]
+heatmap_size       JSON    [height, width] of the heatmaps (input_size / output stride)
+keypoint_names     JSON    K joint names
+flip_pairs         JSON    [[left, right], ...] joint indices swapped by a horizontal flip
+skeleton           JSON    [[a, b], ...] joint index pairs drawn as limbs
+loss               JSON    the training loss: a name or a dict of options
+decode             text    ``2x2`` (distribution-matching decode) or ``argmax``
+config             text    the resolved training configuration as YAML
+extra              JSON    any other keys given to `save_checkpoint` (returned flattened)
+=================  ======  =================================================================
+
+Coordinates: heatmaps cover the input crop's region; heatmap pixel centres sit at integer
+coordinates and the heatmap's outer edges (-0.5 ... W_hm - 0.5) are the crop's outer edges.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from dmpose.atomic import atomic_write_bytes
+from dmpose.models.registry import build_model
+
+__all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "model_meta", "checkpoint_summary"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "dmpose-checkpoint/1"
+REQUIRED = ("format", "arch", "num_joints")
+TEXT_FIELDS = ("format", "arch", "dmpose_version", "decode", "config")
+JSON_FIELDS = ("num_joints", "input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss")
+DECODE_RULES = ("2x2", "argmax")
+FIELD_ORDER = ("format", "arch", "num_joints", "dmpose_version", "input_size", "heatmap_size", "keypoint_names",
+               "flip_pairs", "skeleton", "loss", "decode", "config", "extra")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside torch.compile (`_orig_mod`) and (Distributed)DataParallel (`module`) wrappers."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def model_meta(model: nn.Module) -> dict[str, Any]:
+    """The metadata a model carries: `arch`, `num_joints`, plus whatever `load_model` attached."""
+    for attr in ("arch", "num_joints"):
+        if not hasattr(model, attr):
+            raise ValueError(f"{type(model).__name__} has no `{attr}` attribute; build it with dmpose.build_model")
+    meta = dict(getattr(model, "checkpoint_meta", {}))
+    meta.update(arch=model.arch, num_joints=model.num_joints)
+    return meta
+
+
+def _validate(meta: dict[str, Any]) -> None:
+    k = meta["num_joints"]
+    for field in ("input_size", "heatmap_size"):
+        v = meta.get(field)
+        if v is None:
+            continue
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(s, int) and s > 0 for s in v)):
+            raise ValueError(f"metadata {field} must be [height, width] positive ints, got {v!r}")
+    names = meta.get("keypoint_names")
+    if names is not None and (len(names) != k or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"metadata keypoint_names must be {k} strings (num_joints), got {names!r}")
+    for field in ("flip_pairs", "skeleton"):
+        pairs = meta.get(field)
+        if pairs is None:
+            continue
+        for pair in pairs:
+            if not (len(pair) == 2 and all(isinstance(i, int) and 0 <= i < k for i in pair)):
+                raise ValueError(f"metadata {field} entries must be index pairs in [0, {k}), got {pair!r}")
+    decode = meta.get("decode")
+    if decode is not None and decode not in DECODE_RULES:
+        raise ValueError(f"metadata decode must be one of {DECODE_RULES}, got {decode!r}")
+
+
+def _encode(meta: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    extra = {}
+    for key, value in meta.items():
+        if value is None:
+            continue
+        if key in TEXT_FIELDS:
+            if key == "config" and not isinstance(value, str):
+                value = yaml.safe_dump(value, sort_keys=False)
+            if not isinstance(value, str):
+                raise ValueError(f"metadata {key} must be a string, got {type(value).__name__}")
+            out[key] = value
+        elif key in JSON_FIELDS:
+            out[key] = json.dumps(value)
+        else:
+            extra[key] = value
+    if extra:
+        try:
+            out["extra"] = json.dumps(extra)
+        except TypeError as e:
+            raise ValueError(f"extra metadata must be JSON-serialisable: {e}") from None
+    return out
+
+
+def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    order = [k for k in FIELD_ORDER if k in raw] + sorted(k for k in raw if k not in FIELD_ORDER)
+    for key, value in ((k, raw[k]) for k in order):
+        try:
+            if key in JSON_FIELDS:
+                meta[key] = json.loads(value)
+            elif key == "extra":
+                meta.update(json.loads(value))
+            else:  # text fields, and keys written by other tools, stay strings
+                meta[key] = value
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: metadata field {key!r} is not valid JSON ({e}): {value[:80]!r}") from None
+    return meta
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write `model`'s weights and metadata to one `.safetensors` file, atomically.
+
+    `meta` adds or overrides fields (see the module docstring); `arch` and `num_joints` come from the
+    model and may not contradict it. torch.compile and DataParallel wrappers are unwrapped, so the
+    keys are the network's own. `heatmap_size` defaults to `input_size` / output stride. The
+    bytes go to a temporary file in the target's directory, are flushed to disk, then renamed over
+    `path`: a crash never leaves a partial file under the final name.
+    """
+    from dmpose import __version__
+
+    path = Path(path)
+    model = unwrap_model(model)
+    full = model_meta(model)
+    for key in ("arch", "num_joints"):
+        if meta and key in meta and meta[key] != full[key]:
+            raise ValueError(f"meta[{key!r}]={meta[key]!r} contradicts the model's {key}={full[key]!r}")
+    full.update(meta or {})
+    full.update(format=FORMAT, dmpose_version=__version__)
+    if full.get("input_size") is not None:
+        full["input_size"] = list(full["input_size"])
+        if full.get("heatmap_size") is None:
+            stride = getattr(model, "output_stride", 4)
+            full["heatmap_size"] = [s // stride for s in full["input_size"]]
+    _validate(full)
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    data = safetensors_bytes(tensors, metadata=_encode(full))
+    atomic_write_bytes(path, data)
+    logger.info("saved %s checkpoint (%d tensors, %.1f MB) to %s", full["arch"], len(tensors), len(data) / 1e6, path)
+    return path
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of a dmpose checkpoint (no weights are read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a safetensors file ({e})") from None
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise ValueError(
+            f"{path}: metadata lacks required field(s) {', '.join(missing)}; "
+            "not a dmpose checkpoint (convert foreign weights with `dmpose convert`)"
+        )
+    if raw["format"] != FORMAT:
+        raise ValueError(f"{path}: unsupported checkpoint format {raw['format']!r} (this dmpose reads {FORMAT!r})")
+    meta = _decode(raw, path)
+    if not isinstance(meta["num_joints"], int) or meta["num_joints"] < 1:
+        raise ValueError(f"{path}: metadata num_joints must be a positive int, got {meta['num_joints']!r}")
+    return meta
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the network from a dmpose checkpoint's metadata and load its weights strictly.
+
+    Returns the model in eval mode on `map_location`; its metadata is in `model.checkpoint_meta`.
+    """
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    try:
+        model = build_model(meta["arch"], num_joints=meta["num_joints"])
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot rebuild the model: {e}") from None
+    state = load_file(str(path), device=str(map_location))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or misshaped:
+        raise ValueError(
+            f"{path}: weights do not fit {meta['arch']} with {meta['num_joints']} joints: "
+            + list_key_problems(missing=missing, unexpected=unexpected, misshaped=misshaped)
+        )
+    model.load_state_dict(state, strict=True)
+    model.checkpoint_meta = meta
+    return model.to(map_location).eval()
+
+
+def list_key_problems(limit: int = 10, **groups: list[str]) -> str:
+    parts = []
+    for name, keys in groups.items():
+        if keys:
+            shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+            parts.append(f"{len(keys)} {name} ({shown})")
+    return "; ".join(parts)
+
+
+def checkpoint_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Metadata plus what loading reveals: parameter and tensor counts and the file size in bytes."""
+    model = load_model(path)
+    meta = dict(model.checkpoint_meta)
+    meta["parameters"] = sum(p.numel() for p in model.parameters())
+    meta["tensors"] = len(model.state_dict())
+    meta["file_bytes"] = Path(path).stat().st_size
+    return meta
