@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dmpose.kernels import select_backend
+
 __all__ = ["decode_2x2", "decode_argmax"]
 
 
@@ -21,7 +23,7 @@ def _check_heatmaps(heatmaps: Tensor, min_size: int) -> None:
         raise ValueError(f"heatmaps must be at least {min_size}x{min_size}, got H={h}, W={w}")
 
 
-def decode_2x2(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
+def decode_2x2(heatmaps: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """The distribution-matching decode: the 2x2 window of largest positive mass.
 
     For each (B, K) heatmap, r = relu(H); the 2x2 window with the largest sum of r is chosen, its four
@@ -34,10 +36,17 @@ def decode_2x2(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
     A heatmap with no positive mass decodes to the centre of the 2x2 window with the largest raw sum,
     with confidence 0.
 
+    backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton" (CUDA, or the CPU
+    under TRITON_INTERPRET=1; elsewhere a ValueError with the reason). Both give the same coordinates.
+
     Returns:
         coords (B, K, 2) float32 (x, y) in heatmap pixels, conf (B, K) float32.
     """
     _check_heatmaps(heatmaps, 2)
+    if select_backend(backend, heatmaps.device) == "triton":
+        from dmpose.kernels.decode import decode_2x2_triton
+
+        return decode_2x2_triton(heatmaps)
     b, k, h, w = heatmaps.shape
     hm = heatmaps.float()
     r = hm.clamp_min(0)
