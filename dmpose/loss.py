@@ -13,11 +13,11 @@ Joints are summed (the paper's Eq. 5), then the batch is reduced.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor, nn
 
+from dmpose.kernels import select_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
 
 __all__ = ["dm_loss", "DMLoss", "demanders", "heatmap_weights", "mse_loss", "MSELoss"]
@@ -110,28 +110,6 @@ def _validate(heatmaps, keypoints, weights, opts) -> Tensor:
     return weights
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
-    """CUDA tensors -> Triton, CPU -> torch; 'triton' where it cannot run is an error, never a fallback."""
-    if backend == "torch":
-        return "torch"
-    if device.type == "cuda" or (backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"):
-        try:
-            from dmpose.kernels import triton_status
-        except ImportError as exc:  # the kernels package is optional on platforms without triton
-            if backend == "triton":
-                raise ValueError(f"backend='triton' is unavailable: {exc}") from exc
-            return "torch"
-        ok, reason = triton_status(device)
-        if ok:
-            return "triton"
-        if backend == "triton":
-            raise ValueError(f"backend='triton' cannot run on {device}: {reason}")
-        return "torch"
-    if backend == "triton":
-        raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); got device {device}")
-    return "torch"
-
-
 class _DMLossFunction(torch.autograd.Function):
     """Forward solves the selected problems and saves the weighted gradient; backward scales it."""
 
@@ -216,7 +194,7 @@ def dm_loss(
     """
     opts = dict(eps=eps, max_iters=max_iters, tol=tol, demanders=demanders, cost=cost, grad=grad, backend=backend, reduction=reduction)
     weights = _validate(heatmaps, keypoints, weights, opts)
-    opts["backend"] = _resolve_backend(backend, heatmaps.device)
+    opts["backend"] = select_backend(backend, heatmaps.device)
     per_joint = _DMLossFunction.apply(heatmaps, keypoints.detach(), weights.detach(), opts)
     if reduction == "none":
         return per_joint

@@ -182,21 +182,30 @@ def _finish(a, C, b, f, g, pi, col, err, iters) -> SinkhornResult:
 def exact_grad_a(res: SinkhornResult, a: Tensor, C: Tensor, b: Tensor) -> Tensor:
     """dL/da for L = <C, P*> (up to a per-problem constant), by implicit differentiation.
 
-    With A = diag(col) - sum_i a_i pi_i pi_i^T and h_l = sum_i a_i pi_li (C_li - cbar_i), solve A w = h
-    on the live demanders (gauge: A + 1 1^T, dead demanders get an identity row) and return
-    cbar_k - w . pi_k. Sums in the input dtype, the 4x4 solve in float64. Zero-mass pixels need no
-    special case. C and pi are (P, M, N).
+    A = diag(col) - sum_i a_i pi_i pi_i^T is a graph Laplacian: with couplings G_jl = sum_i a_i pi_ji pi_li
+    (j != l), A_jj = sum_{l != j} G_jl (the same number as col_j - G_jj, since each pi_i sums to 1,
+    but built from non-negative terms, so nothing cancels when the plan is nearly one-hot). With
+    h_l = sum_i a_i pi_li (C_li - cbar_i), solve A w = h with the gauge w_r = 0 on the demander of
+    largest coupling; demanders without coupling (dead ones, or ones an unconverged plan never
+    reaches) get w = 0. The remaining positive-definite block is solved in float64 after symmetric
+    diagonal scaling. Returns cbar_k - w . pi_k. C and pi are (P, M, N).
     """
-    live = (b > 0).double()
     pi = res.pi
     a_pi = pi * a[:, None, :]  # (P, M, N)
     cbar = (C * pi).sum(1)  # (P, N)
-    A = torch.diag_embed(res.col.double()) - torch.bmm(a_pi, pi.transpose(1, 2)).double()
-    A = A + live[:, :, None] * live[:, None, :] + torch.diag_embed(1.0 - live)
-    # h_l = sum_i a_i pi_li C_li - sum_i a_i pi_li cbar_i
-    h = ((a_pi * C).sum(-1) - torch.bmm(a_pi, cbar.unsqueeze(-1)).squeeze(-1)).double() * live
-    w = torch.linalg.solve(A, h.unsqueeze(-1)).to(pi.dtype)  # (P, M, 1)
-    return cbar - torch.bmm(w.transpose(1, 2), pi).squeeze(1)
+    n_dem = b.shape[1]
+    eye = torch.eye(n_dem, dtype=torch.float64, device=b.device)
+    G = torch.bmm(a_pi, pi.transpose(1, 2)).double() * (1 - eye)  # off-diagonal couplings, >= 0
+    d = G.sum(-1)  # (P, M)
+    # h_l = sum_i a_i pi_li (C_li - cbar_i), summed as written: splitting it cancels, and a demander
+    # with tiny couplings needs its tiny h_l accurately
+    h = (a_pi * (C - cbar.unsqueeze(1))).sum(-1).double()
+    fixed = (d <= 0) | (torch.arange(n_dem, device=b.device) == d.argmax(-1, keepdim=True))
+    keep = (~fixed).double()
+    scale = torch.where(fixed, torch.ones_like(d), d.clamp_min(torch.finfo(torch.float64).tiny).rsqrt())
+    A = (torch.diag_embed(d) - G) * (keep * scale)[:, :, None] * (keep * scale)[:, None, :] + torch.diag_embed(fixed.double())
+    w = scale * keep * torch.linalg.solve(A, (h * keep * scale).unsqueeze(-1)).squeeze(-1)
+    return cbar - torch.bmm(w.to(pi.dtype).unsqueeze(1), pi).squeeze(1)
 
 
 def envelope_grad_a(res: SinkhornResult) -> Tensor:
