@@ -53,7 +53,8 @@ class SinkhornResult:
     g: (P, M) demander potentials (0 on dead demanders; defined up to a common constant).
     f: (P, N) pixel potentials f_i = -eps log sum_j b_j exp((g_j - C_ji)/eps), finite for every pixel.
     pi: (P, M, N) row-softmax of the plan (P_ji = a_i pi_ji), defined for zero-mass pixels too.
-    cost: (P,) transport cost <C, P>.
+    cbar: (P, N) each pixel's mean cost under its row, cbar_i = sum_j C_ji pi_ji.
+    cost: (P,) transport cost <C, P> = <a, cbar>.
     dual: (P,) <a, f> + <b, g>, the value of <C, P> + eps KL(P || a x b) at convergence.
     col: (P, M) column marginals of the plan; marginal_error: (P,) sum_j |col_j - b_j|.
     iterations: (P,) number of potential updates done for each problem.
@@ -62,6 +63,7 @@ class SinkhornResult:
     g: Tensor
     f: Tensor
     pi: Tensor
+    cbar: Tensor
     cost: Tensor
     dual: Tensor
     col: Tensor
@@ -139,6 +141,7 @@ def _sinkhorn_shifted(a, C, b, live, eps, max_iters, tol) -> SinkhornResult:
         u_new = u_new / u_new.amax(dim=-1, keepdim=True)
         w_u = torch.where(frozen[:, None], w_u, u_new)
         iters[idx[~frozen]] += 1
+    del Kt, w_Kt, w_KtT  # the (P, N, M) copy is only needed by the iterations
     s = torch.bmm(u.unsqueeze(1), KtT).squeeze(1)
     pi = KtT.mul_(u.unsqueeze(-1)).div_(s.unsqueeze(1))  # the kernel's memory becomes the plan's
     f = m - eps * torch.log(s)
@@ -174,9 +177,10 @@ def _sinkhorn_lse(a, C, b, live, eps, max_iters, tol) -> SinkhornResult:
 
 
 def _finish(a, C, b, f, g, pi, col, err, iters) -> SinkhornResult:
-    cost = (a * (C * pi).sum(1)).sum(-1)
+    cbar = (C * pi).sum(1)
+    cost = (a * cbar).sum(-1)
     dual = (a * f).sum(-1) + (b * g).sum(-1)
-    return SinkhornResult(g=g, f=f, pi=pi, cost=cost, dual=dual, col=col, marginal_error=err, iterations=iters)
+    return SinkhornResult(g=g, f=f, pi=pi, cbar=cbar, cost=cost, dual=dual, col=col, marginal_error=err, iterations=iters)
 
 
 def exact_grad_a(res: SinkhornResult, a: Tensor, C: Tensor, b: Tensor) -> Tensor:
@@ -190,16 +194,15 @@ def exact_grad_a(res: SinkhornResult, a: Tensor, C: Tensor, b: Tensor) -> Tensor
     reaches) get w = 0. The remaining positive-definite block is solved in float64 after symmetric
     diagonal scaling. Returns cbar_k - w . pi_k. C and pi are (P, M, N).
     """
-    pi = res.pi
+    pi, cbar = res.pi, res.cbar
     a_pi = pi * a[:, None, :]  # (P, M, N)
-    cbar = (C * pi).sum(1)  # (P, N)
     n_dem = b.shape[1]
     eye = torch.eye(n_dem, dtype=torch.float64, device=b.device)
     G = torch.bmm(a_pi, pi.transpose(1, 2)).double() * (1 - eye)  # off-diagonal couplings, >= 0
     d = G.sum(-1)  # (P, M)
     # h_l = sum_i a_i pi_li (C_li - cbar_i), summed as written: splitting it cancels, and a demander
     # with tiny couplings needs its tiny h_l accurately
-    h = (a_pi * (C - cbar.unsqueeze(1))).sum(-1).double()
+    h = torch.sub(C, cbar.unsqueeze(1)).mul_(a_pi).sum(-1).double()
     fixed = (d <= 0) | (torch.arange(n_dem, device=b.device) == d.argmax(-1, keepdim=True))
     keep = (~fixed).double()
     scale = torch.where(fixed, torch.ones_like(d), d.clamp_min(torch.finfo(torch.float64).tiny).rsqrt())
@@ -217,9 +220,9 @@ def pixel_demander_cost(height: int, width: int, demander_xy: Tensor) -> Tensor:
     """Euclidean distance (P, M, H*W) from each demander (x, y) to every pixel centre (x=j, y=i)."""
     dt, dev = demander_xy.dtype, demander_xy.device
     ys, xs = torch.meshgrid(torch.arange(height, dtype=dt, device=dev), torch.arange(width, dtype=dt, device=dev), indexing="ij")
-    dx = xs.reshape(1, 1, -1) - demander_xy[:, :, 0, None]
-    dy = ys.reshape(1, 1, -1) - demander_xy[:, :, 1, None]
-    return dx.square_().add_(dy.square_()).sqrt_()
+    grid = torch.stack([xs.flatten(), ys.flatten()], dim=-1)  # (N, 2), row-major pixel order
+    # the direct (x - y)^2 form: the matrix-product form cancels and is inexact near a demander
+    return torch.cdist(demander_xy, grid.expand(demander_xy.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
