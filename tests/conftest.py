@@ -13,17 +13,18 @@ settings.load_profile("dmpose")
 SHARED_DATA = Path(os.environ.get("DMPOSE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+def _sample(name: str, annotation: str) -> Path:
+    path = SHARED_DATA / name
+    if not (path / annotation).is_file():
+        pytest.skip(f"real sample {name} not found at {path} (set DMPOSE_SHARED_DATA)")
+    return path
+
+
 @pytest.fixture
 def coco_sample() -> Path:
-    path = SHARED_DATA / "coco_sample"
-    if not (path / "test_coco.json").is_file():
-        pytest.skip(f"real COCO sample not found at {path} (set DMPOSE_SHARED_DATA)")
-    return path
+    return _sample("coco_sample", "test_coco.json")
 
 
 @pytest.fixture
 def mpii_sample() -> Path:
-    path = SHARED_DATA / "mpii_sample"
-    if not (path / "test_mpii.json").is_file():
-        pytest.skip(f"real MPII sample not found at {path} (set DMPOSE_SHARED_DATA)")
-    return path
+    return _sample("mpii_sample", "test_mpii.json")

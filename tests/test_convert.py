@@ -182,7 +182,7 @@ def test_duplicate_after_prefix_stripping(tiny_state):
 
 
 class NotATensor:
-    pass
+    """A value that is not a tensor, as a corrupt state dict might hold."""
 
 
 def test_source_reading_errors(tmp_path, tiny_state):

@@ -11,11 +11,10 @@ import copy
 import io
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
@@ -35,12 +34,7 @@ from dmpose.eval.coco import (
 SIGMAS = Params(iouType="keypoints").kpt_oks_sigmas  # pycocotools' COCO sigmas, not ours
 
 
-def _shared_data() -> Path:
-    env = os.environ.get("DMPOSE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-GT_JSON = _shared_data() / "coco_sample" / "test_coco.json"
+GT_JSON = SHARED_DATA / "coco_sample" / "test_coco.json"
 needs_sample = pytest.mark.skipif(not GT_JSON.is_file(), reason=f"COCO sample not found at {GT_JSON}")
 
 
