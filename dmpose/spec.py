@@ -108,10 +108,9 @@ class KeypointSpec(BaseModel):
     @property
     def flip_index(self) -> tuple[int, ...]:
         """The one flip permutation p: flipped[..., j, :] = original[..., p[j], :] (left <-> right)."""
-        perm = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            perm[a], perm[b] = b, a
-        return tuple(perm)
+        from dmpose.data.keypoints import flip_permutation
+
+        return flip_permutation(self.flip_pairs, self.num_keypoints)
 
     @classmethod
     def from_keypoint_set(cls, ks: Any) -> "KeypointSpec":

@@ -422,3 +422,53 @@ def test_default_synthetic_root_follows_dmpose_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("DMPOSE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_synthetic_root() == tmp_path / "xdg" / "dmpose" / "synthetic-coco"
+
+
+def test_old_layout_checkpoint_evaluates_identically_to_its_spec_layout(tiny_synthetic, fresh_checkpoint, tmp_path):
+    """fresh_checkpoint is written in the field-per-key layout (no spec); re-saved with the spec read from
+    it, the same weights give the same results and metrics."""
+    import dmpose
+    from dmpose.eval.evaluate import evaluate_checkpoint
+    from dmpose.models.checkpoint import read_checkpoint_meta, read_checkpoint_spec
+
+    assert "spec" not in read_checkpoint_meta(fresh_checkpoint)
+    spec = read_checkpoint_spec(fresh_checkpoint)
+    assert spec.input_wh == (48, 64) and spec.decode == "2x2" and spec.keypoints.name == "coco17"
+    new = dmpose.save_checkpoint(dmpose.load_model(fresh_checkpoint), tmp_path / "new.safetensors", spec=spec)
+    assert read_checkpoint_meta(new)["spec"] == spec.model_dump(mode="json")
+    old_report = evaluate_checkpoint(fresh_checkpoint, tiny_synthetic, gt_boxes=True, batch_size=8)
+    new_report = evaluate_checkpoint(new, tiny_synthetic, gt_boxes=True, batch_size=8)
+    assert old_report.results == new_report.results and old_report.metrics == new_report.metrics
+    assert old_report.settings["decode"] == "2x2" and old_report.metrics["AP"] >= 0.0
+
+
+def test_eval_out_is_checked_before_inference_and_written_all_or_none(tiny_synthetic, fresh_checkpoint, tmp_path,
+                                                                        monkeypatch):
+    import dmpose.eval.evaluate as ev
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    calls = []
+    monkeypatch.setattr(ev, "predict_dataset", lambda *a, **k: calls.append(1))
+    for out in (blocker, blocker / "sub"):
+        with pytest.raises(OSError):
+            ev.evaluate_checkpoint(fresh_checkpoint, tiny_synthetic, gt_boxes=True, out=out)
+    with pytest.raises(ValueError, match="oks_threshold"):
+        ev.evaluate_checkpoint(fresh_checkpoint, tiny_synthetic, gt_boxes=True, oks_threshold=2.0)
+    assert calls == []  # nothing ran
+    monkeypatch.undo()
+
+    texts = []
+    real = ev.atomic_output
+
+    def failing_second(path):
+        texts.append(path)
+        if len(texts) == 2:
+            raise OSError("disk full (simulated)")
+        return real(path)
+
+    monkeypatch.setattr(ev, "atomic_output", failing_second)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        ev.evaluate_checkpoint(fresh_checkpoint, tiny_synthetic, gt_boxes=True, out=out, batch_size=8)
+    assert not out.exists() or list(out.iterdir()) == []

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from dmpose.codec import heatmap_to_image
-from dmpose.eval.inference import DECODERS, average_flip
+from dmpose.eval.inference import DECODERS, average_flip, flip_back
 from dmpose.spec import PoseSpec
 
 __all__ = ["TopDownOutput", "TopDownPredictor", "eval_mode", "model_device"]
@@ -90,7 +90,6 @@ class TopDownPredictor:
         self.model, self.spec, self.flip, self.amp = model, spec, bool(flip), bool(amp)
         self.device = torch.device(device) if device is not None else model_device(model)
         self.decoder = DECODERS[spec.codec.decode]
-        self.flip_index = list(spec.keypoints.flip_index)
 
     def __repr__(self) -> str:
         return (f"TopDownPredictor({self.spec.arch}, {self.spec.keypoints.name}, input_wh={self.spec.input_wh}, "
@@ -123,7 +122,7 @@ class TopDownPredictor:
             flipped = self.model(images.flip(-1)).float()
         self._check_output(flipped, len(images))
         mode = "2x2" if self.spec.codec.supplier_map == "relu" else "argmax"  # which map is averaged
-        return average_flip(heatmaps, flipped.flip(-1)[:, self.flip_index], mode)
+        return average_flip(heatmaps, flip_back(flipped, self.spec.keypoints.flip_pairs), mode)
 
     def predict(self, images: Tensor, affines_hm: Tensor | np.ndarray) -> TopDownOutput:
         """Keypoints in image pixels (B, K, 2) float64, scores (B, K), and the decoded heatmaps."""
