@@ -15,38 +15,61 @@ heatmap's area [-0.5, W-0.5) x [-0.5, H-0.5); else 0.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from dmpose.decode import decode_2x2, decode_argmax
-from dmpose.geometry import invert_affine
-from dmpose.loss import heatmap_weights
+from dmpose.geometry import apply_affine, invert_affine
 
-__all__ = ["DMCodec", "GaussianCodec", "build_codec", "keypoint_weights", "heatmap_to_image", "image_to_heatmap"]
+__all__ = ["DMCodec", "GaussianCodec", "build_codec", "heatmap_weights", "keypoint_weights", "heatmap_to_image", "image_to_heatmap"]
+
+
+def heatmap_weights(keypoints: Tensor, visible: Tensor, heatmap_size: tuple[int, int] | None = None, *,
+                    heatmap_wh: tuple[int, int] | None = None) -> Tensor:
+    """Per-joint loss weights: 1 for a labelled joint (visible > 0, COCO v = 1 or 2) whose dot lies
+    inside the heatmap's area [-0.5, W-0.5) x [-0.5, H-0.5), else 0 (unlabelled, outside, non-finite).
+
+    heatmap_wh is (W, H); keypoints (..., 2) are (x, y) heatmap pixels. (The positional `heatmap_size`
+    is the older (H, W) spelling, deprecated.) Joints outside the heatmap must get weight 0: the loss
+    would still be finite, but it would pull mass towards the border.
+    """
+    if (heatmap_size is None) == (heatmap_wh is None):
+        raise ValueError("give heatmap_wh=(W, H) (or the deprecated heatmap_size (H, W)), exactly one")
+    if heatmap_wh is None:
+        warnings.warn("heatmap_weights(..., heatmap_size=(H, W)) is deprecated: pass heatmap_wh=(W, H)",
+                      DeprecationWarning, stacklevel=2)
+        heatmap_wh = (heatmap_size[1], heatmap_size[0])
+    w, h = heatmap_wh
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
+    return ((visible > 0) & inside & torch.isfinite(keypoints).all(-1)).to(torch.float32)
 
 
 def keypoint_weights(keypoints_hm, visible, heatmap_size_wh) -> np.ndarray:
-    """(K,) float32 numpy weights by `dmpose.loss.heatmap_weights` (the one rule): 1 for v > 0 and the dot
+    """(K,) float32 numpy weights by `heatmap_weights` (the one rule): 1 for v > 0 and the dot
     inside [-0.5, W-0.5) x [-0.5, H-0.5), else 0. heatmap_size_wh is (W, H)."""
     kp = np.asarray(keypoints_hm, dtype=np.float64)
     vis = np.asarray(visible)
     if kp.ndim != 2 or kp.shape[1] != 2 or vis.shape != kp.shape[:1]:
         raise ValueError(f"keypoints must be (K, 2) and visible (K,), got {kp.shape} and {vis.shape}")
-    w, h = heatmap_size_wh
-    return heatmap_weights(torch.from_numpy(kp), torch.from_numpy(vis.astype(np.float64)), (h, w)).numpy()
+    return heatmap_weights(torch.from_numpy(kp), torch.from_numpy(vis.astype(np.float64)),
+                           heatmap_wh=tuple(heatmap_size_wh)).numpy()
 
 
 def _batched_affine(points, affines) -> np.ndarray:
-    pts = np.asarray(points, dtype=np.float64)
+    """`geometry.apply_affine` with one matrix, or per sample: points (B, K, 2) with affines (B, 2, 3)."""
     m = np.asarray(affines, dtype=np.float64)
-    if m.shape[-2:] != (2, 3):
-        raise ValueError(f"affines must be (..., 2, 3), got {m.shape}")
     if m.ndim == 2:
-        return pts @ m[:, :2].T + m[:, 2]
-    # one matrix per sample: points (B, K, 2), affines (B, 2, 3)
-    return np.einsum("bkj,bij->bki", pts, m[:, :, :2]) + m[:, None, :, 2]
+        return apply_affine(points, m)
+    if m.ndim != 3 or m.shape[-2:] != (2, 3):
+        raise ValueError(f"affines must be (2, 3) or (B, 2, 3), got {m.shape}")
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 3 or pts.shape[0] != m.shape[0]:
+        raise ValueError(f"points must be (B, K, 2) for {m.shape[0]} affines, got {pts.shape}")
+    return np.stack([apply_affine(p, a) for p, a in zip(pts, m)])
 
 
 def heatmap_to_image(coords_hm, affine_hm) -> np.ndarray:

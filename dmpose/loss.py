@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dmpose.codec import heatmap_weights  # noqa: F401  (public here too: dmpose.loss.heatmap_weights)
 from dmpose.kernels import select_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
 from dmpose.spec import DMLossOptions, SpecError
@@ -53,19 +54,6 @@ def demanders(keypoints: Tensor, mode: str = "subpixel") -> tuple[Tensor, Tensor
         mass[..., 0] = 1.0
         return xy, mass
     raise ValueError(f"demander mode must be one of ('subpixel', 'naive'), got {mode!r}")
-
-
-def heatmap_weights(keypoints: Tensor, visible: Tensor, heatmap_size: tuple[int, int]) -> Tensor:
-    """Per-joint loss weights: 1 for a labelled joint (visible > 0, COCO v = 1 or 2) whose dot lies
-    inside the heatmap's area [-0.5, W-0.5) x [-0.5, H-0.5), else 0 (unlabelled, outside, non-finite).
-
-    heatmap_size is (H, W); keypoints (..., 2) are (x, y) heatmap pixels. Joints outside the heatmap
-    must get weight 0: the loss would still be finite, but it would pull mass towards the border.
-    """
-    h, w = heatmap_size
-    x, y = keypoints[..., 0], keypoints[..., 1]
-    inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
-    return ((visible > 0) & inside & torch.isfinite(keypoints).all(-1)).to(torch.float32)
 
 
 def check_heatmaps(heatmaps: Any, name: str = "heatmaps") -> tuple[int, int, int, int]:

@@ -43,7 +43,9 @@ def test_naive_demander_is_the_centre_of_the_pixel_holding_the_dot():
 def test_heatmap_weights():
     kp = torch.tensor([[[0.0, 0.0], [-0.5, 3.0], [7.49, 9.0], [7.5, 1.0], [3.0, float("nan")], [3.0, 3.0]]])
     vis = torch.tensor([[2, 1, 2, 2, 2, 0]])
-    assert heatmap_weights(kp, vis, (10, 8)).tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]
+    assert heatmap_weights(kp, vis, heatmap_wh=(8, 10)).tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]
+    with pytest.warns(DeprecationWarning, match="heatmap_wh"):  # the old (H, W) positional spelling
+        assert heatmap_weights(kp, vis, (10, 8)).tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]
 
 
 # ---- API ---------------------------------------------------------------------------------------------
