@@ -24,7 +24,8 @@ from torch import Tensor
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.geometry import apply_affine, invert_affine
 
-__all__ = ["DMCodec", "GaussianCodec", "build_codec", "heatmap_weights", "keypoint_weights", "heatmap_to_image", "image_to_heatmap"]
+__all__ = ["DMCodec", "GaussianCodec", "build_codec", "heatmap_weights", "keypoint_weights", "heatmap_to_image",
+           "image_to_heatmap"]
 
 
 def heatmap_weights(keypoints: Tensor, visible: Tensor, heatmap_size: tuple[int, int] | None = None, *,

@@ -23,7 +23,8 @@ from dmpose.kernels import select_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
 from dmpose.spec import DMLossOptions, SpecError
 
-__all__ = ["dm_loss", "DMLoss", "DMLossOptions", "check_heatmaps", "demanders", "heatmap_weights", "mse_loss", "MSELoss"]
+__all__ = ["dm_loss", "DMLoss", "DMLossOptions", "check_heatmaps", "demanders", "heatmap_weights", "mse_loss",
+           "MSELoss"]
 
 
 
@@ -82,7 +83,8 @@ def _validate(heatmaps, keypoints, weights) -> Tensor:
     bad = labelled & ~torch.isfinite(keypoints).all(-1)
     if bool(bad.any()):
         bi, ki = bad.nonzero()[0].tolist()
-        raise ValueError(f"keypoints must be finite for joints with weight > 0: keypoints[{bi}, {ki}] = {keypoints[bi, ki].tolist()}")
+        raise ValueError(f"keypoints must be finite for joints with weight > 0: "
+                         f"keypoints[{bi}, {ki}] = {keypoints[bi, ki].tolist()}")
     return weights
 
 
@@ -220,7 +222,8 @@ def mse_loss(heatmaps: Tensor, targets: Tensor, weights: Tensor | None = None, *
     """The MSE baseline of SimpleBaseline/HRNet: 0.5 * mean over pixels of (w * (H - T))^2, averaged
     over joints (as the official JointsMSELoss), then reduced over the batch ("mean", "sum", "none")."""
     if heatmaps.shape != targets.shape or heatmaps.dim() != 4:
-        raise ValueError(f"heatmaps and targets must both be (B, K, H, W), got {tuple(heatmaps.shape)} and {tuple(targets.shape)}")
+        raise ValueError(f"heatmaps and targets must both be (B, K, H, W), got {tuple(heatmaps.shape)} and "
+                         f"{tuple(targets.shape)}")
     if weights is None:
         weights = torch.ones(heatmaps.shape[:2], dtype=heatmaps.dtype, device=heatmaps.device)
     diff = (heatmaps.float() - targets.float()) * weights.float()[..., None, None]

@@ -85,7 +85,7 @@ class KeypointSpec(BaseModel):
         return len(self.names)
 
     @model_validator(mode="after")
-    def _check(self) -> "KeypointSpec":
+    def _check(self) -> KeypointSpec:
         k = len(self.names)
         if len(set(self.names)) != k:
             raise ValueError(f"names has duplicates: {sorted({n for n in self.names if self.names.count(n) > 1})}")
@@ -113,13 +113,13 @@ class KeypointSpec(BaseModel):
         return flip_permutation(self.flip_pairs, self.num_keypoints)
 
     @classmethod
-    def from_keypoint_set(cls, ks: Any) -> "KeypointSpec":
+    def from_keypoint_set(cls, ks: Any) -> KeypointSpec:
         """From a `dmpose.data.keypoints.KeypointSet` (the YAML files are the only source of sets)."""
         return cls(name=ks.name, names=ks.names, flip_pairs=ks.flip_pairs, skeleton=ks.skeleton,
                    sigmas=ks.sigmas, upper_body=ks.upper_body)
 
     @classmethod
-    def builtin(cls, name: str) -> "KeypointSpec":
+    def builtin(cls, name: str) -> KeypointSpec:
         """A built-in set ("coco17", "mpii16") or a keypoint YAML file, by `load_keypoint_set`."""
         from dmpose.data.keypoints import load_keypoint_set
 
@@ -171,7 +171,7 @@ class CodecSpec(BaseModel):
     joint_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _defaults(self) -> "CodecSpec":
+    def _defaults(self) -> CodecSpec:
         # Fill the name-dependent defaults so that a spec always states its decode rule and map.
         set_ = object.__setattr__
         if self.name == "dm":
@@ -225,7 +225,7 @@ class PoseSpec(BaseModel):
         return self.codec.decode
 
     @model_validator(mode="after")
-    def _sizes(self) -> "PoseSpec":
+    def _sizes(self) -> PoseSpec:
         w, h = self.input_wh
         s = self.output_stride
         if w < 8 or h < 8:
@@ -243,7 +243,7 @@ class PoseSpec(BaseModel):
     @classmethod
     def build(cls, arch: str, keypoints: str | KeypointSpec = "coco17", input_wh=(192, 256), *,
               output_stride: int = 4, codec: CodecSpec | dict | None = None,
-              normalisation: Normalisation | dict | None = None) -> "PoseSpec":
+              normalisation: Normalisation | dict | None = None) -> PoseSpec:
         """Convenience constructor; `keypoints` is a built-in set name, a YAML path or a KeypointSpec."""
         kps = keypoints if isinstance(keypoints, KeypointSpec) else KeypointSpec.builtin(str(keypoints))
         return cls.validated(dict(arch=arch, keypoints=kps, input_wh=tuple(input_wh), output_stride=output_stride,
@@ -251,14 +251,14 @@ class PoseSpec(BaseModel):
                                   normalisation=normalisation if normalisation is not None else Normalisation()))
 
     @classmethod
-    def validated(cls, data: dict, source: str = "spec") -> "PoseSpec":
+    def validated(cls, data: dict, source: str = "spec") -> PoseSpec:
         """`PoseSpec(**data)` with errors as one `SpecError` naming `source` and each bad field."""
         try:
             return cls.model_validate(data)
         except ValidationError as e:
             raise SpecError(format_validation_error(e, source)) from None
 
-    def replace(self, **changes: Any) -> "PoseSpec":
+    def replace(self, **changes: Any) -> PoseSpec:
         """A copy with fields changed, validated again (heatmap_wh is re-derived unless given)."""
         data = self.model_dump()
         if "input_wh" in changes or "output_stride" in changes:
@@ -273,7 +273,7 @@ class PoseSpec(BaseModel):
         return json.dumps(self.model_dump(mode="json"), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str, source: str = "spec") -> "PoseSpec":
+    def from_json(cls, text: str, source: str = "spec") -> PoseSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -283,7 +283,7 @@ class PoseSpec(BaseModel):
         return cls.validated(data, source)
 
     @classmethod
-    def from_legacy_meta(cls, meta: dict, source: str = "checkpoint") -> "PoseSpec":
+    def from_legacy_meta(cls, meta: dict, source: str = "checkpoint") -> PoseSpec:
         """A spec from the field-per-key metadata of checkpoints written before the spec existed.
 
         input_size/heatmap_size were [H, W]; a missing keypoint list means COCO-17 when num_joints is 17
@@ -374,7 +374,7 @@ class DMLossOptions(BaseModel):
         return v
 
     @classmethod
-    def validated(cls, data: dict | None = None, source: str = "dm_loss", **kwargs) -> "DMLossOptions":
+    def validated(cls, data: dict | None = None, source: str = "dm_loss", **kwargs) -> DMLossOptions:
         try:
             return cls.model_validate({**(data or {}), **kwargs})
         except ValidationError as e:

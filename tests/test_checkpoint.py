@@ -156,7 +156,8 @@ def test_weights_that_do_not_fit_are_listed(tmp_path, tiny):
 
 def test_other_format_version_is_refused(tmp_path):
     path = tmp_path / "x.safetensors"
-    save_file({"a": torch.zeros(1)}, str(path), metadata={"format": "dmpose-checkpoint/9", "arch": "hrnet_tiny", "num_joints": "3"})
+    meta = {"format": "dmpose-checkpoint/9", "arch": "hrnet_tiny", "num_joints": "3"}
+    save_file({"a": torch.zeros(1)}, str(path), metadata=meta)
     with pytest.raises(ValueError, match="unsupported checkpoint format 'dmpose-checkpoint/9'"):
         read_checkpoint_meta(path)
 
@@ -204,8 +205,9 @@ def test_spec_round_trips_through_metadata(tmp_path):
 def test_old_layout_checkpoint_gets_its_spec_from_the_fields(tmp_path):
     from dmpose.models.checkpoint import read_checkpoint_spec
 
-    path = dmpose.save_checkpoint(_coco_tiny(), tmp_path / "old.safetensors",
-                                  meta={"input_size": [64, 48], "loss": "mse"})
+    path = dmpose.save_checkpoint(
+        _coco_tiny(), tmp_path / "old.safetensors", meta={"input_size": [64, 48], "loss": "mse"}
+    )
     assert "spec" not in read_checkpoint_meta(path)
     spec = read_checkpoint_spec(path)
     assert spec.input_wh == (48, 64) and spec.heatmap_wh == (12, 16) and spec.keypoints.name == "coco17"
@@ -231,8 +233,9 @@ def test_corrupt_metadata_field_is_named_on_read(tmp_path, field, value, match):
     from dmpose.models.checkpoint import read_checkpoint_spec
     from dmpose.spec import PoseSpec, SpecError
 
-    good = dmpose.save_checkpoint(_coco_tiny(), tmp_path / "good.safetensors",
-                                  spec=PoseSpec.build("hrnet_tiny", "coco17", (48, 64)))
+    good = dmpose.save_checkpoint(
+        _coco_tiny(), tmp_path / "good.safetensors", spec=PoseSpec.build("hrnet_tiny", "coco17", (48, 64))
+    )
     with safe_open(str(good), framework="pt") as f:
         raw = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}

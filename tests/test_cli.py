@@ -20,7 +20,9 @@ def test_help_and_version():
 
 
 def test_demo_fits_the_dot():
-    result = runner.invoke(app, ["demo", "--size", "12x10", "--dot", "4.3,6.6", "--eps", "1", "--steps", "300"], env={"COLUMNS": "200"})
+    result = runner.invoke(
+        app, ["demo", "--size", "12x10", "--dot", "4.3,6.6", "--eps", "1", "--steps", "300"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "(4.300, 6.600)" in line)
     decoded_x, decoded_y = map(float, re.findall(r"\(([\d.]+), ([\d.]+)\)", row)[1])

@@ -40,9 +40,13 @@ def test_sample_counts_and_logged_filtering(coco_sample, caplog):
 
 def test_detections_threshold(coco_sample):
     dets = json.loads((coco_sample / "test_coco_det_AP_H_56.json").read_text())
-    ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, make_transform(), coco_sample / "test_coco_det_AP_H_56.json")
+    ds = CocoKeypoints(
+        coco_sample / "test_coco.json", coco_sample, make_transform(), coco_sample / "test_coco_det_AP_H_56.json"
+    )
     assert len(ds) == len(dets) == 118
-    ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, make_transform(), coco_sample / "test_coco_det_AP_H_56.json", 0.5)
+    ds = CocoKeypoints(
+        coco_sample / "test_coco.json", coco_sample, make_transform(), coco_sample / "test_coco_det_AP_H_56.json", 0.5
+    )
     assert len(ds) == sum(d["score"] >= 0.5 for d in dets)
     s = ds[0]
     assert s["meta"]["annotation_id"] == -1 and s["meta"]["score"] >= 0.5 and s["weights"].sum() == 0
@@ -83,8 +87,9 @@ def test_augmented_crops_keep_keypoints_on_their_pixels(coco_sample):
         flips.add(meta["flipped"])
         # 1) the crop is the original image warped by the sample's input affine
         image = read_image(coco_sample / ds.records[i].file_name)
-        np.testing.assert_allclose(denormalise(s["image"]), warp_affine(image, meta["affine_input"], (192, 256)),
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            denormalise(s["image"]), warp_affine(image, meta["affine_input"], (192, 256)), atol=1e-3
+        )
         # 2) each joint's marker sits at keypoints_hm (mapped to input pixels)
         hm_to_in = compose_affine(meta["affine_input"], invert_affine(meta["affine_heatmap"]))
         perm = COCO17.flip_index if meta["flipped"] else np.arange(17)
@@ -132,16 +137,27 @@ def _write_coco(tmp_path, annotations, image_name="a.jpg", image_bytes=None):
     (tmp_path / "img").mkdir(exist_ok=True)
     if image_bytes is not None:
         (tmp_path / "img" / image_name).write_bytes(image_bytes)
-    ann = {"images": [{"id": 1, "file_name": image_name, "width": 64, "height": 64}], "annotations": annotations,
-           "categories": [{"id": 1, "name": "person"}]}
+    ann = {
+        "images": [{"id": 1, "file_name": image_name, "width": 64, "height": 64}],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "person"}],
+    }
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     return tmp_path / "ann.json", tmp_path / "img"
 
 
 def _ann(aid, **kw):
     kps = [10, 10, 2] + [0, 0, 0] * 16
-    return {"id": aid, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [5, 5, 30, 40], "keypoints": kps,
-            "num_keypoints": 1, **kw}
+    return {
+        "id": aid,
+        "image_id": 1,
+        "category_id": 1,
+        "iscrowd": 0,
+        "bbox": [5, 5, 30, 40],
+        "keypoints": kps,
+        "num_keypoints": 1,
+        **kw,
+    }
 
 
 def test_bad_inputs(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from official_keys import read_key_fixture, single_thread
 
 import dmpose
 from dmpose.models.convert import (
@@ -14,7 +15,6 @@ from dmpose.models.convert import (
     read_foreign_state_dict,
     unwrap_state_dict,
 )
-from official_keys import read_key_fixture, single_thread
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 assert single_thread  # imported for its fixture
@@ -50,8 +50,12 @@ WRAPPINGS = {
     "official": lambda s: s,
     "state_dict": lambda s: {"state_dict": s, "epoch": 140, "perf": 0.744},
     "module": lambda s: {"module." + k: v for k, v in s.items()},
-    "mmpose0": lambda s: {"state_dict": {("keypoint_head." if k.startswith("final_layer") else "backbone.") + k: v for k, v in s.items()}},
-    "mmpose1": lambda s: {"state_dict": {("head." if k.startswith("final_layer") else "backbone.") + k: v for k, v in s.items()}},
+    "mmpose0": lambda s: {
+        "state_dict": {("keypoint_head." if k.startswith("final_layer") else "backbone.") + k: v for k, v in s.items()}
+    },
+    "mmpose1": lambda s: {
+        "state_dict": {("head." if k.startswith("final_layer") else "backbone.") + k: v for k, v in s.items()}
+    },
 }
 
 
@@ -238,10 +242,18 @@ def test_convert_writes_the_facts_it_is_given(tmp_path, tiny_state):
         convert_checkpoint(src, "hrnet_tiny", out)
     assert not out.exists()
     torch.save(dmpose.build_model("hrnet_tiny", num_joints=16).state_dict(), src)
-    report = convert_checkpoint(src, "hrnet_tiny", out, input_wh=(64, 64), decode="2x2",
-                                normalisation={"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
-                                               "channel_order": "BGR"})
+    report = convert_checkpoint(
+        src,
+        "hrnet_tiny",
+        out,
+        input_wh=(64, 64),
+        decode="2x2",
+        normalisation={"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "channel_order": "BGR"},
+    )
     spec = read_checkpoint_spec(out)
     assert spec == report.spec and spec.input_wh == (64, 64) and spec.heatmap_wh == (16, 16)
-    assert spec.decode == "2x2" and spec.normalisation.channel_order == "BGR" and report.defaulted == [
-        f"keypoints={spec.keypoints.name}"]
+    assert (
+        spec.decode == "2x2"
+        and spec.normalisation.channel_order == "BGR"
+        and report.defaulted == [f"keypoints={spec.keypoints.name}"]
+    )

@@ -21,7 +21,10 @@ def test_round_trip_of_demanders_within_1e_4_px():
     h, w = 13, 7
     g = torch.Generator().manual_seed(0)
     dots = torch.rand(200, 2, generator=g, dtype=torch.float64) * torch.tensor([w - 1.0, h - 1.0])
-    edges = torch.tensor([[0.0, 0.0], [w - 1.0, h - 1.0], [3.0, 5.0], [0.0, 6.5], [6.0, 0.25], [w - 1.0, 0.0], [2.5, h - 1.0]], dtype=torch.float64)
+    edges = torch.tensor(
+        [[0.0, 0.0], [w - 1.0, h - 1.0], [3.0, 5.0], [0.0, 6.5], [6.0, 0.25], [w - 1.0, 0.0], [2.5, h - 1.0]],
+        dtype=torch.float64,
+    )
     dots = torch.cat([dots, edges])
     coords, conf = decode_2x2(splat(dots, h, w))
     assert (coords[0].double() - dots).abs().max() < 1e-4

@@ -335,9 +335,14 @@ def test_oks_nms_threshold_edge_and_greedy_chain():
 
     # Greedy: c overlaps b but not a; b is suppressed by a, so it cannot suppress c.
     c = _person(1, _pose((8.0, 0.0)), 0.7, area=12_000.0)
-    thr = 0.5 * (oks(c["keypoints"], a["keypoints"], 10_000.0, SIGMAS) + oks(c["keypoints"], b["keypoints"], 12_000.0, SIGMAS))
+    thr = 0.5 * (oks(c["keypoints"], a["keypoints"], 10_000.0, SIGMAS)
+                 + oks(c["keypoints"], b["keypoints"], 12_000.0, SIGMAS))
     assert oks(b["keypoints"], a["keypoints"], 10_000.0, SIGMAS) > thr
-    assert oks(c["keypoints"], a["keypoints"], 10_000.0, SIGMAS) <= thr < oks(c["keypoints"], b["keypoints"], 12_000.0, SIGMAS)
+    assert (
+        oks(c["keypoints"], a["keypoints"], 10_000.0, SIGMAS)
+        <= thr
+        < oks(c["keypoints"], b["keypoints"], 12_000.0, SIGMAS)
+    )
     kept = oks_nms([a, b, c], SIGMAS, oks_threshold=thr)
     assert len(kept) == 2 and kept[0] is a and kept[1] is c
 
@@ -364,6 +369,8 @@ def test_coco_keypoints_are_integer_pixel_indices():
         kp = kp[kp[:, 2] > 0]
         w, h = size[a["image_id"]]
         assert np.array_equal(kp[:, :2], np.round(kp[:, :2]))
-        assert (kp[:, 0] >= 0).all() and (kp[:, 0] <= w - 1).all() and (kp[:, 1] >= 0).all() and (kp[:, 1] <= h - 1).all()
+        assert (
+            (kp[:, 0] >= 0).all() and (kp[:, 0] <= w - 1).all() and (kp[:, 1] >= 0).all() and (kp[:, 1] <= h - 1).all()
+        )
         n += len(kp)
     assert n == 181

@@ -1,12 +1,13 @@
 """Evaluation end to end: the whole geometry chain with an oracle model, the CLI, MPII PCKh, bad input.
 
 The oracle is a torch module that, having seen the dataset once (`observe`: each crop's ground truth,
-keyed by the crop's pixels, so the predictor needs no hook into the model), renders for each crop the heatmaps a perfect model would output: the ground-truth keypoints mapped into
-the crop with the affine that warped it, then into the heatmap by the edge-aligned rescale (plain
-float64 algebra here, not dmpose's heatmap affine), drawn as the four bilinear masses of the dot (what the DM loss's sub-pixel demanders ask for) or as an
-unbiased Gaussian. On the mirrored crop it renders the mirrored scene: x -> W-1-x with left and right
-exchanged, independently of dmpose's flip_back. dmpose's own inference then has to flip back, average,
-decode, and invert the affine; any half-pixel or flip error costs AP.
+keyed by the crop's pixels, so the predictor needs no hook into the model), renders for each crop the
+heatmaps a perfect model would output: the ground-truth keypoints mapped into the crop with the affine
+that warped it, then into the heatmap by the edge-aligned rescale (plain float64 algebra here, not
+dmpose's heatmap affine), drawn as the four bilinear masses of the dot (what the DM loss's sub-pixel
+demanders ask for) or as an unbiased Gaussian. On the mirrored crop it renders the mirrored scene:
+x -> W-1-x with left and right exchanged, independently of dmpose's flip_back. dmpose's own inference
+then has to flip back, average, decode, and invert the affine; any half-pixel or flip error costs AP.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Oracle(nn.Module):
         """(K, 3) image px + COCO flag: what the crop shows."""
         return np.asarray(meta["keypoints"], dtype=np.float64)
 
-    def observe(self, dataset) -> "Oracle":
+    def observe(self, dataset) -> Oracle:
         """Ground truth -> heatmap pixels WITHOUT dmpose's heatmap affine: image -> input crop with the
         affine that warped the crop, then input -> heatmap by the edge-aligned rescale written out here,
         x_hm = (x_in + 0.5) * W_hm / W_in - 0.5. dmpose maps back with the inverse of its own image ->
@@ -132,8 +133,12 @@ def test_oracle_dots_2x2_decode_gives_perfect_ap(coco_sample, flip):
     ds = coco_sample_dataset(coco_sample)
     oracle = Oracle(COCO.flip_pairs).observe(ds).eval()
     seen = []
-    preds = predict_dataset(TopDownPredictor(oracle, COCO_SPEC, flip=flip), ds, batch_size=5,
-                            progress=lambda done, total, rate: seen.append((done, total)))
+    preds = predict_dataset(
+        TopDownPredictor(oracle, COCO_SPEC, flip=flip),
+        ds,
+        batch_size=5,
+        progress=lambda done, total, rate: seen.append((done, total)),
+    )
     assert oracle.calls == {"direct": 3, "mirrored": 3 if flip else 0}
     assert seen == [(5, 12), (10, 12), (12, 12)]
     assert len(preds) == 12  # 14 persons, 2 without labelled keypoints (test_coco.json)
@@ -268,8 +273,9 @@ def fresh_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = dmpose.build_model("hrnet_tiny", num_joints=17)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return dmpose.save_checkpoint(model, path, meta={"input_size": [64, 48], "decode": "2x2",
-                                                     "flip_pairs": [list(p) for p in COCO.flip_pairs]})
+    return dmpose.save_checkpoint(
+        model, path, meta={"input_size": [64, 48], "decode": "2x2", "flip_pairs": [list(p) for p in COCO.flip_pairs]}
+    )
 
 
 def invoke(*args: str):
@@ -283,8 +289,9 @@ def test_cli_eval_on_synthetic(tiny_synthetic, fresh_checkpoint, tmp_path, boxes
     from dmpose.eval.coco import PAPER_COLUMNS
 
     out = tmp_path / "out"
-    result = invoke("--ckpt", str(fresh_checkpoint), "--data", str(tiny_synthetic), "--out", str(out),
-                    "--batch", "8", *boxes)
+    result = invoke(
+        "--ckpt", str(fresh_checkpoint), "--data", str(tiny_synthetic), "--out", str(out), "--batch", "8", *boxes
+    )
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if "AP50" in line)
     assert [c for c in header.replace("┃", " ").split()] == list(PAPER_COLUMNS)
@@ -299,8 +306,9 @@ def test_cli_eval_on_synthetic(tiny_synthetic, fresh_checkpoint, tmp_path, boxes
         assert metrics["boxes"] == "GT boxes" and "GT boxes" in result.output
     else:
         assert metrics["boxes"].startswith("detections") and "GT boxes" not in result.output
-        dets = json.loads((tiny_synthetic / "person_detection_results" /
-                           "COCO_val2017_detections_AP_H_56_person.json").read_text())
+        dets = json.loads(
+            (tiny_synthetic / "person_detection_results" / "COCO_val2017_detections_AP_H_56_person.json").read_text()
+        )
         assert metrics["instances"] == len(dets)
 
 
@@ -314,8 +322,21 @@ def test_cli_eval_test_dev_writes_results_only(tiny_synthetic, fresh_checkpoint,
     (root / "test2017").symlink_to(tiny_synthetic / "val2017")
     dets = tiny_synthetic / "person_detection_results" / "COCO_val2017_detections_AP_H_56_person.json"
     out = tmp_path / "out"
-    result = invoke("--ckpt", str(fresh_checkpoint), "--data", str(root), "--split", "test-dev2017",
-                    "--dets", str(dets), "--out", str(out), "--no-flip", "--decode", "argmax")
+    result = invoke(
+        "--ckpt",
+        str(fresh_checkpoint),
+        "--data",
+        str(root),
+        "--split",
+        "test-dev2017",
+        "--dets",
+        str(dets),
+        "--out",
+        str(out),
+        "--no-flip",
+        "--decode",
+        "argmax",
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["person_keypoints_test-dev2017_dmpose_results.json"]
     result = invoke("--ckpt", str(fresh_checkpoint), "--data", str(root), "--split", "test-dev2017", "--gt-boxes")
@@ -333,8 +354,11 @@ def test_cli_eval_mpii(mpii_sample, tmp_path):
     (root / "annot" / "valid.json").write_text(json.dumps(records))
     write_head_boxes(records, root / "annot" / "gt_valid.mat")
     torch.manual_seed(0)
-    ckpt = dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny", num_joints=16), tmp_path / "mpii.safetensors",
-                                  meta={"input_size": [64, 64], "decode": "2x2"})
+    ckpt = dmpose.save_checkpoint(
+        dmpose.build_model("hrnet_tiny", num_joints=16),
+        tmp_path / "mpii.safetensors",
+        meta={"input_size": [64, 64], "decode": "2x2"},
+    )
     out = tmp_path / "out"
     result = invoke("--ckpt", str(ckpt), "--dataset", "mpii", "--data", str(root), "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -379,12 +403,14 @@ def test_checkpoint_metadata_problems_are_named(tiny_synthetic, tmp_path):
 
     torch.manual_seed(0)
     model = dmpose.build_model("hrnet_tiny", num_joints=17)
-    wrong_hm = dmpose.save_checkpoint(model, tmp_path / "wrong_hm.safetensors",
-                                      meta={"input_size": [64, 48], "heatmap_size": [8, 8], "decode": "2x2"})
+    wrong_hm = dmpose.save_checkpoint(
+        model, tmp_path / "wrong_hm.safetensors", meta={"input_size": [64, 48], "heatmap_size": [8, 8], "decode": "2x2"}
+    )
     result = invoke("--ckpt", str(wrong_hm), "--data", str(tiny_synthetic), "--gt-boxes")
     assert result.exit_code == 1 and "heatmap_size" in result.output and "(16, 12)" in result.output
-    mpii_model = dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny", num_joints=16), tmp_path / "m.safetensors",
-                                        meta={"input_size": [64, 48]})
+    mpii_model = dmpose.save_checkpoint(
+        dmpose.build_model("hrnet_tiny", num_joints=16), tmp_path / "m.safetensors", meta={"input_size": [64, 48]}
+    )
     result = invoke("--ckpt", str(mpii_model), "--data", str(tiny_synthetic))
     assert result.exit_code == 1 and "num_joints=16" in result.output and "coco17" in result.output
 
@@ -442,8 +468,9 @@ def test_old_layout_checkpoint_evaluates_identically_to_its_spec_layout(tiny_syn
     assert old_report.settings["decode"] == "2x2" and old_report.metrics["AP"] >= 0.0
 
 
-def test_eval_out_is_checked_before_inference_and_written_all_or_none(tiny_synthetic, fresh_checkpoint, tmp_path,
-                                                                        monkeypatch):
+def test_eval_out_is_checked_before_inference_and_written_all_or_none(
+    tiny_synthetic, fresh_checkpoint, tmp_path, monkeypatch
+):
     import dmpose.eval.evaluate as ev
 
     blocker = tmp_path / "a_file"

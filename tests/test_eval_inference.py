@@ -103,7 +103,9 @@ def test_normalise_heatmaps():
     assert sums[1, 2] == 0
 
 
-@pytest.mark.parametrize("pairs, match", [([(0, 5)], "bad flip pair"), ([(0, 1), (1, 2)], "more than one"), ([(2, 2)], "bad")])
+@pytest.mark.parametrize(
+    "pairs, match", [([(0, 5)], "bad flip pair"), ([(0, 1), (1, 2)], "more than one"), ([(2, 2)], "bad")]
+)
 def test_flip_back_rejects_bad_pairs(pairs, match):
     with pytest.raises(ValueError, match=match):
         flip_back(torch.zeros(1, 5, H, W), pairs)

@@ -51,7 +51,9 @@ def _hand_case():
 def test_pckh_hand_made_case():
     pred, gt, visible = _hand_case()
     result = pckh(pred, gt, HEADBOXES, visible, threshold=0.5)
-    assert tuple(result.columns) == PCKH_COLUMNS == ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean")
+    assert (
+        tuple(result.columns) == PCKH_COLUMNS == ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean")
+    )
     for name, value in EXPECTED.items():
         assert result.columns[name] == pytest.approx(value, abs=1e-12), name
     assert result.visible_counts.tolist() == [1, 2, 2, 2, 2, 2, 1, 2, 2, 1, 2, 2, 2, 2, 2, 2]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from official_keys import single_thread
 from typer.testing import CliRunner
 
 import dmpose
 from dmpose.cli import app
 from dmpose.models.checkpoint import read_checkpoint_meta
-from official_keys import single_thread
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),

@@ -92,7 +92,9 @@ def test_gradient_flows_to_heatmaps_and_scales_with_grad_output():
 
 def test_scale_invariance():
     hm, kp = batch()
-    torch.testing.assert_close(dm_loss(hm, kp, reduction="none"), dm_loss(7.5 * hm, kp, reduction="none"), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        dm_loss(hm, kp, reduction="none"), dm_loss(7.5 * hm, kp, reduction="none"), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_half_precision_inputs():
@@ -162,14 +164,20 @@ def test_triton_backend_on_cpu_without_interpreter_is_an_error(monkeypatch):
 def test_never_nan_or_inf(h, w, kind, dtype, grad, mode, eps, fx, fy, snap, seed):
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(1, 2, h, w, generator=g)
-    hm = {
-        "random": base,
-        "zero": torch.zeros_like(base),
-        "negative": -base.abs() - 0.1,
-        "one-pixel": torch.zeros_like(base).index_put_((torch.tensor([0]), torch.tensor([1]), torch.tensor([h - 1]), torch.tensor([0])), torch.tensor(1.0)),
-        "huge": base * 1e4,
-        "tiny": base.abs() * 1e-6,
-    }[kind].to(dtype).requires_grad_(True)
+    hm = (
+        {
+            "random": base,
+            "zero": torch.zeros_like(base),
+            "negative": -base.abs() - 0.1,
+            "one-pixel": torch.zeros_like(base).index_put_(
+                (torch.tensor([0]), torch.tensor([1]), torch.tensor([h - 1]), torch.tensor([0])), torch.tensor(1.0)
+            ),
+            "huge": base * 1e4,
+            "tiny": base.abs() * 1e-6,
+        }[kind]
+        .to(dtype)
+        .requires_grad_(True)
+    )
     # dots anywhere in the heatmap's area, including the outer half of border pixels and exact centres
     x, y = -0.5 + fx * (w - 1e-3), -0.5 + fy * (h - 1e-3)
     if snap:

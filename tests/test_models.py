@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from official_keys import read_key_fixture, single_thread
 
 from dmpose.models import build_model, list_models
-from official_keys import read_key_fixture, single_thread
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 assert single_thread  # imported for its fixture
@@ -62,7 +62,9 @@ def test_hrnet_state_dict_equals_official_layout(width):
     assert n_params(model) == expected_params
 
 
-@pytest.mark.parametrize(("name", "num_joints"), [(name, 17) for name in ALL] + [("hrnet_tiny", 16), ("simplebaseline_res50", 16)])
+@pytest.mark.parametrize(
+    ("name", "num_joints"), [(name, 17) for name in ALL] + [("hrnet_tiny", 16), ("simplebaseline_res50", 16)]
+)
 def test_output_stride_4_and_meta_attributes(name, num_joints):
     model = build_model(name, num_joints=num_joints, device="meta")
     assert model.arch == name and model.num_joints == num_joints

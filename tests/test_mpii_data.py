@@ -44,7 +44,9 @@ def test_samples_eval_and_augmented(mpii_sample):
     np.testing.assert_allclose(s["keypoints_hm"].numpy()[w], kp_hm[w], atol=1e-4)
     assert s["image"].shape == (3, 256, 256)
     torch.manual_seed(1)
-    aug = MpiiKeypoints(mpii_sample / "test_mpii.json", mpii_sample, transform(AugmentConfig(flip_prob=1.0, rotation_prob=1.0)))
+    aug = MpiiKeypoints(
+        mpii_sample / "test_mpii.json", mpii_sample, transform(AugmentConfig(flip_prob=1.0, rotation_prob=1.0))
+    )
     s = aug[1]
     assert s["meta"]["flipped"]
     kp_hm = apply_affine(rec.keypoints[:, :2], s["meta"]["affine_heatmap"])[MPII16.flip_index]

@@ -15,6 +15,11 @@ def test_no_merge_conflict_markers_in_tracked_files():
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     marker = re.compile(r"^(<{7} |={7}$|>{7} )", re.M)
-    bad = [f for f in files if (ROOT / f).is_file() and (ROOT / f).suffix in {".py", ".md", ".toml", ".yaml", ".yml", ".txt", ""}
-           and marker.search((ROOT / f).read_text(errors="ignore"))]
+    bad = [
+        f
+        for f in files
+        if (ROOT / f).is_file()
+        and (ROOT / f).suffix in {".py", ".md", ".toml", ".yaml", ".yml", ".txt", ""}
+        and marker.search((ROOT / f).read_text(errors="ignore"))
+    ]
     assert not bad, f"merge-conflict markers in {bad}"

@@ -21,7 +21,13 @@ def make_problem(h, w, n, seed, kind="random", dtype=torch.float64):
         hm = torch.exp(-d2 / 4.0) - 0.05
     elif kind == "multimodal":
         c = torch.rand(n, 3, 2, generator=g, dtype=dtype) * torch.tensor([w - 1.0, h - 1.0], dtype=dtype)
-        hm = sum(torch.exp(-((xs - c[:, i, 0, None, None]) ** 2 + (ys - c[:, i, 1, None, None]) ** 2) / 8.0) for i in range(3)) - 0.1
+        hm = (
+            sum(
+                torch.exp(-((xs - c[:, i, 0, None, None]) ** 2 + (ys - c[:, i, 1, None, None]) ** 2) / 8.0)
+                for i in range(3)
+            )
+            - 0.1
+        )
     elif kind == "noise":
         hm = torch.rand(n, h, w, generator=g, dtype=dtype) * 1e-3
     else:
@@ -40,13 +46,17 @@ def test_value_and_plan_match_pot_sinkhorn_log(h, w):
     for p in range(3):
         keep, live = a[p] > 0, mass[p] > 0  # POT needs strictly positive marginals
         M = C[p][live][:, keep].T.numpy()  # POT takes (pixels, demanders)
-        P_ref = ot.sinkhorn(a[p][keep].numpy(), mass[p][live].numpy(), M, 1.0, method="sinkhorn_log", numItermax=5000, stopThr=1e-13)
+        P_ref = ot.sinkhorn(
+            a[p][keep].numpy(), mass[p][live].numpy(), M, 1.0, method="sinkhorn_log", numItermax=5000, stopThr=1e-13
+        )
         value_ref = float((P_ref * M).sum())
         assert res.cost[p].item() == pytest.approx(value_ref, rel=1e-5)
         P = (a[p][None, :] * res.pi[p])[live][:, keep].T.numpy()
         np.testing.assert_allclose(P, P_ref, atol=1e-9)
         # POT's sinkhorn2 reports the same linear term <C, P>.
-        v2 = ot.sinkhorn2(a[p][keep].numpy(), mass[p][live].numpy(), M, 1.0, method="sinkhorn_log", numItermax=5000, stopThr=1e-13)
+        v2 = ot.sinkhorn2(
+            a[p][keep].numpy(), mass[p][live].numpy(), M, 1.0, method="sinkhorn_log", numItermax=5000, stopThr=1e-13
+        )
         assert res.cost[p].item() == pytest.approx(float(v2), rel=1e-5)
 
 
@@ -77,7 +87,9 @@ def test_shifted_and_log_sum_exp_forms_agree(eps):
     r2 = sinkhorn(a, C, mass, eps=eps, max_iters=5000, tol=1e-12, method="lse")
     torch.testing.assert_close(r1.cost, r2.cost, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(r1.pi, r2.pi, rtol=1e-8, atol=1e-12)
-    torch.testing.assert_close(r1.f - r1.f.mean(-1, keepdim=True), r2.f - r2.f.mean(-1, keepdim=True), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(
+        r1.f - r1.f.mean(-1, keepdim=True), r2.f - r2.f.mean(-1, keepdim=True), rtol=1e-8, atol=1e-10
+    )
 
 
 def test_small_eps_uses_log_sum_exp_and_stays_finite_in_fp32():
@@ -85,7 +97,9 @@ def test_small_eps_uses_log_sum_exp_and_stays_finite_in_fp32():
     xy, mass = demanders(dots)
     cost, grad, err, iters = dm_sinkhorn_torch(hm, xy, mass, eps=0.01, max_iters=3000, tol=1e-5, grad="exact")
     assert torch.isfinite(cost).all() and torch.isfinite(grad).all()
-    ref, _, _, _ = dm_sinkhorn_torch(hm.double(), xy.double(), mass.double(), eps=0.01, max_iters=20000, tol=1e-12, grad="exact")
+    ref, _, _, _ = dm_sinkhorn_torch(
+        hm.double(), xy.double(), mass.double(), eps=0.01, max_iters=20000, tol=1e-12, grad="exact"
+    )
     torch.testing.assert_close(cost.double(), ref, rtol=1e-3, atol=1e-4)
 
 
@@ -123,7 +137,8 @@ def test_exact_gradient_matches_finite_differences_of_transport_cost(mode):
     hm[1] = -hm[1].abs()  # no positive mass: the softmax fallback
     xy, mass = demanders(dots, mode)
     _, grad, _, _ = dm_sinkhorn_torch(hm, xy, mass, eps=1.0, max_iters=5000, tol=1e-13, grad="exact")
-    value = lambda x: dm_sinkhorn_torch(x, xy, mass, eps=1.0, max_iters=5000, tol=1e-13, grad="exact")[0]
+    def value(x):
+        return dm_sinkhorn_torch(x, xy, mass, eps=1.0, max_iters=5000, tol=1e-13, grad="exact")[0]
     for seed in range(3):
         d = torch.randn(hm.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.01
         torch.testing.assert_close((grad * d).sum((1, 2)), _finite_difference(value, hm, d), rtol=1e-6, atol=1e-9)

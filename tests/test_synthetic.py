@@ -114,9 +114,13 @@ def test_deterministic_for_a_seed(synth, tmp_path):
                 DETECTION_FILE, "train2017/000000000007.jpg"):
         assert (tmp_path / "again" / rel).read_bytes() == (synth / rel).read_bytes(), rel
     generate_synthetic_coco(tmp_path / "other", n_train=2, n_val=0, seed=4)
-    assert (tmp_path / "other/train2017/000000000001.jpg").read_bytes() != (synth / "train2017/000000000001.jpg").read_bytes()
+    assert (tmp_path / "other/train2017/000000000001.jpg").read_bytes() != (
+        synth / "train2017/000000000001.jpg"
+    ).read_bytes()
     # a longer run starts with the same images: image i depends only on (seed, split, i)
-    assert (tmp_path / "again/val2017/000001000002.jpg").read_bytes() == (synth / "val2017/000001000002.jpg").read_bytes()
+    assert (tmp_path / "again/val2017/000001000002.jpg").read_bytes() == (
+        synth / "val2017/000001000002.jpg"
+    ).read_bytes()
 
 
 def test_ensure_synthetic_generates_once(tmp_path):

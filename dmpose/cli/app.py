@@ -29,7 +29,9 @@ def version() -> None:
 
 
 # Command modules register themselves on import (keep this list explicit).
-from dmpose.cli import data  # noqa: E402,F401
-from dmpose.cli import demo  # noqa: E402,F401
-from dmpose.cli import eval  # noqa: E402,F401
-from dmpose.cli import models  # noqa: E402,F401
+from dmpose.cli import (
+    data,  # noqa: E402,F401
+    demo,  # noqa: E402,F401
+    eval,  # noqa: E402,F401
+    models,  # noqa: E402,F401
+)

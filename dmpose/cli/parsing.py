@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import typer
 
@@ -17,4 +18,5 @@ def parse_pair(text: str, sep: str, option: str, kind: Callable[[str], T]) -> tu
             raise ValueError
         return kind(parts[0].strip()), kind(parts[1].strip())
     except ValueError:
-        raise typer.BadParameter(f"{option} must look like 'A{sep}B' with {kind.__name__} values, got {text!r}") from None
+        raise typer.BadParameter(
+            f"{option} must look like 'A{sep}B' with {kind.__name__} values, got {text!r}") from None

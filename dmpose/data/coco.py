@@ -111,11 +111,12 @@ class CocoKeypoints(Dataset):
         self.images = {int(im["id"]): im for im in data["images"]}
         self.gt_records = self._load_gt(data.get("annotations", []))
         self.detections = None if detections is None else Path(detections)
-        self.records = self.gt_records if detections is None else self._load_detections(self.detections, det_score_threshold)
+        self.records = (self.gt_records if detections is None
+                        else self._load_detections(self.detections, det_score_threshold))
 
     @classmethod
     def from_root(cls, root: str | Path, split: str, transform: TopDownTransform,
-                  detections: bool | str | Path = False, det_score_threshold: float = 0.0) -> "CocoKeypoints":
+                  detections: bool | str | Path = False, det_score_threshold: float = 0.0) -> CocoKeypoints:
         """The standard layout under `root`; detections=True uses root/DEFAULT_DETECTION_FILE."""
         ann_file, image_dir = coco_paths(root, split)
         det = Path(root) / DEFAULT_DETECTION_FILE if detections is True else (detections or None)

@@ -77,7 +77,7 @@ class KeypointSet:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<dict>") -> "KeypointSet":
+    def from_dict(cls, data: dict, source: str = "<dict>") -> KeypointSet:
         """Validate a YAML-layout dict; errors name the source and the offending field."""
 
         def fail(msg: str):

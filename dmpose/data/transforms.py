@@ -52,11 +52,12 @@ class AugmentConfig:
             raise ValueError("augment.rotation_factor must be >= 0 and augment.half_body_padding > 0")
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "AugmentConfig":
+    def from_dict(cls, data: dict | None) -> AugmentConfig:
         data = dict(data or {})
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown augment option(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(f"unknown augment option(s) {sorted(unknown)}; "
+                             f"allowed: {sorted(cls.__dataclass_fields__)}")
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -120,7 +121,7 @@ class TopDownTransform:
 
     @classmethod
     def from_spec(cls, spec: PoseSpec, *, encode_targets: bool = False, augment: AugmentConfig | None = None,
-                  padding: float = 1.25) -> "TopDownTransform":
+                  padding: float = 1.25) -> TopDownTransform:
         """The transform a model's spec implies: its input and heatmap sizes, keypoint set and
         normalisation; the spec's codec encodes targets only when `encode_targets` (training)."""
         codec = None

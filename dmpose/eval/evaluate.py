@@ -175,7 +175,7 @@ class _Options:
 
     @classmethod
     def check(cls, ckpt, data, dataset, split, dets, gt_boxes, flip, decode, batch_size, out, num_workers,
-              joint_threshold, oks_threshold, det_score_threshold) -> "_Options":
+              joint_threshold, oks_threshold, det_score_threshold) -> _Options:
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; expected 'coco' or 'mpii'")
         if dets is not None and gt_boxes:

@@ -83,7 +83,7 @@ class CocoEvaluator:
 
     @classmethod
     def for_spec(cls, gt: Any, spec: PoseSpec, joint_threshold: float | None = None,
-                 oks_threshold: float = DEFAULT_OKS_THRESHOLD) -> "CocoEvaluator":
+                 oks_threshold: float = DEFAULT_OKS_THRESHOLD) -> CocoEvaluator:
         """An evaluator for a model's spec: its keypoint set, and its joint threshold unless given."""
         thr = joint_threshold_for(spec) if joint_threshold is None else joint_threshold
         return cls(gt, spec.keypoints, thr, oks_threshold, decode=spec.decode)

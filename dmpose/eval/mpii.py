@@ -109,7 +109,8 @@ def _head_sizes(hb: np.ndarray, vis: np.ndarray) -> np.ndarray:
     size = SC_BIAS * np.linalg.norm(hb[:, 1] - hb[:, 0], axis=-1)
     bad = vis.any(-1) & ~(np.isfinite(size) & (size > 0))
     if bad.any():
-        raise ValueError(f"pckh: {int(bad.sum())} head boxes are empty or non-finite, e.g. person {int(np.argmax(bad))}")
+        raise ValueError(f"pckh: {int(bad.sum())} head boxes are empty or non-finite, "
+                         f"e.g. person {int(np.argmax(bad))}")
     return size
 
 

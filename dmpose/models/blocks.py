@@ -60,7 +60,8 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def make_layer(block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+def make_layer(block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, blocks: int,
+               stride: int = 1) -> nn.Sequential:
     """`blocks` residual blocks; the first takes the stride and a 1x1 projection if the shape changes."""
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:

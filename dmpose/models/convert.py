@@ -35,10 +35,9 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from dmpose.spec import DECODE_RULES, CodecSpec, KeypointSpec, Normalisation, PoseSpec
-
 from dmpose.models.checkpoint import list_key_problems, save_checkpoint
 from dmpose.models.registry import build_model
+from dmpose.spec import DECODE_RULES, CodecSpec, KeypointSpec, Normalisation, PoseSpec
 
 __all__ = [
     "ConversionReport",

@@ -6,7 +6,7 @@ Every factory takes `num_joints` plus architecture-specific keywords and returns
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
