@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
+from harness import header, markdown_table  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dmpose.geometry import crop_affine, invert_affine  # noqa: E402
@@ -98,10 +99,8 @@ def main():
     except ImportError:
         print("simplejpeg not installed: skipped")
 
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; one process, OpenCV 1 thread\n")
-    print("### JPEG decode + affine warp, crops/s per process\n")
-    print("| images | size | " + " | ".join(backends) + " |")
-    print("|---|---|" + "---|" * len(backends))
+    print(header("Data (CPU)", "cpu", seconds=args.seconds, processes=1, opencv_threads=1))
+    rows = []
     for set_name, files in sets.items():
         datas = [f.read_bytes() for f in files]
         for size_name, out_wh in SIZES.items():
@@ -109,7 +108,8 @@ def main():
             for fn in backends.values():
                 rng = np.random.default_rng(0)
                 row.append(f"{rate(lambda d: fn(d, out_wh, rng), datas, args.seconds):.0f}")
-            print(f"| {set_name} | {size_name} | " + " | ".join(row) + " |")
+            rows.append((set_name, size_name, *row))
+    print(markdown_table(("images", "size", *backends), rows, title="JPEG decode + affine warp, crops/s per process"))
 
     import torch
 
@@ -123,9 +123,7 @@ def main():
     datasets = {"synthetic": coco_paths(tmp / "synth", "train2017")}
     if "COCO sample" in sets:
         datasets["COCO sample"] = (args.shared / "coco_sample" / "test_coco.json", args.shared / "coco_sample")
-    print("\n### Full training sample (read + decode + augment + warp + normalise + targets), samples/s per process\n")
-    print("| images | size | DM codec | Gaussian codec (unbiased) |")
-    print("|---|---|---|---|")
+    rows = []
     for set_name, (ann, img_dir) in datasets.items():
         for size_name, in_wh in SIZES.items():
             hm_wh = (in_wh[0] // 4, in_wh[1] // 4)
@@ -134,7 +132,10 @@ def main():
                 ds = CocoKeypoints(ann, img_dir, TopDownTransform(in_wh, hm_wh, codec, ks, AugmentConfig()))
                 torch.manual_seed(0)
                 row.append(f"{rate(lambda i: ds[i], range(len(ds)), args.seconds):.0f}")
-            print(f"| {set_name} | {size_name} | " + " | ".join(row) + " |")
+            rows.append((set_name, size_name, *row))
+    print(markdown_table(("images", "size", "DM codec", "Gaussian codec (unbiased)"), rows,
+                         title="Full training sample (read + decode + augment + warp + normalise + targets), "
+                         "samples/s per process"))
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -10,19 +10,17 @@ depend on the weights). Reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from harness import Table, header
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import dmpose  # noqa: E402
-from dmpose.data.synthetic import ensure_synthetic  # noqa: E402
-from dmpose.eval.evaluate import evaluate_checkpoint  # noqa: E402
+import dmpose
+from dmpose.data.synthetic import ensure_synthetic
+from dmpose.eval.evaluate import evaluate_checkpoint
+from dmpose.spec import PoseSpec
 
 
 def main() -> None:
@@ -40,10 +38,10 @@ def main() -> None:
         root = ensure_synthetic(Path(tmp) / "synth", 1, args.val, seed=0)
         torch.manual_seed(0)
         ckpt = dmpose.save_checkpoint(dmpose.build_model(args.arch), Path(tmp) / "model.safetensors",
-                                      meta={"input_size": [256, 192], "decode": "2x2"})
-        print(f"{args.arch} 256x192, batch {args.batch}, workers {args.workers}, {device} "
-              f"({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()})")
-        print(f"{'boxes':<10} {'decode':<7} {'flip':<5} {'crops':>6} {'crops/s':>8} {'total s':>8}")
+                                      spec=PoseSpec.build(args.arch, "coco17", (192, 256)))
+        print(header("Evaluation throughput", device, arch=args.arch, input_wh="192x256", batch=args.batch,
+                     workers=args.workers, val_images=args.val))
+        table = Table("boxes", "decode", "flip", "crops", "crops/s", "total s", align="lllrrr")
         for boxes in ("gt", "dets"):
             for decode in ("2x2", "argmax"):
                 for flip in (False, True):
@@ -52,8 +50,9 @@ def main() -> None:
                                                  batch_size=args.batch, num_workers=args.workers, device=device)
                     total = time.perf_counter() - start
                     s = report.settings
-                    print(f"{boxes:<10} {decode:<7} {str(flip):<5} {s['instances']:>6} "
-                          f"{s['images_per_second']:>8.1f} {total:>8.2f}")
+                    table.add_row(boxes, decode, flip, s["instances"], f"{s['images_per_second']:.1f}",
+                                  f"{total:.2f}")
+        table.print()
 
 
 if __name__ == "__main__":

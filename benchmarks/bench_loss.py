@@ -20,8 +20,7 @@ import statistics
 import time
 
 import torch
-from rich.console import Console
-from rich.table import Table
+from harness import Table, header
 
 from dmpose import demanders, dm_loss
 from dmpose.sinkhorn import pixel_demander_cost, suppliers
@@ -67,12 +66,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    console = Console(width=160)
+    print(header("DM loss, eps=1", args.device, problems=args.joints, sizes=args.sizes, repeats=args.repeats))
     if not torch.cuda.is_available():
-        console.print("[bold]No GPU on this machine:[/] CPU numbers only; no GPU numbers exist from this run.")
-    table = Table(title=f"DM loss, eps=1, {args.joints} problems, device={args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for col in ("heatmap", "method", "iterations", "time / step", "vs defaults", "loss (sum)", "max rel. diff to tol=0 per problem"):
-        table.add_column(col, justify="right")
+        print("No GPU on this machine: CPU numbers only; no GPU numbers exist from this run.\n")
+    table = Table("heatmap", "method", "iterations", "time / step", "vs defaults", "loss (sum)",
+                  "max rel. diff to tol=0 per problem")
     for size in args.sizes.split(","):
         h, w = (int(v) for v in size.split("x"))
         hm, dots = realistic_batch(args.joints, h, w, args.device)
@@ -106,7 +104,7 @@ def main() -> None:
         for name, iters, t, value in rows:
             rel = ((value.cpu() - l_full.cpu()).abs() / l_full.cpu()).max().item()
             table.add_row(f"{h}x{w}", name, iters, f"{t * 1e3:.1f} ms", f"{t / t_def:.1f}x", f"{value.sum().item():.4f}", f"{rel:.1e}")
-    console.print(table)
+    table.print()
 
 
 if __name__ == "__main__":

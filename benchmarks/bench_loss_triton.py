@@ -32,6 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository (dmpose)
+from harness import header as run_header  # noqa: E402
+from harness import markdown_table
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ (bench_loss)
 
 BATCH, JOINTS = 32, 17
@@ -203,17 +206,13 @@ def main() -> int:
     if not ok:
         print(f"No GPU numbers: Triton cannot run here ({reason}).")
         return 0
-    import triton
 
     props = torch.cuda.get_device_properties(0)
     clock, clock_src = sm_clock_hz()
     fma_rate = props.multi_processor_count * FP32_LANES_PER_SM * clock
     bw = copy_bandwidth(args.reps)
-    print(f"device: {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}, "
-          f"triton {triton.__version__}")
+    print(run_header("DM loss, Triton", "cuda", sizes=args.sizes, reps=args.reps, configs=args.configs))
     print(f"copy bandwidth: {bw / 1e9:.0f} GB/s; fp32 FMA rate {fma_rate / 1e12:.1f} T/s ({clock_src})")
-    print(f"command: python benchmarks/bench_loss_triton.py --sizes {args.sizes} --reps {args.reps} "
-          f"--configs {args.configs}\n")
     rows = []
     for size in args.sizes.split(","):
         h, w = (int(v) for v in size.lower().split("x"))
@@ -221,11 +220,7 @@ def main() -> int:
             rows += bench_loss(h, w, dtype, bw, fma_rate, args.reps)
             rows += bench_configs(h, w, dtype, bw, args.reps, args.configs)
             rows += bench_decode(h, w, dtype, bw, args.reps)
-    header = ["problem", "what", "ms", "floor ms", "ratio", "mean iterations"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(markdown_table(["problem", "what", "ms", "floor ms", "ratio", "mean iterations"], rows, align="l" * 6))
     return 0
 
 

@@ -23,6 +23,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import header, markdown_table  # noqa: E402
+
 from dmpose.models import build_model, list_models  # noqa: E402
 
 INPUT = (256, 192)
@@ -101,10 +103,10 @@ def main() -> None:
 
     names = list_models() if args.models == "all" else args.models.split(",")
     if args.flops_only:
-        print(f"input {INPUT[0]}x{INPUT[1]}, 17 joints\n\n| model | params (M) | GFLOPs/image (MACs) |\n|---|---:|---:|")
-        for name in names:
-            params = sum(p.numel() for p in build_model(name, device="meta").parameters())
-            print(f"| {name} | {params / 1e6:.1f} | {count_macs(name) / 1e9:.2f} |")
+        print(header("Model size", "cpu", input_hw=f"{INPUT[0]}x{INPUT[1]}", joints=17))
+        rows = [(name, f"{sum(p.numel() for p in build_model(name, device='meta').parameters()) / 1e6:.1f}",
+                 f"{count_macs(name) / 1e9:.2f}") for name in names]
+        print(markdown_table(("model", "params (M)", "GFLOPs/image (MACs)"), rows))
         return
     if args.threads:
         torch.set_num_threads(args.threads)

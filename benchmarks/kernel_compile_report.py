@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from harness import header
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -23,6 +25,7 @@ def main() -> int:
 
     from dmpose.kernels.compile_report import compile_all, markdown_table
 
+    print(header("Kernel compile (ahead of time)", "cpu", target=f"sm_{args.arch}"))
     builds = compile_all(arch=args.arch, full=True)
     print(f"triton {triton.__version__}, target sm_{args.arch} (GPUTarget('cuda', {args.arch}, 32)); "
           f"registers and spills from triton's own ptxas -v log, stack/shared from cuobjdump --dump-resource-usage\n")
