@@ -10,14 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dmpose.cli.app import app
+from dmpose.cli.errors import reported
 from dmpose.cli.parsing import parse_pair
 
 console = Console()
-
-
-def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -31,10 +27,8 @@ def convert(
     """Convert official HRNet, MMPose, ImageNet HRNet or torchvision ResNet weights to a dmpose checkpoint."""
     from dmpose.models.convert import convert_checkpoint
 
-    try:
+    with reported(console):
         report = convert_checkpoint(src, arch, out, num_joints=num_joints, partial=partial)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
     table = Table(title=f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)")
     table.add_column("what")
     table.add_column("keys", justify="right")
@@ -66,10 +60,8 @@ def info(
         return
     from dmpose.models.checkpoint import checkpoint_summary
 
-    try:
+    with reported(console):
         summary = checkpoint_summary(ckpt)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
     table = Table(title=str(ckpt))
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
@@ -96,10 +88,10 @@ def export(
     from dmpose.models.export import export_checkpoint
 
     size = parse_pair(input_size, "x", "--input-size", int) if input_size else None
+    if size is not None and min(size) <= 0:
+        raise typer.BadParameter(f"--input-size must be positive HEIGHTxWIDTH, got {input_size!r}")
     if out is None:
         out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
-    try:
+    with reported(console):
         path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_size=size)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        _fail(err)
     console.print(f"wrote {path}", highlight=False)
