@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from dmpose.atomic import check_not_input
 from dmpose.eval.coco import (
     DEFAULT_JOINT_THRESHOLD,
     DEFAULT_OKS_THRESHOLD,
@@ -256,7 +257,11 @@ def evaluate_checkpoint(
     if dataset == "mpii":
         split = split or MPII_DEFAULT_SPLIT
         ann_file, image_dir = root / "annot" / f"{split}.json", root / "images"
-        gt = load_mpii_gt(mpii_gt or root / "annot" / f"gt_{split}.mat")
+        gt_file = Path(mpii_gt or root / "annot" / f"gt_{split}.mat")
+        if out_dir is not None:
+            for name in (f"mpii_{split}_predictions.json", f"mpii_{split}_metrics.json"):
+                check_not_input(out_dir / name, [ckpt, ann_file, gt_file])
+        gt = load_mpii_gt(gt_file)
         ds = MpiiKeypoints(ann_file, image_dir, transform)
         preds = predict_dataset(model, ds, rule, flip_pairs if flip else None, batch_size, num_workers, amp, progress)
         pckh = evaluate_mpii_predictions(preds, gt)
@@ -284,6 +289,9 @@ def evaluate_checkpoint(
             hint = "" if dets is not None else " (pass --dets FILE, or --gt-boxes to use the annotated boxes)"
             raise FileNotFoundError(f"detection file not found: {det_file}{hint}")
         boxes = f"detections ({det_file.name})"
+    if out_dir is not None:
+        for name in (f"person_keypoints_{split}_dmpose_results.json", f"metrics_{split}.json"):
+            check_not_input(out_dir / name, [ckpt, ann_file, det_file])
     ds = CocoKeypoints(ann_file, image_dir, transform, detections=det_file, det_score_threshold=det_score_threshold)
     preds = predict_dataset(model, ds, rule, flip_pairs if flip else None, batch_size, num_workers, amp, progress)
     results, metrics, info = evaluate_coco_predictions(

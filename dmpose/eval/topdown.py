@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from dmpose.codec import heatmap_to_image
+from dmpose.data.loading import DataLoader
 from dmpose.eval.inference import DECODERS, predict_heatmaps
 
 __all__ = ["TopDownPredictions", "ProgressCallback", "predict_dataset", "model_device"]
