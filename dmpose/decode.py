@@ -35,6 +35,8 @@ def _finite_part(heatmaps: Tensor, nonfinite: str) -> tuple[Tensor, Tensor | Non
     if nonfinite not in NONFINITE:
         raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
     hm = heatmaps.float()
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return hm, None  # a traced graph (ONNX export, torch.compile) cannot raise on data: maps pass as they are
     bad = nonfinite_maps(hm)
     if not bool(bad.any()):
         return hm, None

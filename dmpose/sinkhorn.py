@@ -277,7 +277,8 @@ def pow2_scale(peak: Tensor) -> Tensor:
     info = torch.finfo(peak.dtype)
     lo, hi = math.log2(info.tiny) + 6, math.floor(math.log2(info.max)) - 2
     safe = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
-    return torch.exp2(-torch.floor(torch.log2(safe)).clamp(lo, hi))
+    e = torch.floor(torch.log2(safe)).clamp_min_(lo).clamp_max_(hi)  # (two one-sided clamps: ONNX-exportable)
+    return torch.exp2(-e)
 
 
 def _scaled_suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
