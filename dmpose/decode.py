@@ -10,8 +10,11 @@ import torch
 from torch import Tensor
 
 from dmpose.kernels import select_backend
+from dmpose.sinkhorn import pow2_scale
 
 __all__ = ["decode_2x2", "decode_argmax"]
+
+NONFINITE = ("raise", "mask")
 
 
 def _check_heatmaps(heatmaps: Tensor, min_size: int) -> None:
@@ -23,7 +26,32 @@ def _check_heatmaps(heatmaps: Tensor, min_size: int) -> None:
         raise ValueError(f"heatmaps must be at least {min_size}x{min_size}, got H={h}, W={w}")
 
 
-def decode_2x2(heatmaps: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
+def _finite_part(heatmaps: Tensor, nonfinite: str) -> tuple[Tensor, Tensor | None]:
+    """The heatmaps in float32 with non-finite maps zeroed (nonfinite="mask") or a ValueError naming the
+    first (batch, joint) that holds NaN/Inf (nonfinite="raise"); and the (B, K) mask of those maps (None
+    when every map is finite)."""
+    from dmpose.loss import _nonfinite_error, nonfinite_maps
+
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+    hm = heatmaps.float()
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return hm, None  # a traced graph (ONNX export, torch.compile) cannot raise on data: maps pass as they are
+    bad = nonfinite_maps(hm)
+    if not bool(bad.any()):
+        return hm, None
+    if nonfinite == "raise":
+        raise _nonfinite_error(bad, "heatmaps")
+    return hm.masked_fill(bad[..., None, None], 0.0), bad
+
+
+def _masked(coords: Tensor, conf: Tensor, bad: Tensor | None) -> tuple[Tensor, Tensor]:
+    if bad is None:
+        return coords, conf
+    return coords.masked_fill(bad[..., None], float("nan")), conf.masked_fill(bad, 0.0)
+
+
+def decode_2x2(heatmaps: Tensor, *, backend: str = "auto", nonfinite: str = "raise") -> tuple[Tensor, Tensor]:
     """The distribution-matching decode: the 2x2 window of largest positive mass.
 
     For each (B, K) heatmap, r = relu(H); the 2x2 window with the largest sum of r is chosen, its four
@@ -38,17 +66,25 @@ def decode_2x2(heatmaps: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tens
 
     backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton" (CUDA, or the CPU
     under TRITON_INTERPRET=1; elsewhere a ValueError with the reason). Both give the same coordinates.
+    Any finite values decode right: each map is first scaled by a power of two (exact) that brings its
+    largest positive value (else its largest magnitude) near 1, so window sums never overflow.
+
+    nonfinite: "raise" (default): a map holding NaN/Inf is a ValueError naming its (batch, joint);
+    "mask": such maps decode to coords NaN and confidence 0 (count them with `coords.isnan()`).
 
     Returns:
         coords (B, K, 2) float32 (x, y) in heatmap pixels, conf (B, K) float32.
     """
     _check_heatmaps(heatmaps, 2)
+    hm, bad = _finite_part(heatmaps, nonfinite)
+    flat = hm.flatten(-2)
+    peak = flat.amax(-1)
+    hm = hm * pow2_scale(torch.where(peak > 0, peak, flat.abs().amax(-1)))[..., None, None]
     if select_backend(backend, heatmaps.device) == "triton":
         from dmpose.kernels.decode import decode_2x2_triton
 
-        return decode_2x2_triton(heatmaps)
+        return _masked(*decode_2x2_triton(hm), bad)
     b, k, h, w = heatmaps.shape
-    hm = heatmaps.float()
     r = hm.clamp_min(0)
     total = r.sum(dim=(-2, -1))
     has_mass = total > 0
@@ -71,21 +107,22 @@ def decode_2x2(heatmaps: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tens
     x = j0.float() + share_right
     y = i0.float() + share_down
     conf = torch.where(has_mass, wsum / torch.where(has_mass, total, torch.ones_like(total)), torch.zeros_like(total))
-    return torch.stack([x, y], dim=-1), conf.clamp(0.0, 1.0)
+    return _masked(torch.stack([x, y], dim=-1), conf.clamp(0.0, 1.0), bad)
 
 
-def decode_argmax(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
+def decode_argmax(heatmaps: Tensor, *, nonfinite: str = "raise") -> tuple[Tensor, Tensor]:
     """The classic decode for MSE-trained heatmaps (as in the official HRNet code).
 
     Argmax pixel, then a quarter-pixel shift in x and in y toward the higher of the two neighbours
     (only where both neighbours exist). Confidence is the raw heatmap maximum (not scale-invariant).
+    nonfinite: as for `decode_2x2` ("raise" names the first non-finite (batch, joint); "mask" gives NaN, 0).
 
     Returns:
         coords (B, K, 2) float32 (x, y) in heatmap pixels, conf (B, K) float32.
     """
     _check_heatmaps(heatmaps, 1)
     b, k, h, w = heatmaps.shape
-    hm = heatmaps.float()
+    hm, bad = _finite_part(heatmaps, nonfinite)
     flat = hm.flatten(-2)
     conf, idx = flat.max(dim=-1)
     py = torch.div(idx, w, rounding_mode="floor")
@@ -98,4 +135,4 @@ def decode_argmax(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
     dx = neighbour_diff(idx + 1, idx - 1, (px > 0) & (px < w - 1))
     dy = neighbour_diff(idx + w, idx - w, (py > 0) & (py < h - 1))
     coords = torch.stack([px.float() + 0.25 * dx, py.float() + 0.25 * dy], dim=-1)
-    return coords, conf
+    return _masked(coords, conf, bad)

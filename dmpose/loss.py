@@ -13,6 +13,7 @@ Joints are summed (the paper's Eq. 5), then the batch is reduced.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,9 +24,56 @@ from dmpose.kernels import select_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
 from dmpose.spec import DMLossOptions, SpecError
 
-__all__ = ["dm_loss", "DMLoss", "DMLossOptions", "check_heatmaps", "demanders", "heatmap_weights", "mse_loss",
-           "MSELoss"]
+__all__ = ["dm_loss", "DMLoss", "DMLossOptions", "DMLossStats", "DMConvergenceWarning", "check_heatmaps", "demanders",
+           "heatmap_weights", "nonfinite_maps", "mse_loss", "MSELoss"]
 
+
+class DMConvergenceWarning(RuntimeWarning):
+    """Sinkhorn stopped at max_iters before the marginal error reached tol (issued once per process)."""
+
+
+_WARNED_UNCONVERGED = False
+
+
+@dataclass(frozen=True)
+class DMLossStats:
+    """What one `dm_loss` call did (`DMLoss.last_stats`, or `dm_loss(..., return_stats=True)`).
+
+    solved: joints solved (weight > 0 and finite); max_marginal_error: the worst L1 column-marginal error
+    among them (0.0 when none); max_iterations / mean_iterations: Sinkhorn updates; unconverged: problems
+    that stopped at max_iters with marginal error >= tol (always 0 for tol = 0, which runs max_iters by
+    design); nonfinite: (batch, joint) heatmaps holding NaN/Inf that nonfinite="mask" left out (weight 0).
+    """
+
+    solved: int = 0
+    max_marginal_error: float = 0.0
+    max_iterations: int = 0
+    mean_iterations: float = 0.0
+    unconverged: int = 0
+    nonfinite: int = 0
+    tol: float = 0.0
+
+    @property
+    def converged(self) -> bool:
+        return self.unconverged == 0
+
+
+def _inside(keypoints: Tensor, heatmap_size: tuple[int, int]) -> Tensor:
+    """Whether each dot (..., 2) lies in the heatmap's area [-0.5, W-0.5) x [-0.5, H-0.5) (False for NaN)."""
+    h, w = heatmap_size
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    return (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
+
+
+def nonfinite_maps(heatmaps: Tensor) -> Tensor:
+    """(B, K) bool: the heatmaps of a (B, K, H, W) tensor that hold a NaN or an Inf."""
+    return ~torch.isfinite(heatmaps).flatten(2).all(-1)
+
+
+def _nonfinite_error(bad: Tensor, what: str) -> ValueError:
+    bi, ki = bad.nonzero()[0].tolist()
+    return ValueError(f"{what}[{bi}, {ki}] holds NaN/Inf values ({int(bad.sum())} of the {bad.numel()} (batch, joint) "
+                      "heatmaps are not finite); pass nonfinite='mask' to leave such joints out and count them")
 
 
 def demanders(keypoints: Tensor, mode: str = "subpixel") -> tuple[Tensor, Tensor]:
@@ -85,6 +133,12 @@ def _validate(heatmaps, keypoints, weights) -> Tensor:
         bi, ki = bad.nonzero()[0].tolist()
         raise ValueError(f"keypoints must be finite for joints with weight > 0: "
                          f"keypoints[{bi}, {ki}] = {keypoints[bi, ki].tolist()}")
+    outside = labelled & ~_inside(keypoints, (h, w))
+    if bool(outside.any()):
+        bi, ki = outside.nonzero()[0].tolist()
+        raise ValueError(f"keypoints[{bi}, {ki}] = {keypoints[bi, ki].tolist()} lies outside the {h}x{w} heatmap's "
+                         f"area [-0.5, {w - 0.5}) x [-0.5, {h - 0.5}) but has weight {weights[bi, ki].item():g}; "
+                         "such joints must get weight 0 (heatmap_weights does this)")
     return weights
 
 
@@ -112,7 +166,7 @@ class _DMLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, heatmaps: Tensor, keypoints: Tensor, weights: Tensor, opts: DMLossOptions, backend: str,
-                need_grad: bool) -> Tensor:
+                need_grad: bool, record: dict) -> Tensor:
         b, k, h, w = heatmaps.shape
         out_dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
         flat_w = weights.reshape(-1).to(out_dtype)
@@ -131,7 +185,7 @@ class _DMLossFunction(torch.autograd.Function):
 
                 xy, mass = xy.float(), mass.float()  # the kernels take fp32 coordinates and masses
                 grad_mode = opts.grad  # one launch gives value and gradient
-            cost, g, _, _ = solve(
+            cost, g, record["marginal_error"], record["iterations"] = solve(
                 select(heatmaps.reshape(-1, h, w)), xy, mass,
                 eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol, grad=grad_mode,
             )
@@ -154,7 +208,7 @@ class _DMLossFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         b, k = grad_output.shape
         grad_h = grad.reshape(b, k, *grad.shape[1:]) * grad_output[..., None, None]
-        return grad_h.to(ctx.heatmap_dtype), None, None, None, None, None
+        return grad_h.to(ctx.heatmap_dtype), None, None, None, None, None, None
 
 
 def dm_loss(
@@ -162,22 +216,29 @@ def dm_loss(
     keypoints: Tensor,
     weights: Tensor | None = None,
     options: DMLossOptions | None = None,
+    *,
+    return_stats: bool = False,
     **kwargs: Any,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, DMLossStats]:
     """Distribution-matching loss between heatmaps and ground-truth dots.
 
     Args:
-        heatmaps: (B, K, H, W) model output, any float dtype (fp16/bf16 computed in fp32).
+        heatmaps: (B, K, H, W) model output, any float dtype (fp16/bf16 computed in fp32). Any finite
+            values work (the positive mass is summed after scaling by a power of two, so even 1e36 in
+            fp32 gives the loss of the same heatmap scaled down).
         keypoints: (B, K, 2) dots (x, y) in heatmap pixels, pixel centres at integer coordinates.
         weights: (B, K) per-joint weights >= 0, or None for all ones. A joint with weight 0 gives
             exactly 0 and no gradient and is not solved; its keypoint may be anything (even NaN).
-            Joints whose dot lies outside the heatmap must get weight 0 (see `heatmap_weights`).
+            A joint with weight > 0 must have its dot inside the heatmap's area
+            [-0.5, W-0.5) x [-0.5, H-0.5), else ValueError naming it (`heatmap_weights` gives 0 there).
         options: a `DMLossOptions` (validated once; reuse it); keyword arguments (its field names)
             override single fields. The fields:
         eps: entropic regularisation (the paper's 1). max_iters: Sinkhorn updates at most (the
             paper's 1000). tol: per-problem stop once the L1 marginal error < tol; the default 1e-5 is
             reachable in fp32 (whose floor is ~1e-7, up to 1.5e-6) and gives the value to ~sqrt2*tol;
-            tol = 0 runs exactly max_iters, as the paper did.
+            tol = 0 runs exactly max_iters, as the paper did. A problem that reaches max_iters with
+            error >= tol (small eps) is reported: a `DMConvergenceWarning` once per process with the worst
+            error, and always in the stats (see return_stats).
         demander_mode: "subpixel" (four bilinear demanders, the paper's) or "naive" (one, for ablation).
         suppliers: "relu", the map normalised into suppliers. cost: reserved, "l2" only (the Euclidean
             distance in heatmap pixels).
@@ -187,7 +248,13 @@ def dm_loss(
             objective, <C, P> + eps KL(P || a x b), whose optimum concentrates the mass on the nearest
             pixel (bias up to 0.27 px): it brings quantisation back. The value is <C, P> in both modes.
         backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton".
-        reduction: "mean" (sum over joints, mean over the batch), "sum", or "none" -> (B, K).
+        reduction: "mean" (sum over joints, mean over the batch; an empty batch gives 0, not NaN),
+            "sum", or "none" -> (B, K).
+        nonfinite: "raise" (default): a heatmap holding NaN/Inf is a ValueError naming its (batch, joint);
+            "mask": such joints are left out (value 0, gradient 0, as weight 0) and counted in the stats'
+            `nonfinite` (e.g. for a trainer that skips and counts non-finite steps).
+        return_stats: also return a `DMLossStats` (worst marginal error, iterations, unconverged and
+            non-finite counts): `(loss, stats)`. `DMLoss` keeps the latest in `last_stats`.
 
     A heatmap with no positive mass uses softmax(H) as its suppliers (finite loss, and a gradient
     that reaches every pixel). Memory is O(B*K*H*W*4); the iterations never enter autograd; under
@@ -195,24 +262,60 @@ def dm_loss(
     """
     opts = resolve_options(options, kwargs)
     weights = _validate(heatmaps, keypoints, weights)
+    bad = nonfinite_maps(heatmaps.detach())
+    n_bad = int(bad.sum())
+    if n_bad:
+        if opts.nonfinite == "raise":
+            raise _nonfinite_error(bad, "heatmaps")
+        weights = weights.masked_fill(bad, 0)
     backend = select_backend(opts.backend, heatmaps.device)
     need_grad = torch.is_grad_enabled() and heatmaps.requires_grad
-    per_joint = _DMLossFunction.apply(heatmaps, keypoints.detach(), weights.detach(), opts, backend, need_grad)
+    record: dict = {}
+    per_joint = _DMLossFunction.apply(heatmaps, keypoints.detach(), weights.detach(), opts, backend, need_grad,
+                                      record)
+    stats = _stats(record, float(opts.tol), n_bad)
     if opts.reduction == "none":
-        return per_joint
-    total = per_joint.sum()
-    return total / heatmaps.shape[0] if opts.reduction == "mean" else total
+        loss = per_joint
+    else:
+        total = per_joint.sum()
+        loss = total / max(heatmaps.shape[0], 1) if opts.reduction == "mean" else total
+    return (loss, stats) if return_stats else loss
+
+
+def _stats(record: dict, tol: float, n_bad: int) -> DMLossStats:
+    """Summarise the solver's per-problem numbers (one device sync) and warn, once, about non-convergence."""
+    global _WARNED_UNCONVERGED
+    err, iters = record.get("marginal_error"), record.get("iterations")
+    if err is None or err.numel() == 0:
+        return DMLossStats(nonfinite=n_bad, tol=tol)
+    err = err.detach().double()
+    unconverged = (err >= tol).sum() if tol > 0 else torch.zeros((), dtype=torch.float64, device=err.device)
+    it = iters.detach().double()
+    worst, it_max, it_mean, n_unconv = torch.stack([err.max(), it.max(), it.mean(), unconverged.double()]).tolist()
+    stats = DMLossStats(solved=err.numel(), max_marginal_error=worst, max_iterations=int(it_max),
+                        mean_iterations=it_mean, unconverged=int(n_unconv), nonfinite=n_bad, tol=tol)
+    if stats.unconverged and not _WARNED_UNCONVERGED:
+        _WARNED_UNCONVERGED = True
+        warnings.warn(f"dm_loss: Sinkhorn did not converge for {stats.unconverged} of {stats.solved} joints within "
+                      f"{stats.max_iterations} iterations (worst marginal error {worst:.3g} >= tol {tol:g}; small eps "
+                      "needs more max_iters). Warned once per process; DMLoss.last_stats / return_stats=True report "
+                      "every call.", DMConvergenceWarning, stacklevel=3)
+    return stats
 
 
 class DMLoss(nn.Module):
-    """`dm_loss` as a module; options as `dm_loss`'s, validated here once (`.options`, a DMLossOptions)."""
+    """`dm_loss` as a module; options as `dm_loss`'s, validated here once (`.options`, a DMLossOptions).
+    After each call, `last_stats` holds that call's `DMLossStats` (worst marginal error, iterations,
+    unconverged and non-finite counts)."""
 
     def __init__(self, options: DMLossOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.options = resolve_options(options, kwargs, source="DMLoss")
+        self.last_stats: DMLossStats | None = None  # the latest call's DMLossStats
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor | None = None) -> Tensor:
-        return dm_loss(heatmaps, keypoints, weights, self.options)
+        loss, self.last_stats = dm_loss(heatmaps, keypoints, weights, self.options, return_stats=True)
+        return loss
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())

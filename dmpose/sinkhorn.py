@@ -35,9 +35,11 @@ __all__ = [
     "SinkhornResult",
     "sinkhorn",
     "exact_grad_a",
+    "solve_grounded_laplacian",
     "envelope_grad_a",
     "pixel_demander_cost",
     "suppliers",
+    "pow2_scale",
     "dm_sinkhorn_torch",
     "SHIFTED_MIN_EPS",
 ]
@@ -191,24 +193,67 @@ def exact_grad_a(res: SinkhornResult, a: Tensor, C: Tensor, b: Tensor) -> Tensor
     but built from non-negative terms, so nothing cancels when the plan is nearly one-hot). With
     h_l = sum_i a_i pi_li (C_li - cbar_i), solve A w = h with the gauge w_r = 0 on the demander of
     largest coupling; demanders without coupling (dead ones, or ones an unconverged plan never
-    reaches) get w = 0. The remaining positive-definite block is solved in float64 after symmetric
-    diagonal scaling. Returns cbar_k - w . pi_k. C and pi are (P, M, N).
+    reaches) get w = 0 (`solve_grounded_laplacian`, the Triton kernel's elimination, in float64: no
+    pivot is ever formed by subtraction, so it neither fails nor loses accuracy at small eps).
+    Returns cbar_k - w . pi_k. C and pi are (P, M, N).
     """
     pi, cbar = res.pi, res.cbar
     a_pi = pi * a[:, None, :]  # (P, M, N)
     n_dem = b.shape[1]
     eye = torch.eye(n_dem, dtype=torch.float64, device=b.device)
     G = torch.bmm(a_pi, pi.transpose(1, 2)).double() * (1 - eye)  # off-diagonal couplings, >= 0
-    d = G.sum(-1)  # (P, M)
     # h_l = sum_i a_i pi_li (C_li - cbar_i), summed as written: splitting it cancels, and a demander
     # with tiny couplings needs its tiny h_l accurately
     h = torch.sub(C, cbar.unsqueeze(1)).mul_(a_pi).sum(-1).double()
-    fixed = (d <= 0) | (torch.arange(n_dem, device=b.device) == d.argmax(-1, keepdim=True))
-    keep = (~fixed).double()
-    scale = torch.where(fixed, torch.ones_like(d), d.clamp_min(torch.finfo(torch.float64).tiny).rsqrt())
-    A = (torch.diag_embed(d) - G) * (keep * scale)[:, :, None] * (keep * scale)[:, None, :] + torch.diag_embed(fixed.double())
-    w = scale * keep * torch.linalg.solve(A, (h * keep * scale).unsqueeze(-1)).squeeze(-1)
+    w = solve_grounded_laplacian(G, b > 0, h)
     return cbar - torch.bmm(w.to(pi.dtype).unsqueeze(1), pi).squeeze(1)
+
+
+def solve_grounded_laplacian(G: Tensor, live: Tensor, rhs: Tensor) -> Tensor:
+    """Solve A w = rhs for P small graph Laplacians A = diag(G 1) - G (G: (P, M, M) couplings >= 0, the
+    diagonal ignored; live: (P, M) bool; rhs: (P, M)), in float64, batched over P.
+
+    The gauge is fixed by grounding the live slot with the largest total coupling (its w is 0). The
+    grounded system is solved by Gaussian elimination in the GTH manner, as the Triton kernel's
+    `_solve_laplacian`: each pivot is the sum of the row's remaining non-negative couplings plus its
+    accumulated coupling to ground, never a difference, so there is no cancellation however
+    ill-conditioned A is (couplings of 1e-300 next to 1) and no singular-matrix error: a slot whose pivot
+    is 0 (dead, uncoupled, or cut off from the ground with its whole component) gets w = 0.
+    """
+    G, rhs = G.double(), rhs.double()
+    p, m = rhs.shape
+    slot = torch.arange(m, device=rhs.device)
+    off = slot[:, None] != slot[None, :]
+    K = torch.where(live[:, :, None] & live[:, None, :] & off, G, torch.zeros_like(G))
+    K = 0.5 * (K + K.transpose(1, 2))  # exactly symmetric
+    ref = torch.where(live, K.sum(-1), torch.full_like(rhs, -1.0)).argmax(-1)  # (P,)
+    is_ref = slot[None, :] == ref[:, None]
+    ground = K.gather(2, ref[:, None, None].expand(p, m, 1)).squeeze(-1)  # coupling of each slot to ground
+    active = live & ~is_ref
+    K = K * (~is_ref)[:, :, None] * (~is_ref)[:, None, :]
+    x = torch.where(active, rhs, torch.zeros_like(rhs))
+    U = torch.zeros_like(K)
+    piv = torch.zeros_like(rhs)
+    for k in range(m):
+        row = K[:, k, :].clone()
+        g_k, x_k = ground[:, k].clone(), x[:, k].clone()
+        p_k = row.sum(-1) + g_k
+        ok = active[:, k] & (p_k > 0)
+        f = torch.where(ok[:, None], row / torch.where(ok, p_k, torch.ones_like(p_k))[:, None], torch.zeros_like(row))
+        K = K + f[:, :, None] * row[:, None, :]
+        K[:, k, :] = 0
+        K[:, :, k] = 0
+        K = K * off
+        ground = ground + f * g_k[:, None]
+        x = x + f * x_k[:, None]
+        U[:, k, :] = row
+        piv[:, k] = torch.where(ok, p_k, torch.zeros_like(p_k))
+    w = torch.zeros_like(rhs)
+    for k in reversed(range(m)):
+        p_k = piv[:, k]
+        num = x[:, k] + (U[:, k, :] * w).sum(-1)
+        w[:, k] = torch.where(p_k > 0, num / torch.where(p_k > 0, p_k, torch.ones_like(p_k)), torch.zeros_like(p_k))
+    return w
 
 
 def envelope_grad_a(res: SinkhornResult) -> Tensor:
@@ -225,6 +270,31 @@ def pixel_demander_cost(height: int, width: int, demander_xy: Tensor) -> Tensor:
     return torch.cdist(demander_xy, grid.expand(demander_xy.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
 
 
+def pow2_scale(peak: Tensor) -> Tensor:
+    """Powers of two 2^-floor(log2 peak) that bring each positive `peak` into [1, 2) (1 where peak <= 0 or is
+    not finite), the exponent clamped to the dtype's normal range (fp32: [-120, 125], as the Triton kernel).
+    Multiplying by them is exact, so sums of the scaled values stay finite for any finite input."""
+    info = torch.finfo(peak.dtype)
+    lo, hi = math.log2(info.tiny) + 6, math.floor(math.log2(info.max)) - 2
+    safe = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
+    e = torch.floor(torch.log2(safe)).clamp_min_(lo).clamp_max_(hi)  # (two one-sided clamps: ONNX-exportable)
+    return torch.exp2(-e)
+
+
+def _scaled_suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(a, S * scale, scale, dead): the positive mass is summed after scaling each heatmap by a power of
+    two (`pow2_scale` of its largest value), so S never overflows; S = (S * scale) / scale."""
+    flat = heatmaps.flatten(1)
+    scale = pow2_scale(flat.amax(-1))
+    r = flat.clamp_min(0) * scale[:, None]
+    total = r.sum(-1)
+    dead = total <= 0
+    a = r / torch.where(dead, torch.ones_like(total), total)[:, None]
+    if bool(dead.any()):
+        a = torch.where(dead[:, None], torch.softmax(flat, dim=-1), a)
+    return a, total, scale, dead
+
+
 def suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Supplier masses a = relu(H) / ||relu(H)||_1 over the pixels of each (P, H, W) heatmap.
 
@@ -232,16 +302,13 @@ def suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     and, unlike through relu (whose gradient is zero there forever), the gradient reaches every pixel
     and raises those nearest the dot, giving the joint a way back.
 
+    The sum is taken after scaling by a power of two (as the Triton kernel does), so `a` is right for
+    any finite input, even where S itself exceeds the dtype's range (S is then inf).
+
     Returns a (P, H*W), S = ||relu(H)||_1 (P,), and the mask of heatmaps that use the fallback (P,).
     """
-    flat = heatmaps.flatten(1)
-    r = flat.clamp_min(0)
-    total = r.sum(-1)
-    dead = total <= 0
-    a = r / torch.where(dead, torch.ones_like(total), total)[:, None]
-    if bool(dead.any()):
-        a = torch.where(dead[:, None], torch.softmax(flat, dim=-1), a)
-    return a, total, dead
+    a, total, scale, dead = _scaled_suppliers(heatmaps)
+    return a, total / scale, dead
 
 
 def dm_sinkhorn_torch(
@@ -267,7 +334,7 @@ def dm_sinkhorn_torch(
     dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
     p, h, w = heatmaps.shape
     hm = heatmaps.to(dtype)
-    a, total, dead = suppliers(hm)
+    a, total, scale, dead = _scaled_suppliers(hm)  # total = S * scale (finite for any finite input)
     b = demander_mass.to(dtype)
     C = pixel_demander_cost(h, w, demander_xy.to(dtype))
     res = sinkhorn(a, C, b, eps=eps, max_iters=max_iters, tol=tol)
@@ -275,6 +342,7 @@ def dm_sinkhorn_torch(
         return res.cost, None, res.marginal_error, res.iterations
     gamma = exact_grad_a(res, a, C, b) if grad == "exact" else envelope_grad_a(res)
     centred = gamma - (a * gamma).sum(-1, keepdim=True)
-    relu_branch = centred / torch.where(dead, torch.ones_like(total), total)[:, None] * (hm.flatten(1) > 0)
+    # d a / d H = (1 - a) / S on positive pixels, with 1/S = scale / (S * scale): the kernel's order
+    relu_branch = centred / torch.where(dead, torch.ones_like(total), total)[:, None] * scale[:, None] * (hm.flatten(1) > 0)
     grad_h = torch.where(dead[:, None], a * centred, relu_branch)
     return res.cost, grad_h.reshape(p, h, w), res.marginal_error, res.iterations

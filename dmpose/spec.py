@@ -326,13 +326,16 @@ _LOSS_CHOICES = {
     "grad": ("exact", "envelope"),
     "backend": ("auto", "torch", "triton"),
     "reduction": ("mean", "sum", "none"),
+    "nonfinite": ("raise", "mask"),
 }
 
 
 class DMLossOptions(BaseModel):
     """The distribution-matching loss options, validated once (see `dmpose.loss.dm_loss` for meaning).
 
-    `cost` is reserved: only "l2" (Euclidean distance in heatmap pixels) exists.
+    `cost` is reserved: only "l2" (Euclidean distance in heatmap pixels) exists. `nonfinite`: "raise"
+    (a NaN/Inf heatmap is a ValueError naming its (batch, joint)) or "mask" (such joints are left out
+    and counted in the loss's stats).
     """
 
     model_config = _FROZEN
@@ -346,6 +349,7 @@ class DMLossOptions(BaseModel):
     grad: Literal["exact", "envelope"] = "exact"
     backend: Literal["auto", "torch", "triton"] = "auto"
     reduction: Literal["mean", "sum", "none"] = "mean"
+    nonfinite: Literal["raise", "mask"] = "raise"
 
     # Messages name the field and the value (the wording dm_loss always had).
     @field_validator("eps", "tol", mode="before")

@@ -259,6 +259,26 @@ def test_options_object_equals_keywords_and_validates_once():
             dm_loss(hm, kp, demanders="bilinear")
 
 
+
+def test_nonfinite_is_a_loss_option_and_return_stats_a_keyword():
+    from dmpose.spec import DMLossOptions, SpecError
+
+    hm, kp = batch()
+    hm = hm.clone()
+    hm[0, 1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"heatmaps\[0, 1\] holds NaN/Inf"):
+        dm_loss(hm, kp)
+    opts = DMLossOptions(nonfinite="mask", reduction="none")
+    per_joint, stats = dm_loss(hm, kp, options=opts, return_stats=True)
+    assert per_joint[0, 1].item() == 0.0 and stats.nonfinite == 1 and torch.isfinite(per_joint).all()
+    module = DMLoss(opts)
+    assert torch.equal(module(hm, kp), per_joint) and module.last_stats.nonfinite == 1
+    assert DMLoss(nonfinite="mask").options.nonfinite == "mask"
+    with pytest.raises(SpecError, match="nonfinite must be one of"):
+        DMLossOptions.validated(nonfinite="skip")
+    with pytest.raises(SpecError, match="return_stats"):
+        DMLossOptions.validated(return_stats=True)  # a return form, not an option
+
 def test_no_grad_skips_the_gradient(monkeypatch):
     import dmpose.sinkhorn as sk
 

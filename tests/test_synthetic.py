@@ -125,13 +125,15 @@ def test_deterministic_for_a_seed(synth, tmp_path):
 
 def test_ensure_synthetic_generates_once(tmp_path):
     root = ensure_synthetic(tmp_path / "cache", n_train=2, n_val=1, seed=0)
+    assert root.parent == tmp_path / "cache" and root.name.startswith("train2-val1-seed0-")
     marker = root / ".complete.json"
     stamp = marker.stat().st_mtime_ns
     assert ensure_synthetic(tmp_path / "cache", n_train=2, n_val=1, seed=0) == root
     assert marker.stat().st_mtime_ns == stamp  # reused
-    ensure_synthetic(tmp_path / "cache", n_train=3, n_val=1, seed=0)  # other settings: regenerated
-    assert len(list((root / "train2017").iterdir())) == 3
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cache.tmp")]
+    other = ensure_synthetic(tmp_path / "cache", n_train=3, n_val=1, seed=0)  # other settings: another cache
+    assert other != root and len(list((other / "train2017").iterdir())) == 3
+    assert marker.stat().st_mtime_ns == stamp and len(list((root / "train2017").iterdir())) == 2  # untouched
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([root.name, other.name])  # no temp left
 
 
 def test_cli_synth(tmp_path):

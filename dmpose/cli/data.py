@@ -5,6 +5,7 @@ from pathlib import Path
 import typer
 
 from dmpose.cli.app import app
+from dmpose.cli.errors import reported
 
 data_app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -12,7 +13,8 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("synth")
 def synth(
-    out: Path = typer.Argument(..., help="Output folder (created; must be empty)."),
+    out: Path = typer.Argument(..., help="Output folder (created; must be absent or empty). Built in a hidden "
+                             "sibling folder and renamed into place when complete."),
     train: int = typer.Option(1000, "--train", help="Number of training images."),
     val: int = typer.Option(100, "--val", help="Number of validation images."),
     seed: int = typer.Option(0, "--seed", help="Random seed (the dataset is a function of it)."),
@@ -21,10 +23,8 @@ def synth(
     person_detection_results/) that every COCO code path, pycocotools included, reads unchanged."""
     from dmpose.data.synthetic import generate_synthetic_coco
 
-    try:
+    with reported():
         stats = generate_synthetic_coco(out, train, val, seed)
-    except (FileExistsError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from None
     for split, s in stats.items():
         typer.echo(f"{split}: {s['images']} images, {s['persons']} persons"
                    + (f", {s['detections']} detections" if split == "val2017" else ""))

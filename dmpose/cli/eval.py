@@ -9,11 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dmpose.cli.app import app
-
-
-def _fail(console: Console, err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+from dmpose.cli.errors import reported
+from dmpose.cli.parsing import parse_device
 
 
 @app.command("eval")
@@ -46,6 +43,7 @@ def eval_command(
     from dmpose.cli.tables import coco_metrics_table, pckh_table
     from dmpose.eval.evaluate import evaluate_checkpoint
 
+    device = parse_device(device)
     if threads is not None:
         import torch
 
@@ -54,11 +52,11 @@ def eval_command(
     if data is None and dataset == "coco":
         from dmpose.data.synthetic import default_synthetic_root
 
-        console.print(f"no --data: the synthetic dataset at {default_synthetic_root()} (generated on first use)",
-                      highlight=False)
+        console.print(f"no --data: the synthetic dataset cached under {default_synthetic_root()} (generated on "
+                      "first use)", highlight=False)
     columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
-    try:
+    with reported(console):  # OSError: missing or unreadable files (images, json, checkpoint)
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("eval", total=None, rate="")
 
@@ -70,8 +68,6 @@ def eval_command(
                 batch_size=batch, out=out, device=device, num_workers=workers, joint_threshold=joint_thr,
                 oks_threshold=oks_thr, det_score_threshold=det_thr, mpii_gt=mpii_gt, progress=on_batch,
             )
-    except (ValueError, OSError) as err:  # OSError: missing or unreadable files (images, json, checkpoint)
-        _fail(console, err)
     s = report.settings
     title = f"{report.dataset.upper()} {report.split} | {report.boxes.split(' (')[0]}"
     console.print(f"{Path(s['checkpoint']).name}: {s['arch']}, decode {s['decode']}, "

@@ -10,14 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dmpose.cli.app import app
+from dmpose.cli.errors import fail, reported
 from dmpose.cli.parsing import parse_pair
 
 console = Console()
-
-
-def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -59,11 +55,9 @@ def convert(
     if mean is not None or std is not None or channel_order != "RGB":
         norm = {"mean": triple(mean, "--mean", IMAGENET_MEAN), "std": triple(std, "--std", IMAGENET_STD),
                 "channel_order": channel_order}
-    try:
+    with reported(console):
         report = convert_checkpoint(src, arch, out, num_joints=num_joints, partial=partial, input_wh=wh,
                                     keypoints=keypoints, normalisation=norm, decode=decode)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
     table = Table(title=f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)")
     table.add_column("what")
     table.add_column("keys", justify="right")
@@ -103,10 +97,8 @@ def info(
         return
     from dmpose.models.checkpoint import checkpoint_summary
 
-    try:
+    with reported(console):
         summary = checkpoint_summary(ckpt)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
     table = Table(title=str(ckpt))
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
@@ -136,15 +128,17 @@ def export(
     from dmpose.models.export import export_checkpoint
 
     if input_wh and input_size:
-        _fail(ValueError("give --input-wh or --input-size, not both"))
+        fail(ValueError("give --input-wh or --input-size, not both"), console)
     size = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
+    if size is not None and min(size) <= 0:
+        raise typer.BadParameter(f"--input-wh must be positive WIDTHxHEIGHT, got {input_wh!r}")
     if input_size:
         h, w = parse_pair(input_size, "x", "--input-size", int)
+        if min(h, w) <= 0:
+            raise typer.BadParameter(f"--input-size must be positive HEIGHTxWIDTH, got {input_size!r}")
         size = (w, h)
     if out is None:
         out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
-    try:
+    with reported(console):
         path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_wh=size)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        _fail(err)
     console.print(f"wrote {path}", highlight=False)

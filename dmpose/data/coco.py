@@ -6,8 +6,13 @@ Standard layout under a root folder (`coco_paths`):
 
 Training (mode="train") and evaluation with ground-truth boxes (mode="eval", no detections) keep every
 person annotation that is not crowd, has at least one labelled keypoint (v > 0) and whose box, clipped
-to the image as in the official HRNet loader, is not empty; the rest is counted and logged.
-Evaluation with a detection json keeps person detections with score >= det_score_threshold (counted).
+to the image as in the official HRNet loader, is not empty (size-0 boxes included); the rest is counted
+and logged. Evaluation with a detection json keeps person detections with score >= det_score_threshold
+(counted).
+
+Structure is validated on load: a missing, null or mistyped field (image id/file_name/width/height,
+annotation id/image_id/keypoints/bbox, detection image_id/bbox/score) and NaN/Inf in a box, a keypoint
+or a score raise ValueError naming the file, the entry and the field; a detection box of size 0 too.
 
 Coordinates: COCO keypoints and boxes are used as given, with pixel centres at integer coordinates
 (pixel (i, j) covers [j-0.5, j+0.5) x [i-0.5, i+0.5)); a box [x, y, w, h] has centre (x + w/2, y + h/2).
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +80,41 @@ def _load_json(path: Path, what: str):
         raise ValueError(f"{what} {path} is not valid JSON: {exc}") from exc
 
 
+def _is_int(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _field(entry, key: str, ok, expected: str, path: Path, where: str):
+    """entry[key] after checking it (`ok(value)`); ValueError naming the file, the entry and the field."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: {where} must be a JSON object, got {type(entry).__name__}: {str(entry)[:80]}")
+    if key not in entry or entry[key] is None:
+        raise ValueError(f"{path}: {where} has no '{key}' field" if key not in entry
+                         else f"{path}: {where} field '{key}' is null, expected {expected}")
+    value = entry[key]
+    if not ok(value):
+        raise ValueError(f"{path}: {where} field '{key}' must be {expected}, got {str(value)[:80]}")
+    return value
+
+
+def _numbers(n: int):
+    return lambda v: isinstance(v, list) and len(v) == n and all(_is_number(x) for x in v)
+
+
+def _box(entry, path: Path, where: str, positive: bool) -> list[float]:
+    """A finite [x, y, w, h] with w, h >= 0 (> 0 when `positive`), else ValueError naming the field."""
+    box = _field(entry, "bbox", _numbers(4), "a list of 4 finite numbers [x, y, w, h]", path, where)
+    if positive and (box[2] <= 0 or box[3] <= 0):
+        raise ValueError(f"{path}: {where} field 'bbox' has an empty box (need w, h > 0): {box!r}")
+    if box[2] < 0 or box[3] < 0:
+        raise ValueError(f"{path}: {where} has a negative box size: {box!r}")
+    return [float(v) for v in box]
+
+
 def _clip_box(box, width: int, height: int) -> np.ndarray | None:
     """HRNet's clipping: to [0, width-1] x [0, height-1]; None when nothing is left."""
     x, y, w, h = box
@@ -108,7 +149,9 @@ class CocoKeypoints(Dataset):
         for key in required:
             if key not in data:
                 raise ValueError(f"annotation file {self.ann_file} has no '{key}' field")
-        self.images = {int(im["id"]): im for im in data["images"]}
+        if not isinstance(data, dict):
+            raise ValueError(f"annotation file {self.ann_file} must hold a JSON object, got {type(data).__name__}")
+        self.images = self._load_images(data["images"])
         self.gt_records = self._load_gt(data.get("annotations", []))
         self.detections = None if detections is None else Path(detections)
         self.records = (self.gt_records if detections is None
@@ -122,24 +165,40 @@ class CocoKeypoints(Dataset):
         det = Path(root) / DEFAULT_DETECTION_FILE if detections is True else (detections or None)
         return cls(ann_file, image_dir, transform, det, det_score_threshold)
 
-    def _load_gt(self, annotations: list) -> list[PersonRecord]:
+    def _load_images(self, images) -> dict[int, dict]:
+        path = self.ann_file
+        if not isinstance(images, list):
+            raise ValueError(f"{path}: field 'images' must be a list, got {type(images).__name__}")
+        out = {}
+        for i, im in enumerate(images):
+            where = f"images[{i}]"
+            image_id = int(_field(im, "id", _is_int, "an integer", path, where))
+            _field(im, "file_name", lambda v: isinstance(v, str) and v, "a file name", path, f"{where} (id {image_id})")
+            for key in ("width", "height"):
+                _field(im, key, lambda v: _is_int(v) and v > 0, "a positive integer", path, f"{where} (id {image_id})")
+            out[image_id] = im
+        return out
+
+    def _load_gt(self, annotations) -> list[PersonRecord]:
         k = self.num_keypoints
+        path = self.ann_file
+        if not isinstance(annotations, list):
+            raise ValueError(f"{path}: field 'annotations' must be a list, got {type(annotations).__name__}")
         records, crowd, unlabelled, empty = [], 0, 0, 0
-        for ann in annotations:
-            aid = ann.get("id")
+        for i, ann in enumerate(annotations):
+            aid = _field(ann, "id", _is_int, "an integer", path, f"annotations[{i}]")
+            where = f"annotations[{i}] (annotation id {aid})"
             kps = ann.get("keypoints")
-            if kps is None or len(kps) != 3 * k:
-                n = None if kps is None else len(kps)
-                raise ValueError(f"{self.ann_file}: annotation id {aid} has {n} keypoint values, expected {3 * k} "
+            if not isinstance(kps, list) or len(kps) != 3 * k:
+                n = None if not isinstance(kps, list) else len(kps)
+                raise ValueError(f"{path}: annotation id {aid} has {n} keypoint values, expected {3 * k} "
                                  f"({k} keypoints x 3) for keypoint set '{self.transform.keypoint_set.name}'")
-            box = ann.get("bbox")
-            if box is None or len(box) != 4:
-                raise ValueError(f"{self.ann_file}: annotation id {aid} has no valid bbox [x, y, w, h]: {box!r}")
-            if box[2] < 0 or box[3] < 0:
-                raise ValueError(f"{self.ann_file}: annotation id {aid} has a negative box size: {box!r}")
-            image = self.images.get(int(ann["image_id"]))
+            _field(ann, "keypoints", _numbers(3 * k), f"{3 * k} finite numbers", path, where)
+            box = _box(ann, path, f"annotation id {aid}", positive=False)
+            image_id = int(_field(ann, "image_id", _is_int, "an integer", path, where))
+            image = self.images.get(image_id)
             if image is None:
-                raise ValueError(f"{self.ann_file}: annotation id {aid} refers to unknown image id {ann['image_id']}")
+                raise ValueError(f"{path}: annotation id {aid} refers to unknown image id {image_id}")
             kps = np.asarray(kps, dtype=np.float64).reshape(k, 3)
             if ann.get("iscrowd", 0):
                 crowd += 1
@@ -148,12 +207,12 @@ class CocoKeypoints(Dataset):
                 unlabelled += 1
                 continue
             clipped = _clip_box(box, int(image["width"]), int(image["height"]))
-            if clipped is None:
+            if clipped is None:  # size 0, or outside the image after clipping: filtered as the official loader
                 empty += 1
                 continue
-            records.append(PersonRecord(int(image["id"]), image["file_name"], int(aid), clipped, 1.0, kps))
+            records.append(PersonRecord(image_id, image["file_name"], int(aid), clipped, 1.0, kps))
         logger.info("%s: %d person boxes kept; filtered %d crowd, %d without labelled keypoints, %d empty boxes",
-                    self.ann_file, len(records), crowd, unlabelled, empty)
+                    path, len(records), crowd, unlabelled, empty)
         return records
 
     def _load_detections(self, path: Path, threshold: float) -> list[PersonRecord]:
@@ -163,15 +222,13 @@ class CocoKeypoints(Dataset):
         zeros = np.zeros((self.num_keypoints, 3))
         records, other_class, low = [], 0, 0
         for i, det in enumerate(dets):
-            try:
-                image_id, box, score = int(det["image_id"]), det["bbox"], float(det["score"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"detection file {path}: entry {i} lacks image_id/bbox/score: {exc}") from None
+            where = f"entry {i}"
+            image_id = int(_field(det, "image_id", _is_int, "an integer", path, where))
+            score = float(_field(det, "score", _is_number, "a finite number", path, where))
             if det.get("category_id", 1) != 1:
                 other_class += 1
                 continue
-            if len(box) != 4 or box[2] < 0 or box[3] < 0:
-                raise ValueError(f"detection file {path}: entry {i} has a bad box (need w, h >= 0): {box!r}")
+            box = _box(det, path, where, positive=True)
             if image_id not in self.images:
                 raise ValueError(f"detection file {path}: entry {i} refers to unknown image id {image_id}")
             if score < threshold:

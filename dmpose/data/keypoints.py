@@ -13,6 +13,7 @@ YAML file with the same keys, referring to joints by name:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +122,11 @@ class KeypointSet:
         if sigmas is not None:
             if not isinstance(sigmas, list) or len(sigmas) != len(names):
                 fail(f"'sigmas' must list {len(names)} numbers (one per keypoint), got {sigmas!r}")
-            if not all(isinstance(v, (int, float)) and v > 0 for v in sigmas):
-                fail("'sigmas' must all be positive numbers")
+            bad = [i for i, v in enumerate(sigmas)
+                   if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf)]
+            if bad:
+                fail(f"'sigmas' must all be finite positive numbers; sigmas[{bad[0]}] ({names[bad[0]]}) is "
+                     f"{sigmas[bad[0]]!r}")
             sigmas = tuple(float(v) for v in sigmas)
         upper = tuple(lookup("upper_body", s) for s in (data.get("upper_body") or []))
         name = data.get("name", Path(source).stem)

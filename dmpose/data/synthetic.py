@@ -27,6 +27,7 @@ Deterministic for a seed: image i of a split draws from its own generator seeded
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -40,11 +41,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dmpose.atomic import atomic_folder, output_error
 from dmpose.data.coco import DEFAULT_DETECTION_FILE as DETECTION_FILE
 from dmpose.data.keypoints import load_keypoint_set
 
-__all__ = ["SynthConfig", "generate_synthetic_coco", "ensure_synthetic", "default_synthetic_root", "render_image",
-           "DETECTION_FILE"]
+__all__ = ["SynthConfig", "generate_synthetic_coco", "ensure_synthetic", "default_synthetic_root",
+           "synthetic_cache_key", "render_image", "DETECTION_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -370,15 +372,7 @@ def _write_split(out: Path, split: str, n: int, seed: int, split_code: int, cfg:
     return {"images": len(images), "persons": len(annotations), "detections": len(detections)}
 
 
-def generate_synthetic_coco(out: str | Path, n_train: int, n_val: int, seed: int = 0,
-                            cfg: SynthConfig = SynthConfig()) -> dict:
-    """Write the synthetic dataset into `out` (created; must be empty or absent). Returns counts."""
-    out = Path(out)
-    if n_train < 0 or n_val < 0:
-        raise ValueError(f"image counts must be >= 0, got train={n_train}, val={n_val}")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output folder is not empty: {out}")
-    out.mkdir(parents=True, exist_ok=True)
+def _generate_into(out: Path, n_train: int, n_val: int, seed: int, cfg: SynthConfig) -> dict:
     start = time.perf_counter()
     stats = {"train2017": _write_split(out, "train2017", n_train, seed, 0, cfg),
              "val2017": _write_split(out, "val2017", n_val, seed, 1, cfg)}
@@ -386,44 +380,95 @@ def generate_synthetic_coco(out: str | Path, n_train: int, n_val: int, seed: int
     return stats
 
 
+def _check_counts(n_train: int, n_val: int) -> None:
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in (n_train, n_val)):
+        raise ValueError(f"image counts must be integers >= 0, got train={n_train!r}, val={n_val!r}")
+
+
+def generate_synthetic_coco(out: str | Path, n_train: int, n_val: int, seed: int = 0,
+                            cfg: SynthConfig = SynthConfig()) -> dict:
+    """Write the synthetic dataset into `out` (must be absent or an empty folder). Returns counts.
+
+    The dataset is built in a hidden temporary sibling of `out` and renamed onto `out` when complete
+    (`dmpose.atomic.atomic_folder`): an interrupted or failed run (a full disk) leaves `out` as it was,
+    and nothing that blocks a rerun.
+    """
+    out = Path(out)
+    _check_counts(n_train, n_val)
+    with atomic_folder(out) as tmp:
+        stats = _generate_into(tmp, n_train, n_val, seed, cfg)
+    return stats
+
+
 def default_synthetic_root() -> Path:
-    """The cache folder of the default synthetic dataset: $DMPOSE_CACHE/synthetic-coco, where DMPOSE_CACHE
-    defaults to $XDG_CACHE_HOME/dmpose (~/.cache/dmpose)."""
+    """The cache folder of the default synthetic datasets: $DMPOSE_CACHE/synthetic-coco, where DMPOSE_CACHE
+    defaults to $XDG_CACHE_HOME/dmpose (~/.cache/dmpose). Each dataset lives in its own subfolder
+    (see `ensure_synthetic`)."""
     cache = os.environ.get("DMPOSE_CACHE")
     if not cache:
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dmpose"
     return Path(cache) / "synthetic-coco"
 
 
-def ensure_synthetic(root: str | Path | None = None, n_train: int = 1000, n_val: int = 100, seed: int = 0) -> Path:
-    """The synthetic dataset at `root` (default: `default_synthetic_root()`), generated once and reused.
+def synthetic_cache_key(n_train: int, n_val: int, seed: int, cfg: SynthConfig = SynthConfig()) -> str:
+    """The subfolder name of one cached dataset: its counts, seed, generator version and a hash of the
+    generator's configuration, e.g. 'train1000-val100-seed0-v1-3f2a9c1e'."""
+    wanted = _cache_settings(n_train, n_val, seed, cfg)
+    digest = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:8]
+    return f"train{n_train}-val{n_val}-seed{seed}-v{GENERATOR_VERSION}-{digest}"
 
-    A dataset is complete when `root/.complete.json` records the same counts, seed and generator version;
-    generation happens in a temporary sibling folder that is renamed into place with the marker already
-    inside, so an interrupted run never leaves a folder that looks complete.
-    """
-    root = default_synthetic_root() if root is None else Path(root)
-    wanted = {"n_train": n_train, "n_val": n_val, "seed": seed, "version": GENERATOR_VERSION,
-              "config": asdict(SynthConfig())}
-    marker = root / _MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == json.loads(json.dumps(wanted)):
-                return root
-        except json.JSONDecodeError:
-            pass
-        logger.info("synthetic dataset at %s was made with other settings; regenerating", root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+
+def _cache_settings(n_train: int, n_val: int, seed: int, cfg: SynthConfig) -> dict:
+    return json.loads(json.dumps({"n_train": n_train, "n_val": n_val, "seed": seed, "version": GENERATOR_VERSION,
+                                  "config": asdict(cfg)}))
+
+
+def _is_complete(folder: Path, wanted: dict) -> bool:
     try:
-        generate_synthetic_coco(tmp, n_train, n_val, seed)
+        return json.loads((folder / _MARKER).read_text()) == wanted
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_synthetic(cache: str | Path | None = None, n_train: int = 1000, n_val: int = 100, seed: int = 0) -> Path:
+    """The synthetic dataset of these counts and seed, generated once into the cache folder `cache`
+    (default: `default_synthetic_root()`) and reused; returns its folder, `cache/<synthetic_cache_key>`.
+
+    Each setting has its own subfolder, so datasets of other counts (made by another command) are other
+    caches and are never touched. The cache only ever removes what it wrote itself: a dataset is
+    generated in a hidden temporary sibling that is renamed into place with its `.complete.json` marker
+    already inside. Concurrent calls are safe: each builds its own temporary folder, the first rename
+    wins, the others see the complete dataset and drop their copy. A folder under the dataset's name
+    that dmpose did not complete (no matching marker) is left alone and reported (ValueError).
+    """
+    _check_counts(n_train, n_val)
+    cache = default_synthetic_root() if cache is None else Path(cache)
+    cfg = SynthConfig()
+    wanted = _cache_settings(n_train, n_val, seed, cfg)
+    root = cache / synthetic_cache_key(n_train, n_val, seed, cfg)
+    if _is_complete(root, wanted):
+        return root
+    if root.exists():
+        raise ValueError(f"{root} exists but is not a complete dmpose synthetic dataset (no matching {_MARKER}); "
+                         "dmpose does not remove what it did not write: move it away, or pass another cache folder")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=cache))
+    except OSError as exc:
+        raise output_error(cache, exc) from None
+    try:
+        _generate_into(tmp, n_train, n_val, seed, cfg)
         (tmp / _MARKER).write_text(json.dumps(wanted))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if marker.is_file():  # another process finished first
-            return root
-        raise
+        try:
+            os.rename(tmp, root)  # fails if root appeared meanwhile (and is not empty)
+        except OSError:
+            if _is_complete(root, wanted):  # another process finished first: use its copy
+                return root
+            raise
+    except OSError as exc:
+        if exc.filename is not None and not str(exc.filename).startswith(str(cache)):
+            raise
+        raise output_error(root, exc) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only our own temporary folder (gone after the rename)
     return root

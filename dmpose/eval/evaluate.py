@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dmpose.atomic import atomic_output
+from dmpose.atomic import atomic_output, check_not_input
 from dmpose.eval.coco import DEFAULT_OKS_THRESHOLD
 from dmpose.eval.metrics import DEFAULT_JOINT_THRESHOLDS, CocoEvaluator, MpiiEvaluator, joint_threshold_for
 from dmpose.eval.mpii import PCKhResult
@@ -262,7 +262,7 @@ def evaluate_checkpoint(
     ckpt = Path(ckpt)
     source = _coco_source if dataset == "coco" else _mpii_source
     model, spec = _load(ckpt, dataset, device, decode)
-    ds_factory, finish = source(opts, dets, gt_boxes, det_score_threshold, mpii_gt)
+    ds_factory, finish = source(opts, ckpt, dets, gt_boxes, det_score_threshold, mpii_gt)
     ds = ds_factory(TopDownTransform.from_spec(spec))
     predictor = TopDownPredictor(model, spec, flip=opts.flip, amp=amp)
     settings: dict[str, Any] = {"checkpoint": str(ckpt), "arch": spec.arch, "decode": spec.decode, "flip": opts.flip,
@@ -284,7 +284,7 @@ def _root(opts: _Options) -> Path:
     return root
 
 
-def _coco_source(opts: _Options, dets, gt_boxes: bool, det_score_threshold: float, mpii_gt):
+def _coco_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_threshold: float, mpii_gt):
     from dmpose.data.coco import DEFAULT_DETECTION_FILE, CocoKeypoints, coco_paths
 
     root = _root(opts)
@@ -298,6 +298,9 @@ def _coco_source(opts: _Options, dets, gt_boxes: bool, det_score_threshold: floa
             hint = "" if dets is not None else " (pass --dets FILE, or --gt-boxes to use the annotated boxes)"
             raise FileNotFoundError(f"detection file not found: {det_file}{hint}")
         boxes = f"detections ({det_file.name})"
+    if opts.out is not None:
+        for name in (f"person_keypoints_{opts.split}_dmpose_results.json", f"metrics_{opts.split}.json"):
+            check_not_input(opts.out / name, [ckpt, ann_file, det_file])
 
     def dataset(transform):
         return CocoKeypoints(ann_file, image_dir, transform, detections=det_file,
@@ -321,12 +324,16 @@ def _coco_source(opts: _Options, dets, gt_boxes: bool, det_score_threshold: floa
     return dataset, finish
 
 
-def _mpii_source(opts: _Options, dets, gt_boxes: bool, det_score_threshold: float, mpii_gt):
+def _mpii_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_threshold: float, mpii_gt):
     from dmpose.data.mpii import MpiiKeypoints, load_mpii_gt
 
     root = _root(opts)
     ann_file, image_dir = root / "annot" / f"{opts.split}.json", root / "images"
-    gt = load_mpii_gt(mpii_gt or root / "annot" / f"gt_{opts.split}.mat")
+    gt_file = Path(mpii_gt or root / "annot" / f"gt_{opts.split}.mat")
+    if opts.out is not None:
+        for name in (f"mpii_{opts.split}_predictions.json", f"mpii_{opts.split}_metrics.json"):
+            check_not_input(opts.out / name, [ckpt, ann_file, gt_file])
+    gt = load_mpii_gt(gt_file)
 
     def dataset(transform):
         return MpiiKeypoints(ann_file, image_dir, transform)

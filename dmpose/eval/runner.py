@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from dmpose.data.loading import DataLoader
 from dmpose.eval.metrics import CocoEvaluator, MpiiEvaluator
 from dmpose.eval.predictor import TopDownOutput, TopDownPredictor
 

@@ -27,6 +27,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from dmpose.atomic import check_not_input
 from dmpose.models.checkpoint import list_key_problems, save_checkpoint
 from dmpose.models.registry import build_model
 from dmpose.spec import DECODE_RULES, CodecSpec, KeypointSpec, Normalisation, PoseSpec
@@ -98,20 +100,43 @@ def read_foreign_state_dict(src: str | os.PathLike) -> dict[str, Tensor]:
     if not src.is_file():
         raise FileNotFoundError(f"source checkpoint not found: {src}")
     if src.suffix == ".safetensors":
-        obj: Any = load_file(str(src))
+        try:
+            obj: Any = load_file(str(src))
+        except Exception as e:  # noqa: BLE001  (SafetensorError, OSError, ...)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{src} is not a safetensors file ({reason})") from None
     else:
+        if src.stat().st_size == 0:
+            raise ValueError(f"{src} is empty (0 bytes): not a PyTorch checkpoint")
         try:
             obj = torch.load(src, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-            detail = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-            if detail:
-                raise ValueError(
-                    f"{src}: cannot be read with torch.load(weights_only=True): it holds objects other than "
-                    f"tensors and plain containers (first: {detail.group(1)}). Re-save only its state dict, e.g. "
-                    "torch.save(ckpt['state_dict'], path), where you trust the file."
-                ) from None
-            raise ValueError(f"{src} is not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+        except Exception as e:  # noqa: BLE001  (torch.load raises many types on foreign bytes)
+            raise _load_error(src, e) from None
     return unwrap_state_dict(obj, str(src))
+
+
+def _load_error(src: Path, e: Exception) -> ValueError:
+    """A one-line reason for a failed `torch.load(weights_only=True)`. The weights-only unpickler refuses
+    anything that could run code while loading (globals it does not know, object-building opcodes): such
+    a file is reported as refused; loading it in full is never suggested."""
+    text = str(e)
+    refused = isinstance(e, pickle.UnpicklingError) and ("WeightsUnpickler" in text or "Weights only load" in text)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    op = re.search(r"Unsupported operand (\d+)", text)
+    if refused and not found:  # an opcode it does not run: a pickle (zip checkpoint or protocol-2+ stream), or junk?
+        with open(src, "rb") as f:
+            refused = zipfile.is_zipfile(f) or (f.seek(0) == 0 and f.read(1) == b"\x80")
+    if refused:
+        what = (f"the global {found.group(1)}" if found else f"pickle opcode {op.group(1)}" if op
+                else "objects outside tensors and plain containers")
+        return ValueError(
+            f"{src}: refused: the file holds objects that can execute code when unpickled (first: {what}); "
+            "dmpose loads only tensors and plain containers. Get the weights as a plain state dict or a "
+            ".safetensors file from their source.")
+    detail = text.split("WeightsUnpickler error:", 1)[-1]  # torch's own advice (weights_only=False) is dropped
+    first = next((line.strip() for line in detail.splitlines() if line.strip() and "weights_only" not in line),
+                 type(e).__name__)
+    return ValueError(f"{src} is not a PyTorch checkpoint ({first[:200]})")
 
 
 def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> dict[str, Tensor]:
@@ -257,7 +282,9 @@ def convert_checkpoint(
 ) -> ConversionReport:
     """Read foreign weights from `src`, convert them to `arch` and write a dmpose checkpoint `out` with a
     full spec (`official_spec`: input_wh (W, H), keypoints (a built-in set or YAML file), normalisation,
-    decode; what is not given defaults to the official recipes and is listed in `report.defaulted`)."""
+    decode; what is not given defaults to the official recipes and is listed in `report.defaulted`).
+    `out` may not be `src` itself (same path, symlink or hard link): ValueError naming both."""
+    check_not_input(out, [src])
     meta = dict(meta or {})
     if input_wh is None and meta.get("input_size"):  # the old (H, W) metadata spelling
         h, w = meta.pop("input_size")

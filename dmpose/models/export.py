@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from dmpose.atomic import atomic_output
+from dmpose.atomic import atomic_output, check_not_input
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.models.checkpoint import load_model, model_meta, save_checkpoint
 from dmpose.spec import DECODE_RULES
@@ -87,7 +87,7 @@ def export_onnx(
     rule = decode or rule
     module = (DecodedPoseModel(model, rule) if with_decode else model).eval()
     outputs = ["heatmaps", "coords", "confidence"] if with_decode else ["heatmaps"]
-    example = torch.zeros(1, 3, h, w, device=next(model.parameters()).device)
+    example = _check_input_size(model, (h, w), meta["arch"])
     batch = torch.export.Dim("batch", min=1)
 
     with atomic_output(path) as tmp:
@@ -109,6 +109,28 @@ def export_onnx(
     return path
 
 
+def _check_input_size(model: nn.Module, size, arch: str) -> Tensor:
+    """The example input for an export at `size` (height, width), after checking that the network runs on it
+    and gives heatmaps of exactly size / output stride (ValueError naming the size otherwise)."""
+    stride = int(getattr(model, "output_stride", 4))
+    ok = (isinstance(size, (list, tuple)) and len(size) == 2
+          and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size))
+    if not ok or size[0] % stride or size[1] % stride:
+        raise ValueError(f"input size {size!r} is invalid: need HEIGHTxWIDTH, positive integers divisible by the "
+                         f"output stride {stride} (e.g. 256x192)")
+    h, w = size
+    example = torch.zeros(1, 3, h, w, device=next(model.parameters()).device)
+    try:
+        with torch.no_grad():
+            got = tuple(model.eval()(example).shape[-2:])
+    except RuntimeError as exc:
+        raise ValueError(f"input size {h}x{w} is too small for {arch}: {str(exc).splitlines()[0]}") from None
+    if got != (h // stride, w // stride):
+        raise ValueError(f"input size {h}x{w} does not fit {arch}: its heatmaps come out {got[0]}x{got[1]}, not "
+                         f"{h // stride}x{w // stride} (input size / {stride}); use a multiple of 32, e.g. 256x192")
+    return example
+
+
 def export_checkpoint(
     ckpt: str | os.PathLike,
     out: str | os.PathLike,
@@ -116,9 +138,11 @@ def export_checkpoint(
     with_decode: bool = False,
     input_wh: tuple[int, int] | None = None,
 ) -> Path:
-    """Export the dmpose checkpoint `ckpt` to `out` as `safetensors` (re-written) or `onnx`."""
+    """Export the dmpose checkpoint `ckpt` to `out` as `safetensors` (re-written) or `onnx`.
+    `out` may not be `ckpt` itself (same path, symlink or hard link): ValueError naming both."""
     if fmt not in ("safetensors", "onnx"):
         raise ValueError(f"export format must be 'safetensors' or 'onnx', got {fmt!r}")
+    check_not_input(out, [ckpt])
     model = load_model(ckpt)
     if fmt == "onnx":
         return export_onnx(model, out, with_decode=with_decode, input_wh=input_wh)
