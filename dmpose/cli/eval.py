@@ -71,6 +71,10 @@ def eval_command(
                 oks_threshold=oks_thr, det_score_threshold=det_thr, mpii_gt=mpii_gt, progress=on_batch,
             )
     except (ValueError, OSError) as err:  # OSError: missing or unreadable files (images, json, checkpoint)
+        from dmpose.eval.evaluate import DetectionsNotFoundError
+
+        if isinstance(err, DetectionsNotFoundError) and err.default:
+            err = FileNotFoundError(f"{err} (pass --dets FILE, or --gt-boxes to use the annotated boxes)")
         _fail(console, err)
     s = report.settings
     title = f"{report.dataset.upper()} {report.split} | {report.boxes.split(' (')[0]}"

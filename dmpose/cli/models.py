@@ -63,6 +63,8 @@ def convert(
         report = convert_checkpoint(src, arch, out, num_joints=num_joints, partial=partial, input_wh=wh,
                                     keypoints=keypoints, normalisation=norm, decode=decode)
     except (ValueError, FileNotFoundError) as err:
+        if "partial=True" in str(err):
+            err = ValueError(str(err).replace("partial=True", "--partial"))
         _fail(err)
     table = Table(title=f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)")
     table.add_column("what")
@@ -146,5 +148,7 @@ def export(
     try:
         path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_wh=size)
     except (ValueError, FileNotFoundError, ImportError) as err:
+        if "with_decode" in str(err):
+            err = ValueError(str(err).replace("with_decode", "--with-decode"))
         _fail(err)
     console.print(f"wrote {path}", highlight=False)
