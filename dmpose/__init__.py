@@ -15,7 +15,8 @@ from dmpose.eval.mpii import pckh
 from dmpose.eval.runner import predict_dataset
 from dmpose.kernels import triton_status
 from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
-from dmpose.models import build_model, load_model, save_checkpoint
+from dmpose.models import build_model, load_model, read_checkpoint_spec, save_checkpoint
+from dmpose.spec import CodecSpec, DMLossOptions, KeypointSpec, Normalisation, PoseSpec, SpecError
 
 __all__ = [
     "__version__",
@@ -36,5 +37,12 @@ __all__ = [
     "build_model",
     "load_model",
     "save_checkpoint",
+    "read_checkpoint_spec",
+    "PoseSpec",
+    "KeypointSpec",
+    "Normalisation",
+    "CodecSpec",
+    "DMLossOptions",
+    "SpecError",
     "triton_status",
 ]

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: Below this eps the row-shifted kernel may underflow in fp32; ``method="auto"`` switches to log-sum-exp.
-SHIFTED_MIN_EPS = 0.05
+from dmpose.constants import SHIFTED_MIN_EPS  # noqa: E402  (the one definition, shared with the kernels)
 
 
 @dataclass

@@ -25,6 +25,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dmpose.constants import BACKENDS, GRAD_MODES
+
 __all__ = [
     "DECODE_RULES",
     "SUPPLIER_MAPS",
@@ -323,8 +325,8 @@ _LOSS_CHOICES = {
     "demander_mode": ("subpixel", "naive"),
     "suppliers": ("relu",),
     "cost": ("l2",),
-    "grad": ("exact", "envelope"),
-    "backend": ("auto", "torch", "triton"),
+    "grad": GRAD_MODES,
+    "backend": BACKENDS,
     "reduction": ("mean", "sum", "none"),
     "nonfinite": ("raise", "mask"),
 }

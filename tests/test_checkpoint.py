@@ -190,7 +190,11 @@ def test_spec_round_trips_through_metadata(tmp_path):
     from dmpose.spec import CodecSpec, PoseSpec
 
     spec = PoseSpec.build("hrnet_tiny", "coco17", (48, 64), codec=CodecSpec(name="gaussian", sigma=1.5))
-    path = dmpose.save_checkpoint(_coco_tiny(), tmp_path / "s.safetensors", spec=spec, meta={"best_ap": 0.1})
+    loss = dmpose.DMLossOptions(eps=0.5)
+    path = dmpose.save_checkpoint(_coco_tiny(), tmp_path / "s.safetensors", spec=spec,
+                                  meta={"best_ap": 0.1, "loss": loss})
+    assert dmpose.DMLossOptions.validated({k: v for k, v in read_checkpoint_meta(path)["loss"].items()
+                                           if k != "name"}) == loss
     assert read_checkpoint_spec(path) == spec
     model = dmpose.load_model(path)
     assert model.spec == spec and model.checkpoint_meta["best_ap"] == 0.1

@@ -108,7 +108,7 @@ def hrnet_classification_state(layout):
 def test_hrnet_imagenet_backbone_needs_partial_and_reports_drops(official_w32):
     layout, _ = read_key_fixture(32)
     state, extras = hrnet_classification_state(layout)
-    with pytest.raises(ConversionError, match=r"2 missing \(final_layer.weight, final_layer.bias\).*--partial"):
+    with pytest.raises(ConversionError, match=r"2 missing \(final_layer.weight, final_layer.bias\).*partial=True"):
         convert_state_dict(state, "hrnet_w32")
 
     model, report = convert_state_dict(state, "hrnet_w32", partial=True)

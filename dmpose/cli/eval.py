@@ -41,7 +41,7 @@ def eval_command(
     """Top-down evaluation: crops -> model (+ flip test) -> decode -> image pixels -> rescoring + OKS-NMS
     -> COCOeval (or PCKh for MPII). Prints AP, AP50, AP75, APM, APL, AR and writes the json files."""
     from dmpose.cli.tables import coco_metrics_table, pckh_table
-    from dmpose.eval.evaluate import evaluate_checkpoint
+    from dmpose.eval.evaluate import DetectionsNotFoundError, evaluate_checkpoint
 
     device = parse_device(device)
     if threads is not None:
@@ -63,11 +63,17 @@ def eval_command(
             def on_batch(done: int, total: int, rate: float) -> None:
                 progress.update(task, completed=done, total=total, rate=f"{rate:.1f} img/s")
 
-            report = evaluate_checkpoint(
-                ckpt, data, dataset=dataset, split=split, dets=dets, gt_boxes=gt_boxes, flip=flip, decode=decode,
-                batch_size=batch, out=out, device=device, num_workers=workers, joint_threshold=joint_thr,
-                oks_threshold=oks_thr, det_score_threshold=det_thr, mpii_gt=mpii_gt, progress=on_batch,
-            )
+            try:
+                report = evaluate_checkpoint(
+                    ckpt, data, dataset=dataset, split=split, dets=dets, gt_boxes=gt_boxes, flip=flip,
+                    decode=decode, batch_size=batch, out=out, device=device, num_workers=workers,
+                    joint_threshold=joint_thr, oks_threshold=oks_thr, det_score_threshold=det_thr, mpii_gt=mpii_gt,
+                    progress=on_batch,
+                )
+            except DetectionsNotFoundError as err:  # the library's message, the CLI's hint
+                if not err.default:
+                    raise
+                raise FileNotFoundError(f"{err} (pass --dets FILE, or --gt-boxes to use the annotated boxes)") from None
     s = report.settings
     title = f"{report.dataset.upper()} {report.split} | {report.boxes.split(' (')[0]}"
     console.print(f"{Path(s['checkpoint']).name}: {s['arch']}, decode {s['decode']}, "

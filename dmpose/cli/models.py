@@ -56,8 +56,13 @@ def convert(
         norm = {"mean": triple(mean, "--mean", IMAGENET_MEAN), "std": triple(std, "--std", IMAGENET_STD),
                 "channel_order": channel_order}
     with reported(console):
-        report = convert_checkpoint(src, arch, out, num_joints=num_joints, partial=partial, input_wh=wh,
-                                    keypoints=keypoints, normalisation=norm, decode=decode)
+        try:
+            report = convert_checkpoint(src, arch, out, num_joints=num_joints, partial=partial, input_wh=wh,
+                                        keypoints=keypoints, normalisation=norm, decode=decode)
+        except (ValueError, FileNotFoundError) as err:  # the library's wording, the CLI's flag name
+            if "partial=True" not in str(err):
+                raise
+            raise ValueError(str(err).replace("partial=True", "--partial")) from None
     table = Table(title=f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)")
     table.add_column("what")
     table.add_column("keys", justify="right")
@@ -140,5 +145,10 @@ def export(
     if out is None:
         out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
     with reported(console):
-        path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_wh=size)
+        try:
+            path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_wh=size)
+        except (ValueError, FileNotFoundError, ImportError) as err:
+            if "with_decode" not in str(err):
+                raise
+            raise ValueError(str(err).replace("with_decode", "--with-decode")) from None
     console.print(f"wrote {path}", highlight=False)

@@ -1,2 +1,3 @@
 """Evaluation: COCO keypoint metrics (pycocotools), MPII PCKh, batched top-down inference over a dataset
-(`topdown.predict_dataset`) and checkpoint evaluation end to end (`evaluate.evaluate_checkpoint`)."""
+(`predictor.TopDownPredictor`, `runner.predict_dataset`, `metrics.CocoEvaluator` / `MpiiEvaluator`) and
+checkpoint evaluation end to end (`evaluate.evaluate_checkpoint`)."""

@@ -37,6 +37,7 @@ from dmpose.spec import KeypointSpec, PoseSpec
 
 __all__ = [
     "DEFAULT_JOINT_THRESHOLDS",
+    "DetectionsNotFoundError",
     "EvalReport",
     "check_output_dir",
     "evaluate_checkpoint",
@@ -49,6 +50,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GT_BOXES_LABEL = "GT boxes"
+
+
+class DetectionsNotFoundError(FileNotFoundError):
+    """The COCO detection file is missing; `default` says whether it was the default path."""
+
+    def __init__(self, message: str, default: bool):
+        super().__init__(message)
+        self.default = default
 # MPII layout as the official HRNet code: ROOT/annot/{split}.json, ROOT/annot/gt_{split}.mat, ROOT/images/
 MPII_DEFAULT_SPLIT = "valid"
 COCO_DEFAULT_SPLIT = "val2017"
@@ -295,8 +304,7 @@ def _coco_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_thr
     else:
         det_file = Path(dets) if dets is not None else root / DEFAULT_DETECTION_FILE
         if not det_file.is_file():
-            hint = "" if dets is not None else " (pass --dets FILE, or --gt-boxes to use the annotated boxes)"
-            raise FileNotFoundError(f"detection file not found: {det_file}{hint}")
+            raise DetectionsNotFoundError(f"detection file not found: {det_file}", default=dets is None)
         boxes = f"detections ({det_file.name})"
     if opts.out is not None:
         for name in (f"person_keypoints_{opts.split}_dmpose_results.json", f"metrics_{opts.split}.json"):

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import sys
 
 import torch
+
+from dmpose.constants import BACKENDS, triton_interpret
 
 __all__ = ["triton_status", "select_backend", "KERNEL_MODULES"]
 
 logger = logging.getLogger(__name__)
 _WARNED: set[str] = set()
 KERNEL_MODULES = ("dmpose.kernels.sinkhorn", "dmpose.kernels.decode")
-BACKENDS = ("auto", "torch", "triton")
 
 
-def _interpret_env() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+_interpret_env = triton_interpret
 
 
 def triton_status(device: torch.device | str) -> tuple[bool, str]:

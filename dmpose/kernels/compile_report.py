@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +18,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from dmpose.constants import triton_interpret
 
 __all__ = ["KernelBuild", "compile_all", "kernel_variants", "markdown_table"]
 
@@ -136,7 +137,7 @@ def _parse_ptxas_log(text: str) -> dict[str, int]:
 
 def compile_all(arch: int = 90, full: bool = True) -> list[KernelBuild]:
     """Compile the kernel variants for ``sm_<arch>``; raises if triton cannot target CUDA here."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if triton_interpret():
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
     import triton
     from triton.backends.compiler import GPUTarget

@@ -13,16 +13,15 @@ pixels.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from dmpose.constants import MAX_BLOCK, triton_interpret
+
 __all__ = ["decode_2x2_triton", "INTERPRETED", "MAX_BLOCK"]
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-MAX_BLOCK = 1024
+INTERPRETED = triton_interpret()
 
 
 @triton.jit

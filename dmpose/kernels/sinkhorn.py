@@ -24,23 +24,25 @@ coordinates and never stored. See /docs (and the maths note) for the formulas; i
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from dmpose.constants import (
+    DEFAULT_BLOCK,
+    DEFAULT_WARPS,
+    GRAD_MODES,
+    HEATMAP_DTYPE_NAMES,
+    MAX_BLOCK,
+    SHIFTED_MIN_EPS,
+    triton_interpret,
+)
+
 __all__ = ["dm_sinkhorn_triton", "launch_config", "LOG_DOMAIN_BELOW_EPS", "MAX_BLOCK", "INTERPRETED"]
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # how this module's kernels were built
-LOG_DOMAIN_BELOW_EPS = 0.05  # row-shifted Kt >= exp(-sqrt(2)/eps): fp32-safe above this eps
-MAX_BLOCK = 1024  # the most pixels per streamed block (4096 spills on sm_90)
-# Default launch: 512 pixels per block, 8 warps (2 pixels per thread): 76-80 registers on sm_90, 3 programs
-# per SM. 1024/8 needs 105-128 registers (2 per SM). Not yet timed on a GPU: see bench_loss_triton.py --configs.
-DEFAULT_BLOCK = 512
-DEFAULT_WARPS = 8
-GRAD_MODES = ("exact", "envelope")
-HEATMAP_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INTERPRETED = triton_interpret()  # how this module's kernels were built
+LOG_DOMAIN_BELOW_EPS = SHIFTED_MIN_EPS  # row-shifted Kt >= exp(-sqrt(2)/eps): fp32-safe above this eps
+HEATMAP_DTYPES = tuple(getattr(torch, name) for name in HEATMAP_DTYPE_NAMES)
 
 
 @triton.jit

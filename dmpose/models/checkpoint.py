@@ -49,7 +49,7 @@ from torch import nn
 
 from dmpose.atomic import atomic_write_bytes
 from dmpose.models.registry import build_model
-from dmpose.spec import PoseSpec, SpecError
+from dmpose.spec import DMLossOptions, PoseSpec, SpecError
 
 __all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "read_checkpoint_spec", "model_meta",
            "checkpoint_summary", "spec_meta"]
@@ -189,6 +189,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, spec: PoseSpec | 
             raise ValueError(f"meta[{key!r}]={meta[key]!r} contradicts the model's {key}={full[key]!r}")
     full.update(meta or {})
     full.update(format=FORMAT, dmpose_version=__version__)
+    if isinstance(full.get("loss"), DMLossOptions):  # the loss field: {"name": "dm", ...the options}
+        full["loss"] = {"name": "dm", **full["loss"].model_dump(mode="json")}
     if spec is None and isinstance(full.get("spec"), dict):
         spec = PoseSpec.validated(full["spec"], source="save_checkpoint spec")
     if spec is not None:

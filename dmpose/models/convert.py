@@ -216,7 +216,7 @@ def convert_state_dict(
     if unexpected or misshaped or (missing and not partial):
         hint = ""
         if missing and not partial:
-            hint = " (pass partial=True / --partial to keep missing keys at their initialisation)"
+            hint = " (pass partial=True to keep missing keys at their initialisation)"
         raise ConversionError(
             f"weights do not fit {arch} with {num_joints} joints: "
             + list_key_problems(unexpected=unexpected, misshaped=misshaped, missing=missing)

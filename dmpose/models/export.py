@@ -147,5 +147,5 @@ def export_checkpoint(
     if fmt == "onnx":
         return export_onnx(model, out, with_decode=with_decode, input_wh=input_wh)
     if with_decode:
-        raise ValueError("--with-decode applies to ONNX export only")
+        raise ValueError("with_decode applies to ONNX export only")
     return save_checkpoint(model, out)
