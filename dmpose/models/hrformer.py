@@ -68,6 +68,8 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0):
         super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
         self.p = float(p)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -115,8 +117,9 @@ class WindowAttention(nn.Module):
         x = x.reshape(b, nh, s, nw, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, s * s, c)
         qkv = self.qkv(x).reshape(x.shape[0], s * s, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, N, head_dim)
-        bias = self.position_bias().to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0))
+        # explicit products (not scaled_dot_product_attention: its ONNX decomposition mis-tracks strides)
+        logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + self.position_bias().to(q.dtype)
+        y = logits.softmax(dim=-1) @ v
         y = self.proj(y.transpose(1, 2).reshape(x.shape[0], s * s, c))
         y = y.reshape(b, nh, nw, s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h + ph, w + pw, c)
         return y[:, ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
@@ -158,7 +161,8 @@ class HRFormerBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         t = x.permute(0, 2, 3, 1)  # (B, H, W, C): LayerNorm and attention act on the channel axis
         t = t + self.drop_path(self.attn(self.norm1(t)))
-        f = self.ffn(self.norm2(t).permute(0, 3, 1, 2))
+        # contiguous NCHW for the convs: a channels-last view with batch 1 breaks the ONNX export's dynamic batch
+        f = self.ffn(self.norm2(t).permute(0, 3, 1, 2).contiguous())
         return t.permute(0, 3, 1, 2) + self.drop_path(f)
 
 
