@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 import dmpose
-from dmpose.models.convert import ConversionError, convert_state_dict
 from dmpose.models import hrformer as hrformer_module
+from dmpose.models.convert import ConversionError, convert_state_dict
 from dmpose.models.flops import count_macs
 from dmpose.models.hrformer import (
     ConvFFN,
@@ -347,7 +347,7 @@ def test_both_layouts_give_the_same_model(small_states):
 def test_dmpose_layout_round_trips(small_states):
     _, mmpose = small_states
     model, _ = convert_state_dict(mmpose, "hrformer_small")
-    again, report = convert_state_dict(model.state_dict(), "hrformer_small")
+    _, report = convert_state_dict(model.state_dict(), "hrformer_small")
     assert report.layout == "" and report.dropped == {} and report.layout_renamed == 0
 
 

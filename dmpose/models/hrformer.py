@@ -41,13 +41,13 @@ from dmpose.models.hrnet import _transition
 from dmpose.models.registry import register_model
 
 __all__ = [
+    "ConvFFN",
     "HRFormer",
+    "HRFormerBlock",
     "HRFormerSpec",
     "WindowAttention",
-    "ConvFFN",
-    "HRFormerBlock",
-    "relative_position_index",
     "hrformer_param_groups",
+    "relative_position_index",
 ]
 
 
