@@ -1,57 +1,41 @@
-"""Throughput and compute of the dmpose architectures at 256x192.
+"""Throughput, peak memory and compute of the dmpose architectures at 256x192 (or --input-size).
 
 Forward (eval, no grad) and forward+backward (train mode, a mean-square loss on the heatmaps)
-images/s, plus GFLOPs per image counted from the model itself: forward hooks sum the multiply-
-accumulates of every Conv2d / ConvTranspose2d / Linear on a meta-device forward (the pose papers call
-MACs "FLOPs"; BN, ReLU, additions and upsampling are not counted). Reported, never asserted.
+images/s, the peak memory of the forward+backward step, plus GFLOPs per image counted from the model
+itself by `dmpose.models.flops.count_macs` on a meta-device forward: the multiply-accumulates of every
+Conv2d / ConvTranspose2d / Linear (the pose papers call MACs "FLOPs"; BN, norms, activations,
+additions and resampling are not counted), and in a second column also the window-attention
+matmuls (q k^T, attn v) of the transformers. Reported, never asserted.
+
+Peak memory: CUDA `max_memory_allocated` (tensors only); CPU the growth of the process's peak RSS
+(ru_maxrss) during the model's runs, which is only meaningful for the first model that reaches a new
+peak: run one model per invocation for CPU memory figures.
 
 CPU: batch 8, float32. CUDA (when present): batch 32, bf16 autocast, channels_last.
 
     python benchmarks/bench_models.py --models hrnet_tiny,hrnet_w32,simplebaseline_res50 --iters 3
+    python benchmarks/bench_models.py --models hrformer_small,hrformer_base --flops-only
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import header, markdown_table  # noqa: E402
 
 from dmpose.models import build_model, list_models  # noqa: E402
+from dmpose.models.flops import count_macs, count_params  # noqa: E402
 
-INPUT = (256, 192)
-
-
-def count_macs(name: str, num_joints: int = 17) -> int:
-    """MACs per image of one forward pass, counted on the meta device (no memory, no compute)."""
-    model = build_model(name, num_joints=num_joints, device="meta").eval()
-    total = 0
-
-    def hook(module: nn.Module, inputs, output) -> None:
-        nonlocal total
-        if isinstance(module, nn.ConvTranspose2d):  # every input element meets every kernel tap
-            kh, kw = module.kernel_size
-            total += inputs[0][0].numel() * (module.out_channels // module.groups) * kh * kw
-        elif isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += output[0].numel() * (module.in_channels // module.groups) * kh * kw
-        elif isinstance(module, nn.Linear):
-            total += output[0].numel() * module.in_features
-
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            m.register_forward_hook(hook)
-    with torch.no_grad():
-        model(torch.empty(1, 3, *INPUT, device="meta"))
-    return total
+INPUT = (256, 192)  # replaced by --input-size
 
 
 def _sync(device: torch.device) -> None:
@@ -59,8 +43,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def throughput(name: str, device: torch.device, batch: int, iters: int, warmup: int) -> tuple[float, float]:
-    """(forward images/s, forward+backward images/s)."""
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def throughput(name: str, device: torch.device, batch: int, iters: int, warmup: int) -> tuple[float, float, float]:
+    """(forward images/s, forward+backward images/s, peak MiB of the forward+backward runs)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    before = 0.0 if device.type == "cuda" else _peak_mb(device)
     model = build_model(name).to(device)
     x = torch.randn(batch, 3, *INPUT, device=device)
     cuda = device.type == "cuda"
@@ -86,27 +80,33 @@ def throughput(name: str, device: torch.device, batch: int, iters: int, warmup: 
         _sync(device)
         return batch * iters / (time.perf_counter() - start)
 
-    return run(False), run(True)
+    fwd = run(False)
+    train = run(True)
+    return fwd, train, _peak_mb(device) - before
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="hrnet_tiny,hrnet_w32,simplebaseline_res50",
+    parser.add_argument("--models", default="hrnet_tiny,hrnet_w32,simplebaseline_res50,hrformer_small,hrformer_base",
                         help=f"comma-separated names or 'all' ({', '.join(list_models())})")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per measurement")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 32 on CUDA")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cpu", action="store_true", help="benchmark the CPU even when CUDA is present")
-    parser.add_argument("--flops-only", action="store_true", help="only parameters and GFLOPs (meta device, instant)")
+    parser.add_argument("--flops-only", action="store_true", help="only parameters and GFLOPs (meta device, no compute)")
+    parser.add_argument("--input-size", default="256x192", help="HEIGHTxWIDTH (default 256x192)")
     args = parser.parse_args()
+    global INPUT
+    INPUT = tuple(int(v) for v in args.input_size.lower().split("x"))
 
     names = list_models() if args.models == "all" else args.models.split(",")
     if args.flops_only:
-        print(header("Model size", "cpu", input_hw=f"{INPUT[0]}x{INPUT[1]}", joints=17))
-        rows = [(name, f"{sum(p.numel() for p in build_model(name, device='meta').parameters()) / 1e6:.1f}",
-                 f"{count_macs(name) / 1e9:.2f}") for name in names]
-        print(markdown_table(("model", "params (M)", "GFLOPs/image (MACs)"), rows))
+        print(header("Model size", "cpu", input_hw=f"{INPUT[0]}x{INPUT[1]}", joints=17,
+                     flops="MACs of conv + linear layers, and with the attention matmuls"))
+        rows = [(name, f"{count_params(name) / 1e6:.1f}", f"{count_macs(name, INPUT) / 1e9:.2f}",
+                 f"{count_macs(name, INPUT, attention=True) / 1e9:.2f}") for name in names]
+        print(markdown_table(("model", "params (M)", "GFLOPs/image", "with attention"), rows))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,13 +122,14 @@ def main() -> None:
             print("No CUDA GPU present: CPU results only.")
     print(f"{where}; input {INPUT[0]}x{INPUT[1]}; {args.iters} timed iterations after {args.warmup} warm-up; "
           f"torch {torch.__version__}\n")
-    print("| model | params (M) | GFLOPs/image (MACs) | forward img/s | fwd+bwd img/s |")
-    print("|---|---:|---:|---:|---:|")
+    print("| model | params (M) | GFLOPs/image | with attention | forward img/s | fwd+bwd img/s | peak MiB (fwd+bwd) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
-        params = sum(p.numel() for p in build_model(name, device="meta").parameters())
-        gmacs = count_macs(name) / 1e9
-        fwd, train = throughput(name, device, batch, args.iters, args.warmup)
-        print(f"| {name} | {params / 1e6:.1f} | {gmacs:.2f} | {fwd:.1f} | {train:.1f} |", flush=True)
+        params = count_params(name)
+        gmacs, gmacs_attn = count_macs(name, INPUT) / 1e9, count_macs(name, INPUT, attention=True) / 1e9
+        fwd, train, peak = throughput(name, device, batch, args.iters, args.warmup)
+        print(f"| {name} | {params / 1e6:.1f} | {gmacs:.2f} | {gmacs_attn:.2f} | {fwd:.1f} | {train:.1f} | {peak:.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

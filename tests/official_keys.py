@@ -1,4 +1,4 @@
-"""Test helper: the official HRNet key-layout fixtures in the shared folder."""
+"""Test helper: the official HRNet and HRFormer (official, MMPose) key-layout fixtures in the shared folder."""
 
 from __future__ import annotations
 
@@ -29,7 +29,16 @@ def shared_dir() -> Path:
 
 def read_key_fixture(width: int) -> tuple[dict[str, tuple[list[int], str]], int]:
     """The official HRNet-W{width} state dict layout: {key: (shape, dtype)} and the parameter count."""
-    path = shared_dir() / "fixtures" / f"hrnet_official_keys_w{width}.txt"
+    return _read_fixture(f"hrnet_official_keys_w{width}.txt")
+
+
+def read_hrformer_key_fixture(layout: str, size: str) -> tuple[dict[str, tuple[list[int], str]], int]:
+    """HRFormer-{Small,Base} in the `official` or `mmpose` (1.x) layout: {key: (shape, dtype)}, parameters."""
+    return _read_fixture(f"hrformer_{layout}_keys_{size}.txt")
+
+
+def _read_fixture(name: str) -> tuple[dict[str, tuple[list[int], str]], int]:
+    path = shared_dir() / "fixtures" / name
     if not path.is_file():
         pytest.skip(f"official key fixture not found: {path}")
     keys: dict[str, tuple[list[int], str]] = {}

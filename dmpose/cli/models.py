@@ -34,8 +34,8 @@ def convert(
     decode: str | None = typer.Option(None, "--decode", help="argmax (default: the official models are "
                                       "MSE-trained) or 2x2 (DM-trained weights)."),
 ) -> None:
-    """Convert official HRNet, MMPose, ImageNet HRNet or torchvision ResNet weights to a dmpose checkpoint
-    with a full spec (what the weights do not say defaults to the official recipes, listed below)."""
+    """Convert official HRNet/HRFormer, MMPose, ImageNet HRNet or torchvision ResNet weights to a dmpose
+    checkpoint with a full spec (what the weights do not say defaults to the official recipes, listed below)."""
     from dmpose.models.convert import convert_checkpoint
     from dmpose.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -68,6 +68,8 @@ def convert(
     table.add_column("keys", justify="right")
     table.add_column("detail", overflow="fold")
     table.add_row("loaded", str(len(report.loaded)), f"{report.renamed} renamed by prefix rules")
+    if report.layout:
+        table.add_row("layout", str(report.layout_renamed), f"{report.layout}: renamed or merged to dmpose's names")
     for reason, keys in report.dropped.items():
         table.add_row("dropped", str(len(keys)), reason)
     if report.missing:
@@ -89,12 +91,45 @@ def convert(
                       highlight=False)
 
 
+def _compute_rows(arch: str, num_joints: int, size: tuple[int, int]) -> list[tuple[str, str]]:
+    """Parameter count and GFLOPs (MACs) at `size` in both counting conventions (see dmpose.models.flops)."""
+    from dmpose.models import build_model
+    from dmpose.models.flops import count_macs
+
+    model = build_model(arch, num_joints=num_joints, device="meta")
+    params = sum(p.numel() for p in model.parameters())
+    plain = count_macs(model, size)
+    full = count_macs(model, size, attention=True)
+    where = f"{size[0]}x{size[1]}"
+    rows = [("parameters", f"{params:,} ({params / 1e6:.1f}M)"),
+            ("GFLOPs", f"{plain / 1e9:.2f} at {where} (MACs of conv + linear layers)")]
+    if full != plain:
+        rows.append(("GFLOPs with attention", f"{full / 1e9:.2f} at {where} (plus the attention matmuls)"))
+    return rows
+
+
 @app.command()
 def info(
     ckpt: Path | None = typer.Argument(None, help="A dmpose checkpoint (.safetensors)."),
     list_models: bool = typer.Option(False, "--list", help="List the architecture names instead."),
+    arch: str | None = typer.Option(None, "--arch", help="Show an architecture's parameters and GFLOPs instead."),
+    input_size: str | None = typer.Option(None, help="GFLOPs at HEIGHTxWIDTH; default: the checkpoint's, "
+                                          "else 256x192."),
 ) -> None:
-    """Show a checkpoint's metadata and parameter count (or the known architectures with --list)."""
+    """Show a checkpoint's metadata, parameter count and GFLOPs (or an architecture's with --arch, or the
+    known architectures with --list). GFLOPs are multiply-accumulates of the conv and linear layers, as
+    the pose papers count them; transformers also get a figure with the attention matmuls."""
+    size = parse_pair(input_size, "x", "--input-size", int) if input_size else None
+    if arch is not None:
+        with reported(console):
+            rows = _compute_rows(arch, 17, size or (256, 192))
+        table = Table(title=f"{arch} (17 joints)")
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
     if list_models or ckpt is None:
         from dmpose.models import list_models as names
 
@@ -115,6 +150,9 @@ def info(
         elif not isinstance(value, str):
             value = json.dumps(value)
         table.add_row(key, value)
+    size = size or tuple(summary.get("input_size") or (256, 192))
+    for row in _compute_rows(summary["arch"], summary["num_joints"], size)[1:]:
+        table.add_row(*row)
     console.print(table)
 
 

@@ -9,7 +9,11 @@ Accepted sources (read with `torch.load(..., weights_only=True)`, or `.safetenso
   heads name their layers `deconv_layers.*` and `final_layer.*` like the official code);
 - ImageNet HRNet classification checkpoints and torchvision-format ResNets as backbone
   initialisation: their classifier parts are dropped and reported, the pose head stays at its
-  initialisation (`partial=True`).
+  initialisation (`partial=True`);
+- HRFormer pose checkpoints in the official layout (separate `q_proj`/`k_proj`/`v_proj`,
+  `out_proj`, `mlp.`) or MMPose 1.x's (fused `qkv`, `proj`, `ffn.`): `hrformer_layout_map` renames
+  their block keys to dmpose's, concatenates q, k, v along dim 0, and checks and drops the
+  `relative_position_index` buffers (dmpose recomputes them).
 
 The converted checkpoint carries a full `PoseSpec` (input size, keypoint set, normalisation, decode):
 facts the foreign file does not state come from options, defaulting to the official recipes
@@ -18,7 +22,8 @@ facts the foreign file does not state come from options, defaulting to the offic
 192x256 (W x H) for 17 joints, MPII-16 at 256x256 for 16.
 
 The whole mapping is the two short rule lists below: prefixes stripped, and patterns of keys
-dropped with a reason. Any other key that is unexpected, missing or mis-shaped is an error listing it.
+dropped with a reason, plus per architecture family a layout map (`LAYOUT_MAPS`). Any other key
+that is unexpected, missing or mis-shaped is an error listing it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +90,8 @@ class ConversionReport:
     tracking_missing: int = 0  # num_batches_tracked buffers absent from the source
     spec: Any = None  # the PoseSpec written (convert_checkpoint)
     defaulted: list[str] = field(default_factory=list)  # spec facts taken from the official recipe defaults
+    layout: str = ""  # the foreign layout a family's layout map recognised ("" if none applied)
+    layout_renamed: int = 0  # source keys renamed or merged by that layout map
 
     @property
     def is_partial(self) -> bool:
@@ -167,6 +175,78 @@ def _drop_reason(key: str) -> str | None:
     return None
 
 
+# --- HRFormer: official / MMPose 1.x block layouts -> dmpose names -----------------------------------
+
+_QKV = re.compile(r"^(.*\.attn)\.attn\.([qkv])_proj\.(weight|bias)$")
+_HRFORMER_RENAMES: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"^(.*\.attn)\.attn\.out_proj\."), r"\1.proj."),  # official
+    (re.compile(r"^(.*\.attn)\.attn\."), r"\1."),  # MMPose: qkv, proj; both: the bias table and index
+    (re.compile(r"^(.*\.branches\.\d+\.\d+)\.mlp\."), r"\1.ffn."),  # official FFN name
+)
+HRFORMER_INDEX_DROPPED = "HRFormer relative_position_index buffers (equal to the ones dmpose recomputes)"
+
+
+def hrformer_layout_map(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str, int, dict[str, list[str]]]:
+    """Map an HRFormer state dict (prefixes already stripped) onto dmpose's block names.
+
+    Returns (state, layout name, number of source keys renamed or merged, {drop reason: keys}).
+    Official q/k/v projections are concatenated along dim 0 into `attn.qkv` (q rows first, as
+    MMPose's fused layer); an incomplete triple or a `relative_position_index` that differs from
+    dmpose's is a ConversionError. Keys already in dmpose's layout pass unchanged.
+    """
+    from dmpose.models.hrformer import relative_position_index
+
+    out: dict[str, Tensor] = {}
+    triples: dict[str, dict[str, Tensor]] = {}
+    dropped: list[str] = []
+    n_renamed, official, mmpose = 0, False, False
+    for key, value in state.items():
+        m = _QKV.match(key)
+        if m:
+            triples.setdefault(f"{m.group(1)}.qkv.{m.group(3)}", {})[m.group(2)] = value
+            n_renamed, official = n_renamed + 1, True
+            continue
+        new = key
+        for pattern, repl in _HRFORMER_RENAMES:
+            new = pattern.sub(repl, new)
+        if new != key:
+            n_renamed += 1
+            official |= ".out_proj." in key or ".mlp." in key
+            mmpose |= key.endswith((".attn.attn.qkv.weight", ".attn.attn.qkv.bias"))
+        if new.endswith(".attn.relative_position_index"):
+            w = round(value.shape[-1] ** 0.5) if value.dim() == 2 else 0
+            if value.shape != (w * w, w * w) or not torch.equal(value.cpu(), relative_position_index(w, w)):
+                raise ConversionError(f"{key}: relative_position_index {tuple(value.shape)} differs from the "
+                                      "standard row-major window index; refusing to reinterpret the bias tables")
+            dropped.append(key)
+            continue
+        if new in out:
+            raise ConversionError(f"two source keys map to {new!r} (one is {key!r})")
+        out[new] = value
+    for new, parts in triples.items():
+        absent = [p for p in "qkv" if p not in parts]
+        if absent:
+            lacks = ", ".join(p + "_proj" for p in absent)
+            raise ConversionError(f"{new}: the source lacks {lacks} of its q/k/v triple")
+        if new in out:
+            raise ConversionError(f"two source layouts map to {new!r} (separate q/k/v_proj and a fused qkv)")
+        out[new] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    layout = " + ".join(n for n, on in (("HRFormer official", official), ("HRFormer MMPose 1.x", mmpose)) if on)
+    if triples:
+        layout += f" ({len({k.rsplit('.', 1)[0] for k in triples})} q/k/v triples concatenated)"
+    return out, layout, n_renamed, {HRFORMER_INDEX_DROPPED: dropped} if dropped else {}
+
+
+# Architecture-name prefix -> layout map applied after the prefixes are stripped.
+LAYOUT_MAPS: dict[str, Callable[[dict[str, Tensor]], tuple[dict[str, Tensor], str, int, dict[str, list[str]]]]] = {
+    "hrformer_": hrformer_layout_map,
+}
+
+
+def _layout_map(arch: str):
+    return next((fn for prefix, fn in LAYOUT_MAPS.items() if arch.startswith(prefix)), None)
+
+
 def convert_state_dict(
     state: dict[str, Tensor], arch: str, num_joints: int | None = None, partial: bool = False
 ) -> tuple[nn.Module, ConversionReport]:
@@ -186,12 +266,18 @@ def convert_state_dict(
         n_renamed += new != key
         renamed[new] = value
 
+    layout, n_layout, layout_dropped = "", 0, {}
+    layout_map = _layout_map(arch)
+    if layout_map is not None:
+        renamed, layout, n_layout, layout_dropped = layout_map(renamed)
+
     if num_joints is None:
         head = renamed.get("final_layer.weight")
         num_joints = int(head.shape[0]) if head is not None and head.dim() == 4 else 17
     model = build_model(arch, num_joints=num_joints)
     target = model.state_dict()
-    report = ConversionReport(arch=arch, num_joints=num_joints, renamed=n_renamed)
+    report = ConversionReport(arch=arch, num_joints=num_joints, renamed=n_renamed, layout=layout,
+                              layout_renamed=n_layout, dropped=dict(layout_dropped))
 
     unexpected, misshaped, load = [], [], {}
     for key, value in renamed.items():
