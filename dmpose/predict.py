@@ -1,0 +1,541 @@
+"""Top-down prediction on images, folders and videos: `Predictor` (the library side of `dmpose predict`).
+
+A `Predictor` loads a checkpoint once and reads everything it needs from the checkpoint's `PoseSpec`
+(keypoint set, input and heatmap sizes, normalisation, codec: decode rule and the map it reads). For each
+person box:
+
+1. the box [x, y, w, h] becomes a centre and a size with the spec's aspect ratio and padding 1.25
+   (`dmpose.geometry.box_to_center_scale`, as evaluation does); `crop_affine` gives the image -> input
+   affine (the crop is warped with it) and the image -> heatmap affine for the same box;
+2. the crop is normalised as the spec says (channel order, mean, std);
+3. the shared top-down predictor (model, flip test, decode, inverse heatmap affine) returns keypoints in
+   image pixels and the decoder's confidence. It is the same code evaluation runs, so prediction and
+   evaluation cannot diverge.
+
+Without boxes an image (or video frame) is one person filling the frame: the box is the whole image,
+[-0.5, -0.5, W, H] (its outer edges are the image's outer pixel edges), padded like any other box.
+
+Coordinates: pixel centres at integer coordinates (pixel (i, j) covers [j-0.5, j+0.5) x [i-0.5, i+0.5)),
+x right, y down; a keypoint may lie outside the image where the padded crop does.
+
+Images: paths (read with OpenCV), numpy arrays (BGR as OpenCV gives them; `rgb=True` for RGB; grey
+(H, W) and BGRA are accepted) and, when Pillow is installed, PIL images (always RGB).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from dmpose.data.image import warp_affine
+from dmpose.geometry import box_to_center_scale, crop_affine
+from dmpose.spec import Normalisation, PoseSpec
+
+__all__ = ["Person", "VideoFrame", "Predictor", "BOX_PADDING", "load_image", "full_frame_box", "build_crops",
+           "normalise_crops", "read_checkpoint_spec_for_predict"]
+
+#: Box padding, as evaluation (`TopDownTransform.padding`) and the official HRNet code.
+BOX_PADDING = 1.25
+
+
+@dataclass
+class Person:
+    """One person: bbox [x, y, w, h] image px (COCO's convention, as the input box), bbox_score,
+    keypoints (K, 2) image px, scores (K,) the decoder's confidence. With heatmaps requested, `crop`
+    (H_in, W_in, 3) RGB uint8 and `heatmaps` (K, H_hm, W_hm) float32, the decoded map."""
+
+    bbox: np.ndarray
+    bbox_score: float
+    keypoints: np.ndarray
+    scores: np.ndarray
+    crop: np.ndarray | None = field(default=None, repr=False)
+    heatmaps: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bbox": [float(v) for v in self.bbox], "bbox_score": float(self.bbox_score),
+                "keypoints": [[float(x), float(y)] for x, y in self.keypoints],
+                "keypoint_scores": [float(s) for s in self.scores]}
+
+
+@dataclass
+class VideoFrame:
+    """A video frame's result: index (0-based), time in seconds, the people, and the frame (BGR uint8)."""
+
+    index: int
+    time_s: float
+    people: list[Person]
+    frame: np.ndarray = field(repr=False)
+
+
+# ---- images ------------------------------------------------------------------------------------------
+
+def load_image(image: Any, rgb: bool = False) -> np.ndarray:
+    """Any accepted image -> RGB uint8 (H, W, 3) (a new array or a view; never modified).
+
+    Paths: missing -> FileNotFoundError, unreadable/corrupt -> ValueError, both naming the file.
+    numpy: BGR (H, W, 3) unless `rgb`, grey (H, W) or (H, W, 1), BGRA/RGBA (H, W, 4); uint8, or float in
+    [0, 1]. PIL images are converted to RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        from dmpose.data.image import read_image
+
+        return read_image(image)
+    if type(image).__module__.startswith("PIL."):
+        return np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"an image must be a path, a numpy array or a PIL image, got {type(image).__name__}")
+    arr = image
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"a numpy image must be uint8 (0..255) or float (0..1), got {arr.dtype}")
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"a numpy image must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    arr = arr[:, :, :3]
+    return np.ascontiguousarray(arr if rgb else arr[:, :, ::-1])
+
+
+def full_frame_box(width: int, height: int) -> np.ndarray:
+    """The box of a whole image, [-0.5, -0.5, W, H]: its edges are the image's outer pixel edges."""
+    return np.array([-0.5, -0.5, float(width), float(height)])
+
+
+def _as_boxes(boxes: Any, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """None -> the full frame; else (N, 4) [x, y, w, h] or (N, 5) with a score (default 1.0)."""
+    if boxes is None:
+        return full_frame_box(width, height)[None], np.ones(1)
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 4)), np.zeros(0)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] not in (4, 5):
+        raise ValueError(f"boxes must be (N, 4) [x, y, w, h] or (N, 5) with a score, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr[:, 2:4] <= 0):
+        bad = int(np.flatnonzero(~np.isfinite(arr).all(1) | (arr[:, 2:4] <= 0).any(1))[0])
+        raise ValueError(f"box {bad} {arr[bad].tolist()} must be finite with w, h > 0")
+    scores = arr[:, 4] if arr.shape[1] == 5 else np.ones(len(arr))
+    return arr[:, :4].copy(), scores.copy()
+
+
+def normalise_crops(crops: np.ndarray, norm: Normalisation) -> np.ndarray:
+    """(N, H, W, 3) RGB uint8 crops -> (N, 3, H, W) float32 network input: channels in the spec's order,
+    (pixel / 255 - mean) / std."""
+    x = crops if norm.channel_order == "RGB" else crops[..., ::-1]
+    scale = (1.0 / (np.asarray(norm.std, np.float64) * 255.0)).astype(np.float32)
+    offset = (-np.asarray(norm.mean, np.float64) / np.asarray(norm.std, np.float64)).astype(np.float32)
+    out = x.astype(np.float32) * scale + offset
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def build_crops(image_rgb: np.ndarray, boxes_xywh: np.ndarray, spec: PoseSpec, padding: float = BOX_PADDING):
+    """The crops of `boxes_xywh` (N, 4) in an RGB image, for `spec`.
+
+    Returns (crops (N, H_in, W_in, 3) uint8 RGB, affines_input (N, 2, 3), affines_heatmap (N, 2, 3),
+    centres (N, 2), sizes (N, 2)); the affines map image pixels to input / heatmap pixels."""
+    w_in, h_in = spec.input_wh
+    n = len(boxes_xywh)
+    centres, sizes = box_to_center_scale(np.asarray(boxes_xywh, np.float64).reshape(n, 4), w_in / h_in, padding)
+    a_in = np.zeros((n, 2, 3))
+    a_hm = np.zeros((n, 2, 3))
+    crops = np.zeros((n, h_in, w_in, 3), np.uint8)
+    for i in range(n):
+        a_in[i] = crop_affine(centres[i], sizes[i], 0.0, spec.input_wh)
+        a_hm[i] = crop_affine(centres[i], sizes[i], 0.0, spec.heatmap_wh)
+        crops[i] = warp_affine(image_rgb, a_in[i], spec.input_wh)
+    return crops, a_in, a_hm, centres, sizes
+
+
+# ---- checkpoint spec and the shared top-down predictor (ONE adapter) ------------------------------------
+
+def read_checkpoint_spec_for_predict(path: str | os.PathLike) -> PoseSpec:
+    """The checkpoint's PoseSpec; a field predict needs and the metadata lacks is named."""
+    from dmpose.models.checkpoint import read_checkpoint_meta
+    from dmpose.spec import SpecError
+
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    if PoseSpec.META_KEY in meta:
+        raw = meta[PoseSpec.META_KEY]
+        if isinstance(raw, str):
+            return PoseSpec.from_json(raw, source=str(path))
+        return PoseSpec.validated(raw, source=str(path))
+    # legacy field-per-key metadata: predict needs the input size and a decode rule stated, not guessed
+    if not meta.get("input_size"):
+        raise SpecError(f"{path}: metadata lacks field input_size (the [height, width] of the input crop); "
+                        "predict needs it (re-save the checkpoint with it, or convert with `dmpose convert`)")
+    if not meta.get("decode") and not meta.get("loss"):
+        raise SpecError(f"{path}: metadata lacks field decode (or loss, to infer it from); predict needs the "
+                        "decode rule (2x2 for DM-trained models, argmax for MSE-trained ones)")
+    return PoseSpec.from_legacy_meta(meta, source=str(path))
+
+
+@dataclass
+class _TopDownOutput:
+    keypoints: np.ndarray  # (B, K, 2) image px
+    scores: np.ndarray  # (B, K)
+    heatmaps: torch.Tensor  # (B, K, h, w) the decoded map
+
+
+class _TopDownAdapter:
+    """Stand-in for `dmpose.eval.predictor.TopDownPredictor` built from the evaluation functions
+    (`predict_heatmaps` with the flip test, `DECODERS`, `heatmap_to_image`), the same calls
+    `predict_dataset` makes. Replaced by the shared predictor where it exists (`_make_topdown`)."""
+
+    def __init__(self, model, spec: PoseSpec, flip: bool = True, device=None):
+        from dmpose.eval.topdown import model_device
+
+        self.model, self.spec, self.flip = model, spec, flip
+        self.device = torch.device(device) if device is not None else model_device(model)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, affines_hm) -> _TopDownOutput:
+        from dmpose.codec import heatmap_to_image
+        from dmpose.eval.inference import DECODERS, predict_heatmaps
+
+        pairs = [tuple(p) for p in self.spec.keypoints.flip_pairs] if self.flip else None
+        hm = predict_heatmaps(self.model, images.to(self.device), self.spec.decode, flip_pairs=pairs)
+        coords, conf = DECODERS[self.spec.decode](hm)
+        return _TopDownOutput(heatmap_to_image(coords, np.asarray(affines_hm, np.float64)),
+                              conf.float().cpu().numpy(), hm)
+
+
+def _make_topdown(model, spec: PoseSpec, flip: bool, device):
+    try:
+        from dmpose.eval.predictor import TopDownPredictor
+    except ImportError:
+        return _TopDownAdapter(model, spec, flip=flip, device=device)
+    return TopDownPredictor(model, spec, flip=flip, device=device)
+
+
+def _default_device(device) -> str:
+    if device is not None:
+        return str(device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---- the predictor -------------------------------------------------------------------------------------
+
+class Predictor:
+    """Load a checkpoint once; predict people in images, batches of images and videos.
+
+    Args:
+        ckpt: a dmpose checkpoint (.safetensors) whose metadata holds the pose spec.
+        device: "cpu", "cuda", "cuda:1", ...; default cuda when available.
+        flip: the flip test (as evaluation).
+        batch_size: crops per forward pass.
+    """
+
+    def __init__(self, ckpt: str | os.PathLike, device: str | None = None, flip: bool = True, batch_size: int = 32):
+        from dmpose.models import load_model
+
+        self.ckpt = Path(ckpt)
+        if not self.ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {self.ckpt}")
+        spec = read_checkpoint_spec_for_predict(self.ckpt)
+        device = _default_device(device)
+        model = load_model(self.ckpt, map_location=device)
+        if getattr(model, "num_joints", spec.num_joints) != spec.num_joints:
+            raise ValueError(f"{self.ckpt}: the network has {model.num_joints} joints but the keypoint set "
+                             f"'{spec.keypoints.name}' has {spec.num_joints}")
+        self._setup(model, spec, flip, device, batch_size)
+
+    @classmethod
+    def from_model(cls, model, spec: PoseSpec, device: str | None = None, flip: bool = True,
+                   batch_size: int = 32) -> "Predictor":
+        """A predictor around a model already in memory (any callable with the model contract)."""
+        self = cls.__new__(cls)
+        self.ckpt = None
+        from dmpose.eval.topdown import model_device
+
+        self._setup(model, spec, flip, device if device is not None else str(model_device(model)), batch_size)
+        return self
+
+    def _setup(self, model, spec: PoseSpec, flip: bool, device, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+        self.model, self.spec, self.flip, self.device, self.batch_size = model, spec, flip, device, batch_size
+        self._topdown = _make_topdown(model, spec, flip, device)
+
+    @property
+    def keypoint_spec(self):
+        return self.spec.keypoints
+
+    @property
+    def keypoint_names(self) -> tuple[str, ...]:
+        return self.spec.keypoints.names
+
+    # ---- prediction
+    def predict(self, image: Any, boxes: Any = None, rgb: bool = False, heatmaps: bool = False) -> list[Person]:
+        """The people in one image. boxes: None (one person filling the frame), or (N, 4) [x, y, w, h] /
+        (N, 5) with a score, image px."""
+        return self.predict_batch([image], None if boxes is None else [boxes], rgb=rgb, heatmaps=heatmaps)[0]
+
+    def predict_batch(self, images: Sequence[Any], boxes: Sequence[Any] | None = None, rgb: bool = False,
+                      heatmaps: bool = False) -> list[list[Person]]:
+        """`predict` over several images, the crops of all of them batched together; boxes: one entry per
+        image (None entries: the full frame)."""
+        images = list(images)
+        if boxes is not None and len(boxes) != len(images):
+            raise ValueError(f"boxes must have one entry per image: {len(boxes)} for {len(images)} images")
+        crops, a_hm, bxs, scs, owner = [], [], [], [], []
+        for i, image in enumerate(images):
+            rgb_image = load_image(image, rgb=rgb)
+            h, w = rgb_image.shape[:2]
+            b, s = _as_boxes(None if boxes is None else boxes[i], w, h)
+            c, _, ahm, _, _ = build_crops(rgb_image, b, self.spec)
+            crops.append(c)
+            a_hm.append(ahm)
+            bxs.append(b)
+            scs.append(s)
+            owner += [i] * len(b)
+        results: list[list[Person]] = [[] for _ in images]
+        if not owner:
+            return results
+        crops_all, a_hm_all = np.concatenate(crops), np.concatenate(a_hm)
+        boxes_all, scores_all = np.concatenate(bxs), np.concatenate(scs)
+        for start in range(0, len(owner), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            x = torch.from_numpy(normalise_crops(crops_all[sl], self.spec.normalisation))
+            out = self._topdown.predict(x, a_hm_all[sl])
+            kp = np.asarray(out.keypoints, np.float64)
+            conf = out.scores.detach().float().cpu().numpy() if isinstance(out.scores, torch.Tensor) \
+                else np.asarray(out.scores, np.float32)
+            hm = out.heatmaps.detach().float().cpu().numpy() if heatmaps else None
+            for j in range(len(kp)):
+                n = start + j
+                results[owner[n]].append(Person(
+                    boxes_all[n], float(scores_all[n]), kp[j], conf[j],
+                    crop=crops_all[n] if heatmaps else None, heatmaps=hm[j] if heatmaps else None))
+        return results
+
+    def predict_video(self, path: str | os.PathLike, stride: int = 1, boxes: Any = None,
+                      heatmaps: bool = False) -> Iterator[VideoFrame]:
+        """Yield a `VideoFrame` for every `stride`-th frame of a video file (OpenCV). `boxes` apply to
+        every frame (None: one person filling the frame). A file OpenCV cannot open -> ValueError."""
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        for index, time_s, frame in iter_video(path, stride):
+            people = self.predict(frame, boxes, rgb=False, heatmaps=heatmaps)
+            yield VideoFrame(index, time_s, people, frame)
+
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, float, tuple[int, int]]:
+    """(capture, fps, (W, H)); a missing file or one OpenCV cannot decode -> an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: {path}")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        cap.release()
+        raise ValueError(f"corrupt or unsupported video file: {path}")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    return cap, float(fps if fps > 0 else 25.0), size
+
+
+def iter_video(path: str | os.PathLike, stride: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame index, time s, BGR frame) for every `stride`-th frame; a video with no decodable frame ->
+    ValueError naming the file."""
+    cap, fps, _ = open_video(path)
+    try:
+        index = 0
+        read_any = False
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            read_any = True
+            if index % stride == 0:
+                yield index, index / fps, frame
+            index += 1
+        if not read_any:
+            raise ValueError(f"corrupt or unsupported video file (no frame could be decoded): {path}")
+    finally:
+        cap.release()
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+
+# ---- inputs and boxes files (the command line's, usable from Python) --------------------------------------
+
+_GLOB_CHARS = set("*?[")
+
+
+def collect_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image and video files from files, folders (their image and video files, sorted, not recursive) and
+    globs. Returns (paths in order, without repeats; problems as (input, message)). A named file is taken
+    whatever its extension (a corrupt one fails when it is read); folders and globs keep known
+    extensions."""
+    import glob
+
+    known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    found: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for spec in specs:
+        text = str(spec)
+        p = Path(text)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in known)
+            if not files:
+                problems.append((text, f"folder {p} holds no image or video files"))
+            found += files
+        elif p.is_file():
+            found.append(p)
+        elif _GLOB_CHARS & set(text):
+            files = sorted(Path(f) for f in glob.glob(text) if Path(f).is_file() and Path(f).suffix.lower() in known)
+            if not files:
+                problems.append((text, f"no image or video file matches {text}"))
+            found += files
+        else:
+            problems.append((text, f"input not found: {p}"))
+    seen, unique = set(), []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, problems
+
+
+@dataclass
+class BoxEntry:
+    """Boxes for one input: (N, 4) [x, y, w, h], (N,) scores, and the COCO image id when the file gave one."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    image_id: int | None = None
+
+
+def coco_id_from_name(path: str | os.PathLike) -> int | None:
+    """The COCO image id of a file named by COCO's convention (digits only, e.g. 000000000785.jpg)."""
+    stem = Path(path).stem
+    return int(stem) if stem.isdigit() else None
+
+
+def _check_box(values: Any, where: str, with_score: bool) -> tuple[list[float], float]:
+    try:
+        v = [float(x) for x in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: a box must be numbers [x, y, w, h{', score' if with_score else ''}], "
+                         f"got {values!r}") from None
+    if len(v) not in ((4, 5) if with_score else (4,)):
+        raise ValueError(f"{where}: a box must be [x, y, w, h{', score' if with_score else ''}], got {values!r}")
+    if not all(np.isfinite(v)) or v[2] <= 0 or v[3] <= 0:
+        raise ValueError(f"{where}: box {values!r} must be finite with w, h > 0")
+    return v[:4], (v[4] if len(v) == 5 else 1.0)
+
+
+def load_boxes_file(path: str | os.PathLike, inputs: Sequence[Path]) -> dict[Path, BoxEntry]:
+    """Person boxes for `inputs` from a json file, in either format:
+
+    - COCO detection results: a list of {image_id, bbox [x, y, w, h], score, category_id (1 = person;
+      others are skipped)}; `image_id` matches an input named by COCO's id convention
+      (000000000785.jpg is id 785); an entry may instead give `file_name`.
+    - a map {"file name or path": [[x, y, w, h, score], ...]} (score optional); a key matches an input
+      by its path (as given or resolved) or by its file name.
+
+    Every entry must match exactly one input (else ValueError naming the entry). Inputs the file does not
+    mention get no entry (no people)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"boxes file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"boxes file {path} is not valid JSON: {e}") from None
+    by_name: dict[str, list[Path]] = {}
+    by_path: dict[str, Path] = {}
+    by_id: dict[int, list[Path]] = {}
+    for p in inputs:
+        by_name.setdefault(p.name, []).append(p)
+        by_path[str(p)] = p
+        by_path[str(p.resolve())] = p
+        cid = coco_id_from_name(p)
+        if cid is not None:
+            by_id.setdefault(cid, []).append(p)
+
+    def match_key(key: str, where: str) -> Path:
+        if key in by_path:
+            return by_path[key]
+        resolved = str(Path(key).resolve())
+        if resolved in by_path:
+            return by_path[resolved]
+        hits = by_name.get(Path(key).name, []) if Path(key).name == key else []
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise ValueError(f"{where}: {key!r} matches {len(hits)} inputs ({', '.join(map(str, hits))}); "
+                             "give the path instead")
+        raise ValueError(f"{where}: {key!r} names no input among the {len(inputs)} given")
+
+    out: dict[Path, BoxEntry] = {}
+    lists: dict[Path, tuple[list, list, int | None]] = {}
+    if isinstance(data, list):
+        for i, det in enumerate(data):
+            where = f"boxes file {path}: entry {i}"
+            if not isinstance(det, dict) or "bbox" not in det or not ("image_id" in det or "file_name" in det):
+                raise ValueError(f"{where}: a COCO detection needs bbox and image_id (or file_name), got {det!r:.120}")
+            if det.get("category_id", 1) != 1:
+                continue
+            box, _ = _check_box(det["bbox"], where, with_score=False)
+            try:
+                score = float(det.get("score", 1.0))
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: score must be a number, got {det.get('score')!r}") from None
+            image_id = None
+            if "file_name" in det:
+                target = match_key(str(det["file_name"]), where)
+                image_id = int(det["image_id"]) if "image_id" in det else None
+            else:
+                try:
+                    image_id = int(det["image_id"])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where}: image_id must be an integer, got {det['image_id']!r}") from None
+                hits = by_id.get(image_id, [])
+                if len(hits) != 1:
+                    raise ValueError(f"{where}: image_id {image_id} matches "
+                                     f"{'no input' if not hits else f'{len(hits)} inputs'} (COCO id convention: "
+                                     f"{image_id:012d}.jpg)")
+                target = hits[0]
+            b, s, _ = lists.setdefault(target, ([], [], image_id))
+            b.append(box)
+            s.append(score)
+    elif isinstance(data, dict):
+        for key, boxes in data.items():
+            where = f"boxes file {path}: entry {key!r}"
+            target = match_key(str(key), where)
+            if not isinstance(boxes, list):
+                raise ValueError(f"{where}: must be a list of [x, y, w, h, score] boxes, got {boxes!r:.80}")
+            b, s, _ = lists.setdefault(target, ([], [], None))
+            for n, values in enumerate(boxes):
+                box, score = _check_box(values, f"{where} box {n}", with_score=True)
+                b.append(box)
+                s.append(score)
+    else:
+        raise ValueError(f"boxes file {path}: expected a list of COCO detections or a {{file: boxes}} map, "
+                         f"got {type(data).__name__}")
+    for target, (b, s, image_id) in lists.items():
+        out[target] = BoxEntry(np.asarray(b, np.float64).reshape(-1, 4), np.asarray(s, np.float64), image_id)
+    return out
