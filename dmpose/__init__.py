@@ -16,6 +16,7 @@ from dmpose.eval.topdown import predict_dataset
 from dmpose.kernels import triton_status
 from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
 from dmpose.models import build_model, load_model, save_checkpoint
+from dmpose.predict import Person, Predictor
 
 __all__ = [
     "__version__",
@@ -37,4 +38,6 @@ __all__ = [
     "load_model",
     "save_checkpoint",
     "triton_status",
+    "Predictor",
+    "Person",
 ]
