@@ -159,25 +159,22 @@ def build_crops(image_rgb: np.ndarray, boxes_xywh: np.ndarray, spec: PoseSpec, p
 # ---- checkpoint spec and the shared top-down predictor (ONE adapter) ------------------------------------
 
 def read_checkpoint_spec_for_predict(path: str | os.PathLike) -> PoseSpec:
-    """The checkpoint's PoseSpec; a field predict needs and the metadata lacks is named."""
-    from dmpose.models.checkpoint import read_checkpoint_meta
+    """The checkpoint's PoseSpec (`read_checkpoint_spec`: the stored spec, validated, else one rebuilt from
+    the old field-per-key metadata). For an old file predict wants the input size and the decode rule
+    stated, not defaulted: a missing one raises SpecError naming the field."""
+    from dmpose.models.checkpoint import read_checkpoint_meta, read_checkpoint_spec
     from dmpose.spec import SpecError
 
     path = Path(path)
     meta = read_checkpoint_meta(path)
-    if PoseSpec.META_KEY in meta:
-        raw = meta[PoseSpec.META_KEY]
-        if isinstance(raw, str):
-            return PoseSpec.from_json(raw, source=str(path))
-        return PoseSpec.validated(raw, source=str(path))
-    # legacy field-per-key metadata: predict needs the input size and a decode rule stated, not guessed
-    if not meta.get("input_size"):
-        raise SpecError(f"{path}: metadata lacks field input_size (the [height, width] of the input crop); "
-                        "predict needs it (re-save the checkpoint with it, or convert with `dmpose convert`)")
-    if not meta.get("decode") and not meta.get("loss"):
-        raise SpecError(f"{path}: metadata lacks field decode (or loss, to infer it from); predict needs the "
-                        "decode rule (2x2 for DM-trained models, argmax for MSE-trained ones)")
-    return PoseSpec.from_legacy_meta(meta, source=str(path))
+    if PoseSpec.META_KEY not in meta:
+        if not meta.get("input_size"):
+            raise SpecError(f"{path}: field input_size is missing (the [height, width] of the input crop); "
+                            "predict needs it: re-save the checkpoint with a spec, or convert with `dmpose convert`")
+        if not meta.get("decode") and not meta.get("loss"):
+            raise SpecError(f"{path}: field decode is missing (nor is there a loss to infer it from); predict "
+                            "needs the decode rule (2x2 for DM-trained models, argmax for MSE-trained ones)")
+    return read_checkpoint_spec(path)
 
 
 @dataclass
