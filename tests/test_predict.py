@@ -372,3 +372,36 @@ def test_checkpoint_and_boxes_problems_are_named(coco_sample, tiny_ckpt, tmp_pat
     result = invoke(img, "--no-flip")
     assert result.exit_code == 0, result.output
     assert "runs/a/best.safetensors" in result.output and (tmp_path / "predictions" / "000000000785.json").is_file()
+
+
+def test_spec_checkpoint_with_a_custom_keypoint_set(coco_sample, tmp_path):
+    """A checkpoint that stores its spec: a 5-joint set with its own skeleton, BGR input channels, argmax
+    decode; the crops are normalised as the spec says and the CLI draws any joint count."""
+    from dmpose.spec import CodecSpec, KeypointSpec, Normalisation
+
+    kps = KeypointSpec(name="five", names=("head", "l_hand", "r_hand", "l_foot", "r_foot"),
+                       flip_pairs=((1, 2), (3, 4)), skeleton=((0, 1), (0, 2), (0, 3), (0, 4)))
+    norm = Normalisation(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), channel_order="BGR")
+    spec = PoseSpec.build("hrnet_tiny", kps, (48, 64), codec=CodecSpec(name="gaussian"), normalisation=norm)
+    torch.manual_seed(0)
+    ckpt = dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny", num_joints=5), tmp_path / "five.safetensors",
+                                  spec=spec)
+    predictor = Predictor(ckpt, device="cpu")
+    assert predictor.spec == spec and predictor.keypoint_names == kps.names
+    seen = []
+    spy = Predictor.from_model(lambda x: (seen.append(x), torch.zeros(len(x), 5, 16, 12))[1], spec, device="cpu",
+                               flip=False)
+    image = cv2.imread(str(coco_sample / IMAGES[0]))
+    (person,) = spy.predict(image, [[100, 50, 120, 160]])
+    from dmpose.predict import build_crops
+
+    crop = build_crops(image[:, :, ::-1].copy(), np.array([[100, 50, 120, 160]]), spec)[0][0]  # RGB crop
+    expected = (crop[:, :, ::-1] / 255.0 - np.array(norm.mean)) / np.array(norm.std)  # BGR channels
+    np.testing.assert_allclose(seen[0][0].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
+    assert person.keypoints.shape == (5, 2)
+    out = tmp_path / "out"
+    result = invoke(str(coco_sample / IMAGES[0]), "--ckpt", str(ckpt), "--out", str(out), "--kpt-thr", "0")
+    assert result.exit_code == 0, result.output
+    rec = json.loads((out / "000000000785.json").read_text())
+    assert rec["keypoint_names"] == list(kps.names) and len(rec["people"][0]["keypoints"]) == 5
+    assert len(json.loads((out / "coco_results.json").read_text())[0]["keypoints"]) == 15
