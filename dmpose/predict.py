@@ -25,7 +25,7 @@ Images: paths (read with OpenCV), numpy arrays (BGR as OpenCV gives them; `rgb=T
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,17 @@ from dmpose.data.image import warp_affine
 from dmpose.geometry import box_to_center_scale, crop_affine
 from dmpose.spec import Normalisation, PoseSpec
 
-__all__ = ["Person", "VideoFrame", "Predictor", "BOX_PADDING", "load_image", "full_frame_box", "build_crops",
-           "normalise_crops", "read_checkpoint_spec_for_predict"]
+__all__ = [
+    "BOX_PADDING",
+    "Person",
+    "Predictor",
+    "VideoFrame",
+    "build_crops",
+    "full_frame_box",
+    "load_image",
+    "normalise_crops",
+    "read_checkpoint_spec_for_predict",
+]
 
 #: Box padding, as evaluation (`TopDownTransform.padding`) and the official HRNet code.
 BOX_PADDING = 1.25
@@ -215,6 +224,12 @@ def _make_topdown(model, spec: PoseSpec, flip: bool, device):
     return TopDownPredictor(model, spec, flip=flip, device=device)
 
 
+def _numpy(value, dtype) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype)
+
+
 def _default_device(device) -> str:
     if device is not None:
         return str(device)
@@ -249,7 +264,7 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model, spec: PoseSpec, device: str | None = None, flip: bool = True,
-                   batch_size: int = 32) -> "Predictor":
+                   batch_size: int = 32) -> Predictor:
         """A predictor around a model already in memory (any callable with the model contract)."""
         self = cls.__new__(cls)
         self.ckpt = None
@@ -307,10 +322,9 @@ class Predictor:
             sl = slice(start, start + self.batch_size)
             x = torch.from_numpy(normalise_crops(crops_all[sl], self.spec.normalisation))
             out = self._topdown.predict(x, a_hm_all[sl])
-            kp = np.asarray(out.keypoints, np.float64)
-            conf = out.scores.detach().float().cpu().numpy() if isinstance(out.scores, torch.Tensor) \
-                else np.asarray(out.scores, np.float32)
-            hm = out.heatmaps.detach().float().cpu().numpy() if heatmaps else None
+            kp = _numpy(out.keypoints, np.float64)
+            conf = _numpy(out.scores, np.float32)
+            hm = _numpy(out.heatmaps, np.float32) if heatmaps else None
             for j in range(len(kp)):
                 n = start + j
                 results[owner[n]].append(Person(

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["confidence_colour", "draw_pose", "draw_heatmaps", "BOX_COLOUR", "LIMB_COLOUR"]
+__all__ = ["BOX_COLOUR", "LIMB_COLOUR", "confidence_colour", "draw_heatmaps", "draw_pose"]
 
 BOX_COLOUR = (255, 128, 0)  # BGR: a blue that no confidence colour uses
 LIMB_COLOUR = (255, 255, 255)

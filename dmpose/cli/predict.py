@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from dmpose.cli.app import app
 
@@ -111,7 +116,13 @@ def predict_command(
 
     from dmpose.data.image import read_image
     from dmpose.eval.evaluate import DEFAULT_JOINT_THRESHOLDS
-    from dmpose.predict import Predictor, coco_id_from_name, collect_inputs, is_video, load_boxes_file
+    from dmpose.predict import (
+        Predictor,
+        coco_id_from_name,
+        collect_inputs,
+        is_video,
+        load_boxes_file,
+    )
     from dmpose.viz import draw_heatmaps, draw_pose
 
     console = Console()
@@ -251,4 +262,4 @@ def predict_command(
         raise typer.Exit(1)
 
 
-__all__ = ["predict_command", "latest_run_checkpoint"]
+__all__ = ["latest_run_checkpoint", "predict_command"]
