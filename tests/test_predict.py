@@ -357,9 +357,21 @@ def test_checkpoint_and_boxes_problems_are_named(coco_sample, tiny_ckpt, tmp_pat
     first_other = next(i for i, d in enumerate(dets) if d["image_id"] != 785)
     assert result.exit_code == 1 and f"entry {first_other}" in result.output and "matches no input" in result.output
     # both formats match the same way: by COCO id / file name, and by path
+    result = invoke(img, str(coco_sample / IMAGES[1]), "--ckpt", str(tiny_ckpt), "--boxes", str(bad), "--out",
+                    str(tmp_path / "o"), "--no-flip")
+    assert result.exit_code == 1  # still entries for images not given
+    bad.write_text(json.dumps([d for d in dets if d["image_id"] == 785]))
+    result = invoke(img, str(coco_sample / IMAGES[1]), "--ckpt", str(tiny_ckpt), "--boxes", str(bad), "--out",
+                    str(tmp_path / "o"), "--no-flip")
+    assert result.exit_code == 0 and "1 input(s) have no boxes" in result.output
+    assert json.loads((tmp_path / "o" / "000000040083.json").read_text())["people"] == []
     boxes = load_boxes_file(coco_sample / DETS, [coco_sample / n for n in IMAGES])
     assert sum(len(e.boxes) for e in boxes.values()) == len(dets) and boxes[coco_sample / IMAGES[0]].image_id == 785
     bad.write_text(json.dumps({img: [[10, 20, 30, 40]], IMAGES[1]: [[1, 2, 3, 4, 0.5]]}))
+    result = invoke(img, str(coco_sample / IMAGES[1]), "--ckpt", str(tiny_ckpt), "--boxes", str(bad), "--out",
+                    str(tmp_path / "o"), "--no-flip")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "000000040083.json").read_text())["people"][0]["bbox_score"] == 0.5
     boxes = load_boxes_file(bad, [coco_sample / n for n in IMAGES[:2]])
     assert boxes[coco_sample / IMAGES[1]].scores.tolist() == [0.5] and boxes[Path(img)].scores.tolist() == [1.0]
 

@@ -249,6 +249,10 @@ def predict_command(
             progress.update(task, advance=1, rate=f"{(n_images + n_frames) / elapsed:.1f} img/s")
     if n_images:
         outputs.json(coco_rows, COCO_RESULTS_NAME)
+    unboxed = [] if box_map is None else [f.name for f in files if f not in box_map]
+    if unboxed:
+        console.print(f"{len(unboxed)} input(s) have no boxes in {boxes} and so no people: "
+                      f"{', '.join(unboxed[:3])}{', ...' if len(unboxed) > 3 else ''}", highlight=False)
     if ids_assigned:
         console.print(f"image ids: {len(ids_assigned)} file name(s) are not COCO ids ({', '.join(ids_assigned[:3])}"
                       f"{', ...' if len(ids_assigned) > 3 else ''}); their ids in {COCO_RESULTS_NAME} were assigned "
