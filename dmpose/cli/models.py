@@ -88,18 +88,26 @@ def info(
 def export(
     ckpt: Path = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors)."),
     fmt: str = typer.Option("onnx", "--format", help="onnx or safetensors."),
-    with_decode: bool = typer.Option(False, "--with-decode", help="ONNX: add the 2x2 decode (coords, confidence)."),
+    with_decode: bool = typer.Option(False, "--with-decode", help="ONNX: add the checkpoint's decode (its spec's "
+                                     "rule: 2x2 or argmax) as outputs coords and confidence."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Output file; default next to the checkpoint."),
-    input_size: str | None = typer.Option(None, help="ONNX input HEIGHTxWIDTH; default: the checkpoint's."),
+    input_wh: str | None = typer.Option(None, "--input-wh", help="ONNX input WIDTHxHEIGHT; default: the spec's."),
+    input_size: str | None = typer.Option(None, "--input-size", help="ONNX input HEIGHTxWIDTH (older spelling of "
+                                          "--input-wh, other order)."),
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch axis) or re-write it as a dmpose .safetensors file."""
     from dmpose.models.export import export_checkpoint
 
-    size = parse_pair(input_size, "x", "--input-size", int) if input_size else None
+    if input_wh and input_size:
+        _fail(ValueError("give --input-wh or --input-size, not both"))
+    size = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
+    if input_size:
+        h, w = parse_pair(input_size, "x", "--input-size", int)
+        size = (w, h)
     if out is None:
         out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
     try:
-        path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_size=size)
+        path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_wh=size)
     except (ValueError, FileNotFoundError, ImportError) as err:
         _fail(err)
     console.print(f"wrote {path}", highlight=False)
