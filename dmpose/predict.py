@@ -5,11 +5,12 @@ A `Predictor` loads a checkpoint once and reads everything it needs from the che
 person box:
 
 1. the box [x, y, w, h] becomes a centre and a size with the spec's aspect ratio and padding 1.25
-   (`dmpose.geometry.box_to_center_scale`, as evaluation does); `crop_affine` gives the image -> input
-   affine (the crop is warped with it) and the image -> heatmap affine for the same box;
-2. the crop is normalised as the spec says (channel order, mean, std);
-3. the shared top-down predictor (model, flip test, decode, inverse heatmap affine) returns keypoints in
-   image pixels and the decoder's confidence. It is the same code evaluation runs, so prediction and
+   (`dmpose.geometry.box_to_center_scale`, as evaluation does), and evaluation's transform
+   (`TopDownTransform.from_spec`) crops it with `crop_affine` and normalises it as the spec says
+   (channel order, mean, std); it also gives the image -> heatmap affine of the same box;
+2. the shared top-down predictor (`dmpose.eval.predictor.TopDownPredictor`: model, flip test, the
+   spec's decode reading the spec's supplier map, inverse heatmap affine) returns keypoints in image
+   pixels and the decoder's confidence. Evaluation runs the same two pieces, so prediction and
    evaluation cannot diverge.
 
 Without boxes an image (or video frame) is one person filling the frame: the box is the whole image,
@@ -35,8 +36,8 @@ import numpy as np
 import torch
 
 from dmpose.data.image import warp_affine
-from dmpose.geometry import box_to_center_scale, crop_affine
-from dmpose.spec import Normalisation, PoseSpec
+from dmpose.geometry import box_to_center_scale
+from dmpose.spec import PoseSpec
 
 __all__ = [
     "BOX_PADDING",
@@ -46,7 +47,6 @@ __all__ = [
     "build_crops",
     "full_frame_box",
     "load_image",
-    "normalise_crops",
     "read_checkpoint_spec_for_predict",
 ]
 
@@ -137,35 +137,35 @@ def _as_boxes(boxes: Any, width: int, height: int) -> tuple[np.ndarray, np.ndarr
     return arr[:, :4].copy(), scores.copy()
 
 
-def normalise_crops(crops: np.ndarray, norm: Normalisation) -> np.ndarray:
-    """(N, H, W, 3) RGB uint8 crops -> (N, 3, H, W) float32 network input: channels in the spec's order,
-    (pixel / 255 - mean) / std."""
-    x = crops if norm.channel_order == "RGB" else crops[..., ::-1]
-    scale = (1.0 / (np.asarray(norm.std, np.float64) * 255.0)).astype(np.float32)
-    offset = (-np.asarray(norm.mean, np.float64) / np.asarray(norm.std, np.float64)).astype(np.float32)
-    out = x.astype(np.float32) * scale + offset
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+def build_crops(image_rgb: np.ndarray, boxes_xywh: np.ndarray, spec: PoseSpec, padding: float = BOX_PADDING,
+                transform: Any = None, keep_crops: bool = False):
+    """The network inputs for `boxes_xywh` (N, 4) in an RGB image, made exactly as evaluation makes them:
+    the box's centre and size by `box_to_center_scale` (the spec's aspect ratio, `padding`), then the
+    evaluation transform (`TopDownTransform.from_spec(spec)`: the crop_affine warp, the spec's channel
+    order and normalisation, no target encoding).
 
+    Returns (inputs (N, 3, H_in, W_in) float32 tensor, affines_input (N, 2, 3), affines_heatmap (N, 2, 3),
+    crops (N, H_in, W_in, 3) RGB uint8 when `keep_crops`, else None)."""
+    from dmpose.data.transforms import TopDownTransform
 
-def build_crops(image_rgb: np.ndarray, boxes_xywh: np.ndarray, spec: PoseSpec, padding: float = BOX_PADDING):
-    """The crops of `boxes_xywh` (N, 4) in an RGB image, for `spec`.
-
-    Returns (crops (N, H_in, W_in, 3) uint8 RGB, affines_input (N, 2, 3), affines_heatmap (N, 2, 3),
-    centres (N, 2), sizes (N, 2)); the affines map image pixels to input / heatmap pixels."""
-    w_in, h_in = spec.input_wh
+    t = transform if transform is not None else TopDownTransform.from_spec(spec, padding=padding)
     n = len(boxes_xywh)
-    centres, sizes = box_to_center_scale(np.asarray(boxes_xywh, np.float64).reshape(n, 4), w_in / h_in, padding)
-    a_in = np.zeros((n, 2, 3))
-    a_hm = np.zeros((n, 2, 3))
-    crops = np.zeros((n, h_in, w_in, 3), np.uint8)
+    w_in, h_in = spec.input_wh
+    centres, sizes = box_to_center_scale(np.asarray(boxes_xywh, np.float64).reshape(n, 4), t.aspect_ratio, t.padding)
+    k = spec.num_joints
+    inputs = torch.zeros((n, 3, h_in, w_in))
+    a_in, a_hm = np.zeros((n, 2, 3)), np.zeros((n, 2, 3))
+    crops = np.zeros((n, h_in, w_in, 3), np.uint8) if keep_crops else None
     for i in range(n):
-        a_in[i] = crop_affine(centres[i], sizes[i], 0.0, spec.input_wh)
-        a_hm[i] = crop_affine(centres[i], sizes[i], 0.0, spec.heatmap_wh)
-        crops[i] = warp_affine(image_rgb, a_in[i], spec.input_wh)
-    return crops, a_in, a_hm, centres, sizes
+        sample = t(image_rgb, centres[i], sizes[i], np.zeros((k, 2)), np.zeros(k))
+        inputs[i] = sample["image"]
+        a_in[i], a_hm[i] = sample["meta"]["affine_input"], sample["meta"]["affine_heatmap"]
+        if keep_crops:
+            crops[i] = warp_affine(image_rgb, a_in[i], spec.input_wh)
+    return inputs, a_in, a_hm, crops
 
 
-# ---- checkpoint spec and the shared top-down predictor (ONE adapter) ------------------------------------
+# ---- the checkpoint's spec ------------------------------------------------------------------------------
 
 def read_checkpoint_spec_for_predict(path: str | os.PathLike) -> PoseSpec:
     """The checkpoint's PoseSpec (`read_checkpoint_spec`: the stored spec, validated, else one rebuilt from
@@ -184,44 +184,6 @@ def read_checkpoint_spec_for_predict(path: str | os.PathLike) -> PoseSpec:
             raise SpecError(f"{path}: field decode is missing (nor is there a loss to infer it from); predict "
                             "needs the decode rule (2x2 for DM-trained models, argmax for MSE-trained ones)")
     return read_checkpoint_spec(path)
-
-
-@dataclass
-class _TopDownOutput:
-    keypoints: np.ndarray  # (B, K, 2) image px
-    scores: np.ndarray  # (B, K)
-    heatmaps: torch.Tensor  # (B, K, h, w) the decoded map
-
-
-class _TopDownAdapter:
-    """Stand-in for `dmpose.eval.predictor.TopDownPredictor` built from the evaluation functions
-    (`predict_heatmaps` with the flip test, `DECODERS`, `heatmap_to_image`), the same calls
-    `predict_dataset` makes. Replaced by the shared predictor where it exists (`_make_topdown`)."""
-
-    def __init__(self, model, spec: PoseSpec, flip: bool = True, device=None):
-        from dmpose.eval.topdown import model_device
-
-        self.model, self.spec, self.flip = model, spec, flip
-        self.device = torch.device(device) if device is not None else model_device(model)
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, affines_hm) -> _TopDownOutput:
-        from dmpose.codec import heatmap_to_image
-        from dmpose.eval.inference import DECODERS, predict_heatmaps
-
-        pairs = [tuple(p) for p in self.spec.keypoints.flip_pairs] if self.flip else None
-        hm = predict_heatmaps(self.model, images.to(self.device), self.spec.decode, flip_pairs=pairs)
-        coords, conf = DECODERS[self.spec.decode](hm)
-        return _TopDownOutput(heatmap_to_image(coords, np.asarray(affines_hm, np.float64)),
-                              conf.float().cpu().numpy(), hm)
-
-
-def _make_topdown(model, spec: PoseSpec, flip: bool, device):
-    try:
-        from dmpose.eval.predictor import TopDownPredictor
-    except ImportError:
-        return _TopDownAdapter(model, spec, flip=flip, device=device)
-    return TopDownPredictor(model, spec, flip=flip, device=device)
 
 
 def _numpy(value, dtype) -> np.ndarray:
@@ -268,7 +230,7 @@ class Predictor:
         """A predictor around a model already in memory (any callable with the model contract)."""
         self = cls.__new__(cls)
         self.ckpt = None
-        from dmpose.eval.topdown import model_device
+        from dmpose.eval.predictor import model_device
 
         self._setup(model, spec, flip, device if device is not None else str(model_device(model)), batch_size)
         return self
@@ -279,7 +241,11 @@ class Predictor:
         if isinstance(model, torch.nn.Module):
             model.eval()
         self.model, self.spec, self.flip, self.device, self.batch_size = model, spec, flip, device, batch_size
-        self._topdown = _make_topdown(model, spec, flip, device)
+        from dmpose.data.transforms import TopDownTransform
+        from dmpose.eval.predictor import TopDownPredictor
+
+        self._transform = TopDownTransform.from_spec(spec, padding=BOX_PADDING)
+        self._topdown = TopDownPredictor(model, spec, flip=flip, device=device)
 
     @property
     def keypoint_spec(self):
@@ -302,13 +268,14 @@ class Predictor:
         images = list(images)
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"boxes must have one entry per image: {len(boxes)} for {len(images)} images")
-        crops, a_hm, bxs, scs, owner = [], [], [], [], []
+        inputs, raw, a_hm, bxs, scs, owner = [], [], [], [], [], []
         for i, image in enumerate(images):
             rgb_image = load_image(image, rgb=rgb)
             h, w = rgb_image.shape[:2]
             b, s = _as_boxes(None if boxes is None else boxes[i], w, h)
-            c, _, ahm, _, _ = build_crops(rgb_image, b, self.spec)
-            crops.append(c)
+            x, _, ahm, crops = build_crops(rgb_image, b, self.spec, transform=self._transform, keep_crops=heatmaps)
+            inputs.append(x)
+            raw.append(crops)
             a_hm.append(ahm)
             bxs.append(b)
             scs.append(s)
@@ -316,12 +283,12 @@ class Predictor:
         results: list[list[Person]] = [[] for _ in images]
         if not owner:
             return results
-        crops_all, a_hm_all = np.concatenate(crops), np.concatenate(a_hm)
+        inputs_all, a_hm_all = torch.cat(inputs), np.concatenate(a_hm)
+        crops_all = np.concatenate(raw) if heatmaps else None
         boxes_all, scores_all = np.concatenate(bxs), np.concatenate(scs)
         for start in range(0, len(owner), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            x = torch.from_numpy(normalise_crops(crops_all[sl], self.spec.normalisation))
-            out = self._topdown.predict(x, a_hm_all[sl])
+            out = self._topdown.predict(inputs_all[sl], a_hm_all[sl])
             kp = _numpy(out.keypoints, np.float64)
             conf = _numpy(out.scores, np.float32)
             hm = _numpy(out.heatmaps, np.float32) if heatmaps else None

@@ -407,7 +407,7 @@ def test_spec_checkpoint_with_a_custom_keypoint_set(coco_sample, tmp_path):
     (person,) = spy.predict(image, [[100, 50, 120, 160]])
     from dmpose.predict import build_crops
 
-    crop = build_crops(image[:, :, ::-1].copy(), np.array([[100, 50, 120, 160]]), spec)[0][0]  # RGB crop
+    crop = build_crops(image[:, :, ::-1].copy(), np.array([[100, 50, 120, 160]]), spec, keep_crops=True)[3][0]
     expected = (crop[:, :, ::-1] / 255.0 - np.array(norm.mean)) / np.array(norm.std)  # BGR channels
     np.testing.assert_allclose(seen[0][0].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
     assert person.keypoints.shape == (5, 2)

@@ -115,7 +115,7 @@ def predict_command(
     import numpy as np
 
     from dmpose.data.image import read_image
-    from dmpose.eval.evaluate import DEFAULT_JOINT_THRESHOLDS
+    from dmpose.eval.metrics import joint_threshold_for
     from dmpose.predict import (
         Predictor,
         coco_id_from_name,
@@ -152,8 +152,7 @@ def predict_command(
         fail(str(err))
     spec = predictor.spec
     names = list(spec.keypoints.names)
-    thr = spec.codec.joint_threshold
-    joint_thr = DEFAULT_JOINT_THRESHOLDS.get(spec.decode, 0.2) if thr is None else thr
+    joint_thr = joint_threshold_for(spec)
     if box_map is None:
         console.print("no --boxes: each image (or video frame) is one person filling the frame", highlight=False)
     outputs = _Outputs(out, files)
