@@ -16,6 +16,7 @@ from dmpose.eval.runner import predict_dataset
 from dmpose.kernels import triton_status
 from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
 from dmpose.models import build_model, load_model, read_checkpoint_spec, save_checkpoint
+from dmpose.predict import Person, Predictor
 from dmpose.spec import CodecSpec, DMLossOptions, KeypointSpec, Normalisation, PoseSpec, SpecError
 
 __all__ = [
@@ -45,4 +46,6 @@ __all__ = [
     "DMLossOptions",
     "SpecError",
     "triton_status",
+    "Predictor",
+    "Person",
 ]

@@ -34,4 +34,5 @@ from dmpose.cli import (
     demo,  # noqa: E402,F401
     eval,  # noqa: E402,F401
     models,  # noqa: E402,F401
+    predict,  # noqa: E402,F401
 )
