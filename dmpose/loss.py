@@ -23,6 +23,7 @@ from dmpose.codec import heatmap_weights  # noqa: F401  (public here too: dmpose
 from dmpose.kernels import select_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
 from dmpose.spec import DMLossOptions, SpecError
+from dmpose.suppliers import supplier_map, supplier_map_derivative
 
 __all__ = ["dm_loss", "DMLoss", "DMLossOptions", "DMLossStats", "DMConvergenceWarning", "check_heatmaps", "demanders",
            "heatmap_weights", "nonfinite_maps", "mse_loss", "MSELoss"]
@@ -185,10 +186,20 @@ class _DMLossFunction(torch.autograd.Function):
 
                 xy, mass = xy.float(), mass.float()  # the kernels take fp32 coordinates and masses
                 grad_mode = opts.grad  # one launch gives value and gradient
-            cost, g, record["marginal_error"], record["iterations"] = solve(
-                select(heatmaps.reshape(-1, h, w)), xy, mass,
-                eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol, grad=grad_mode,
-            )
+            hm_sel = select(heatmaps.reshape(-1, h, w))
+            common = dict(eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol, grad=grad_mode)
+            sup, beta = opts.suppliers, opts.supplier_beta
+            if backend == "triton" and sup != "relu":
+                # the kernel normalises relu(X): give it the (positive) supplier map and chain the gradient
+                # through the map here, in torch (one elementwise pass each way)
+                cost, g, record["marginal_error"], record["iterations"] = solve(
+                    supplier_map(hm_sel.float(), sup, beta), xy, mass, **common)
+                g = g * supplier_map_derivative(hm_sel.float(), sup, beta)
+            elif backend == "triton":
+                cost, g, record["marginal_error"], record["iterations"] = solve(hm_sel, xy, mass, **common)
+            else:
+                cost, g, record["marginal_error"], record["iterations"] = solve(
+                    hm_sel, xy, mass, supplier=sup, beta=beta, **common)
             w_sel = select(flat_w)
             if everything:
                 values = cost.to(out_dtype) * w_sel
@@ -240,8 +251,11 @@ def dm_loss(
             error >= tol (small eps) is reported: a `DMConvergenceWarning` once per process with the worst
             error, and always in the stats (see return_stats).
         demander_mode: "subpixel" (four bilinear demanders, the paper's) or "naive" (one, for ablation).
-        suppliers: "relu", the map normalised into suppliers. cost: reserved, "l2" only (the Euclidean
-            distance in heatmap pixels).
+        suppliers: the supplier map phi whose normalisation phi(H) / sum phi(H) is transported
+            (`dmpose.suppliers`): "relu" (the paper's) or "softplus" (softplus(beta H) / beta with
+            beta = supplier_beta; never dies in training, see docs/training.md). A DM model's decode reads
+            the same map (`dmpose.suppliers.decoded_map`, named in the spec's codec). Only relu is
+            scale-invariant. cost: reserved, "l2" only (the Euclidean distance in heatmap pixels).
         grad: "exact" (default): the gradient of <C, P*> itself (implicit differentiation). At eps 1
             the optimum of this loss over a free heatmap decodes ~0.1 px from the dot (the entropic
             plan blurs), at eps 0.25 on it. "envelope": cheaper, but the gradient of a different

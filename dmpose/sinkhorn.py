@@ -46,6 +46,7 @@ __all__ = [
 
 #: Below this eps the row-shifted kernel may underflow in fp32; ``method="auto"`` switches to log-sum-exp.
 from dmpose.constants import SHIFTED_MIN_EPS  # noqa: E402  (the one definition, shared with the kernels)
+from dmpose.suppliers import supplier_map, supplier_map_derivative  # noqa: E402
 
 
 @dataclass
@@ -320,8 +321,14 @@ def dm_sinkhorn_torch(
     max_iters: int,
     tol: float,
     grad: str,
+    supplier: str = "relu",
+    beta: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Loss and gradient of P heatmap-vs-demanders problems (the torch twin of the Triton kernel).
+
+    supplier / beta: the supplier map (`dmpose.suppliers.supplier_map`): "relu" (the paper's, the
+    kernel's) or "softplus" (phi = softplus(beta H) / beta, then the same normalisation; the gradient is
+    chained through sigmoid(beta H)).
 
     Args:
         heatmaps: (P, H, W) any float dtype; arithmetic in fp32 (fp64 if the input is fp64).
@@ -333,7 +340,8 @@ def dm_sinkhorn_torch(
     """
     dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
     p, h, w = heatmaps.shape
-    hm = heatmaps.to(dtype)
+    raw = heatmaps.to(dtype)
+    hm = raw if supplier == "relu" else supplier_map(raw, supplier, beta)  # > 0: the relu below is the identity
     a, total, scale, dead = _scaled_suppliers(hm)  # total = S * scale (finite for any finite input)
     b = demander_mass.to(dtype)
     C = pixel_demander_cost(h, w, demander_xy.to(dtype))
@@ -345,4 +353,6 @@ def dm_sinkhorn_torch(
     # d a / d H = (1 - a) / S on positive pixels, with 1/S = scale / (S * scale): the kernel's order
     relu_branch = centred / torch.where(dead, torch.ones_like(total), total)[:, None] * scale[:, None] * (hm.flatten(1) > 0)
     grad_h = torch.where(dead[:, None], a * centred, relu_branch)
+    if supplier != "relu":
+        grad_h = grad_h * supplier_map_derivative(raw, supplier, beta).flatten(1)
     return res.cost, grad_h.reshape(p, h, w), res.marginal_error, res.iterations

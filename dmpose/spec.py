@@ -43,8 +43,8 @@ __all__ = [
 
 DECODE_RULES = ("2x2", "argmax")
 #: The map the DM loss normalises into suppliers, and so the map the decode must read (see
-#: `dmpose.sinkhorn.supplier_map`): "relu" is the paper's relu(H); "raw" is H itself (MSE models).
-SUPPLIER_MAPS = ("relu", "raw")
+#: `dmpose.suppliers`): "relu" is the paper's relu(H), "softplus" never dies; "raw" is H itself (MSE models).
+SUPPLIER_MAPS = ("relu", "softplus", "raw")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -158,8 +158,9 @@ class CodecSpec(BaseModel):
     "gaussian": Gaussian heatmaps (MSE), sigma and flavour ("official" peak at the rounded pixel, as in
     the HRNet code; "unbiased" at the sub-pixel dot), decode "argmax" by default.
 
-    `supplier_map` names the map the loss was trained on and so the one the decode reads ("relu" for DM,
-    the paper's; "raw" for MSE, whose heatmaps are read as they are). The DM training work adds maps.
+    `supplier_map` names the map the loss was trained on and so the one the decode reads ("relu", the
+    paper's, or "softplus" with `supplier_beta` for DM — `dmpose.suppliers`; "raw" for MSE, whose
+    heatmaps are read as they are).
     `joint_threshold` is the rescoring threshold on the decode's confidence (None: the decode's default).
     """
 
@@ -167,7 +168,8 @@ class CodecSpec(BaseModel):
 
     name: Literal["dm", "gaussian"] = "dm"
     decode: Literal["2x2", "argmax"] | None = None
-    supplier_map: Literal["relu", "raw"] | None = None
+    supplier_map: Literal["relu", "softplus", "raw"] | None = None
+    supplier_beta: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     sigma: float | None = None
     flavour: Literal["official", "unbiased"] | None = None
     joint_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -323,7 +325,7 @@ class PoseSpec(BaseModel):
 
 _LOSS_CHOICES = {
     "demander_mode": ("subpixel", "naive"),
-    "suppliers": ("relu",),
+    "suppliers": ("relu", "softplus"),
     "cost": ("l2",),
     "grad": GRAD_MODES,
     "backend": BACKENDS,
@@ -346,7 +348,8 @@ class DMLossOptions(BaseModel):
     max_iters: int = 1000
     tol: float = 1e-5
     demander_mode: Literal["subpixel", "naive"] = "subpixel"
-    suppliers: Literal["relu"] = "relu"
+    suppliers: Literal["relu", "softplus"] = "relu"
+    supplier_beta: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     cost: Literal["l2"] = "l2"
     grad: Literal["exact", "envelope"] = "exact"
     backend: Literal["auto", "torch", "triton"] = "auto"

@@ -293,3 +293,41 @@ def test_no_grad_skips_the_gradient(monkeypatch):
     plain = dm_loss(hm, kp, backend="torch")  # heatmaps that do not require grad
     assert calls == [1] and not value.requires_grad
     assert value.item() == with_grad.item() == plain.item()
+
+
+def test_softplus_suppliers_option():
+    from dmpose.suppliers import supplier_map
+
+    g = torch.Generator().manual_seed(0)
+    hm = (torch.randn(2, 3, 9, 7, generator=g, dtype=torch.float64) - 3.0).requires_grad_(True)  # mostly <= 0
+    kp = torch.rand(2, 3, 2, generator=g, dtype=torch.float64) * 5 + 1
+    loss = dm_loss(hm, kp, suppliers="softplus", supplier_beta=2.0, tol=1e-12)
+    loss.backward()
+    assert torch.isfinite(loss) and (hm.grad != 0).all()  # every pixel gets a gradient: no dead maps
+    # the same as dm_loss on the supplier map with the relu form (which is then the identity)
+    ref = dm_loss(supplier_map(hm.detach(), "softplus", 2.0), kp, tol=1e-12)
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-10, atol=0)
+    module = DMLoss(suppliers="softplus", supplier_beta=2.0, tol=1e-12)
+    assert module(hm.detach(), kp).item() == pytest.approx(loss.item(), rel=1e-9)
+    with pytest.raises(ValueError, match="suppliers"):
+        dm_loss(hm, kp, suppliers="sigmoid")
+    with pytest.raises(ValueError, match="supplier_beta"):
+        dm_loss(hm, kp, suppliers="softplus", supplier_beta=0.0)
+
+
+def test_decoded_map_is_the_loss_supplier_distribution_with_one_dead_map_rule():
+    """The decode reads what the loss transports: phi(H)/sum phi(H), softmax(H) for a dead map."""
+    from dmpose.sinkhorn import suppliers as loss_suppliers
+    from dmpose.suppliers import decoded_map, supplier_map
+
+    g = torch.Generator().manual_seed(3)
+    hm = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64)
+    hm[1, 1] = -torch.rand(6, 5, generator=g, dtype=torch.float64) - 0.1  # dead under relu
+    a, _, _ = loss_suppliers(hm.reshape(-1, 6, 5))
+    torch.testing.assert_close(decoded_map(hm, "relu").double().reshape(6, -1), a.reshape(6, -1).float().double())
+    sp = supplier_map(hm, "softplus", 2.0)
+    torch.testing.assert_close(decoded_map(hm, "softplus", 2.0).double(), (sp / sp.sum((-2, -1), keepdim=True)),
+                               rtol=1e-6, atol=1e-7)
+    assert torch.equal(decoded_map(hm, "raw"), hm.float())
+    with pytest.raises(ValueError, match="supplier map"):
+        decoded_map(hm, "sigmoid")

@@ -11,6 +11,7 @@ from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.eval.metrics import CocoEvaluator, MpiiEvaluator
 from dmpose.eval.predictor import TopDownPredictor
 from dmpose.spec import CodecSpec, PoseSpec
+from dmpose.suppliers import decoded_map
 
 torch.set_num_threads(1)
 SPEC = PoseSpec.build("toy", "coco17", (32, 64))  # heatmaps 8 x 16 (W x H)
@@ -39,8 +40,10 @@ def test_predictor_keeps_the_callers_mode_and_decodes_by_the_spec():
     assert model.training and not model.conv.training and model.drop.training
     with torch.no_grad():
         hm = model.eval()(images)
-    coords, conf = decode_2x2(hm)
-    torch.testing.assert_close(out.heatmaps, hm)
+    read = decoded_map(hm, "relu")  # the decode reads the map the loss saw: relu(H) normalised
+    coords, conf = decode_2x2(read)
+    torch.testing.assert_close(out.heatmaps, read)
+    torch.testing.assert_close(coords, decode_2x2(hm)[0])  # the 2x2 decode is scale-invariant
     np.testing.assert_allclose(out.keypoints.numpy(), coords.double().numpy() - [5, 7], atol=1e-6)
     assert out.keypoints.dtype == torch.float64 and out.scores.shape == (2, 17)
     torch.testing.assert_close(out.scores, conf.float())

@@ -96,7 +96,9 @@ def with_decode(spec: PoseSpec, decode: str | None) -> PoseSpec:
         return spec
     if decode not in DEFAULT_JOINT_THRESHOLDS:
         raise ValueError(f"unknown decode rule {decode!r}; expected one of {sorted(DEFAULT_JOINT_THRESHOLDS)}")
-    codec = {**spec.codec.model_dump(), "decode": decode, "supplier_map": _SUPPLIER_MAP_OF_DECODE[decode]}
+    keep = decode == "2x2" and spec.codec.supplier_map != "raw"  # a DM model keeps the map it was trained on
+    supplier = spec.codec.supplier_map if keep else _SUPPLIER_MAP_OF_DECODE[decode]
+    codec = {**spec.codec.model_dump(), "decode": decode, "supplier_map": supplier}
     return spec.replace(codec=codec)
 
 

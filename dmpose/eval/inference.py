@@ -7,7 +7,8 @@ exactly mirroring the heatmap (x -> W_hm-1-x): the flipped-back heatmap lines up
 one-pixel "shift heatmap" correction is applied (that hack compensates a half-pixel bias we do not have).
 
 Averaging. For DM-trained models (decode "2x2") the heatmaps are defined only up to a positive scale, so
-the two *normalised distributions* relu(H) / sum(relu(H)) are averaged; for MSE-trained models (decode
+the two *normalised distributions* of the supplier map, phi(H) / sum phi(H) (`dmpose.suppliers`), are
+averaged; for MSE-trained models (decode
 "argmax") the raw heatmaps are averaged, as the official HRNet code.
 """
 
@@ -21,6 +22,7 @@ from torch import Tensor
 from dmpose.data.keypoints import flip_permutation
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.loss import check_heatmaps
+from dmpose.suppliers import decoded_map
 
 __all__ = ["DECODERS", "average_flip", "flip_back", "normalise_heatmaps", "predict_heatmaps"]
 
@@ -46,23 +48,25 @@ def flip_back(heatmaps: Tensor, flip_pairs: Sequence[tuple[int, int]]) -> Tensor
     return heatmaps.flip(-1)[:, list(perm)]
 
 
-def normalise_heatmaps(heatmaps: Tensor) -> Tensor:
-    """relu(H) / sum(relu(H)) per (B, K) map, in float32; a map with no positive mass becomes all zeros."""
-    r = heatmaps.float().clamp_min(0)
-    total = r.sum(dim=(-2, -1), keepdim=True)
-    return torch.where(total > 0, r / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(r))
+def normalise_heatmaps(heatmaps: Tensor, supplier_map: str = "relu", beta: float = 1.0) -> Tensor:
+    """phi(H) / sum phi(H) per (B, K) map in float32 (`dmpose.suppliers.decoded_map`); a map with no
+    positive mass is read as softmax(H), the DM loss's own rule for it."""
+    return decoded_map(heatmaps, supplier_map, beta)
 
 
-def average_flip(heatmaps: Tensor, flipped_back: Tensor, decode: str) -> Tensor:
+def average_flip(heatmaps: Tensor, flipped_back: Tensor, decode: str, supplier_map: str | None = None,
+                 beta: float = 1.0) -> Tensor:
     """Combine the direct heatmaps with the flipped crop's heatmaps *after* `flip_back`.
 
-    decode "2x2" (DM): mean of the normalised distributions; "argmax" (MSE): mean of the raw heatmaps.
+    decode "2x2" (DM): mean of the decoded distributions of the supplier map (default relu, the paper's;
+    `dmpose.suppliers`); "argmax" (MSE), or supplier_map "raw": mean of the raw heatmaps.
     """
     _check_decode(decode)
     if heatmaps.shape != flipped_back.shape:
         raise ValueError(f"average_flip: shapes differ, {tuple(heatmaps.shape)} vs {tuple(flipped_back.shape)}")
-    if decode == "2x2":
-        return 0.5 * (normalise_heatmaps(heatmaps) + normalise_heatmaps(flipped_back))
+    if decode == "2x2" and supplier_map != "raw":
+        m = supplier_map or "relu"
+        return 0.5 * (normalise_heatmaps(heatmaps, m, beta) + normalise_heatmaps(flipped_back, m, beta))
     return 0.5 * (heatmaps.float() + flipped_back.float())
 
 

@@ -5,9 +5,10 @@ For a batch of normalised input crops (B, 3, H_in, W_in) (built as the spec says
 
 1. the model runs on the crops (float16 autocast on CUDA when `amp`) and, with the flip test, on the
    mirrored crops; the mirrored heatmaps are flipped back with the spec's one flip permutation
-   (`KeypointSpec.flip_index`) and averaged (`dmpose.eval.inference.average_flip`): the normalised
-   distributions relu(H) / sum relu(H) when the codec's supplier map is "relu" (DM), the raw heatmaps when
-   it is "raw" (MSE); no one-pixel shift (see dmpose.eval.inference);
+   (`KeypointSpec.flip_index`); each is read through the codec's supplier map
+   (`dmpose.suppliers.decoded_map`: the normalised distribution phi(H) / sum phi(H) the DM loss was
+   trained on, softmax(H) for a dead map; the raw heatmaps for "raw", MSE) and the two are averaged; no
+   one-pixel shift (see dmpose.eval.inference). Without the flip test the decode reads the same map;
 2. the heatmaps are decoded by the spec's decode rule (`spec.codec.decode`: "2x2" or "argmax") into
    heatmap pixels plus a confidence;
 3. the inverse of each image -> heatmap affine maps them to image pixels (`dmpose.codec.heatmap_to_image`).
@@ -27,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from dmpose.codec import heatmap_to_image
-from dmpose.eval.inference import DECODERS, average_flip, flip_back
+from dmpose.eval.inference import DECODERS, flip_back
 from dmpose.spec import PoseSpec
+from dmpose.suppliers import decoded_map
 
 __all__ = ["TopDownOutput", "TopDownPredictor", "eval_mode", "model_device"]
 
@@ -117,12 +119,14 @@ class TopDownPredictor:
                                                    enabled=use_amp):
             heatmaps = self.model(images).float()
             self._check_output(heatmaps, len(images))
-            if not self.flip:
-                return heatmaps
-            flipped = self.model(images.flip(-1)).float()
+            flipped = self.model(images.flip(-1)).float() if self.flip else None
+        codec = self.spec.codec
+        direct = decoded_map(heatmaps, codec.supplier_map, codec.supplier_beta)  # the map the loss saw
+        if flipped is None:
+            return direct
         self._check_output(flipped, len(images))
-        mode = "2x2" if self.spec.codec.supplier_map == "relu" else "argmax"  # which map is averaged
-        return average_flip(heatmaps, flip_back(flipped, self.spec.keypoints.flip_pairs), mode)
+        back = decoded_map(flip_back(flipped, self.spec.keypoints.flip_pairs), codec.supplier_map, codec.supplier_beta)
+        return 0.5 * (direct + back)
 
     def predict(self, images: Tensor, affines_hm: Tensor | np.ndarray) -> TopDownOutput:
         """Keypoints in image pixels (B, K, 2) float64, scores (B, K), and the decoded heatmaps."""

@@ -24,6 +24,7 @@ from dmpose.atomic import atomic_output, check_not_input
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.models.checkpoint import load_model, model_meta, save_checkpoint
 from dmpose.spec import DECODE_RULES
+from dmpose.suppliers import decoded_map
 
 __all__ = ["DecodedPoseModel", "export_onnx", "export_checkpoint"]
 
@@ -35,16 +36,17 @@ DEFAULT_INPUT_WH = (192, 256)  # COCO's, for a model without a spec or an input 
 class DecodedPoseModel(nn.Module):
     """A pose network followed by a decode ("2x2" or "argmax"): (heatmaps, coords, confidence)."""
 
-    def __init__(self, model: nn.Module, decode: str = "2x2"):
+    def __init__(self, model: nn.Module, decode: str = "2x2", supplier_map: str = "relu", beta: float = 1.0):
         super().__init__()
         if decode not in DECODE_RULES:
             raise ValueError(f"unknown decode rule {decode!r}; expected one of {DECODE_RULES}")
-        self.model, self.decode = model, decode
+        self.model, self.decode, self.supplier_map, self.beta = model, decode, supplier_map, beta
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         heatmaps = self.model(image)
-        if self.decode == "2x2":
-            coords, confidence = decode_2x2(heatmaps, backend="torch")
+        if self.decode == "2x2":  # the map the loss was trained on (dmpose.suppliers), as the predictor reads it
+            read = decoded_map(heatmaps, self.supplier_map, self.beta) if self.supplier_map != "raw" else heatmaps
+            coords, confidence = decode_2x2(read, backend="torch")
         else:
             coords, confidence = decode_argmax(heatmaps)
         return heatmaps, coords, confidence
@@ -85,7 +87,11 @@ def export_onnx(
     spec_wh, rule = _facts(model)
     w, h = input_wh or spec_wh or DEFAULT_INPUT_WH
     rule = decode or rule
-    module = (DecodedPoseModel(model, rule) if with_decode else model).eval()
+    spec = getattr(model, "spec", None)
+    codec = getattr(spec, "codec", None)
+    supplier = codec.supplier_map if codec is not None and rule == codec.decode else "relu"
+    beta = codec.supplier_beta if codec is not None else 1.0
+    module = (DecodedPoseModel(model, rule, supplier, beta) if with_decode else model).eval()
     outputs = ["heatmaps", "coords", "confidence"] if with_decode else ["heatmaps"]
     example = _check_input_size(model, (h, w), meta["arch"])
     batch = torch.export.Dim("batch", min=1)

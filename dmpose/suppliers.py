@@ -1,0 +1,72 @@
+"""Supplier maps: the non-negative map phi(H) whose normalisation is what the DM loss transports, and so
+the map every decode of a DM model reads (the one owner of that rule).
+
+  relu      phi(H) = relu(H), the paper's form; scale-invariant, and a map with no positive pixel is "dead"
+  softplus  phi(H) = softplus(beta H) / beta, positive everywhere, so it never dies (docs/training.md)
+  raw       the heatmap as it is (MSE-trained models; only a name for the decode, not a loss option)
+
+One rule for dead maps, everywhere: a map whose phi has no positive mass is read as softmax(H) over its
+pixels, exactly as the loss's fallback suppliers (`dmpose.sinkhorn`), so the loss, the flip-test
+averaging, the decoders' input, ONNX export with the decode and predict see the same distribution.
+Maps are (..., H, W); pixel centres at integer coordinates, (x, y) last wherever coordinates appear.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["SUPPLIER_MAPS", "DECODE_MAPS", "supplier_map", "supplier_map_derivative", "decoded_map"]
+
+SUPPLIER_MAPS = ("relu", "softplus")
+DECODE_MAPS = (*SUPPLIER_MAPS, "raw")
+
+
+def _check(name: str, beta: float, allowed=SUPPLIER_MAPS) -> None:
+    if name not in allowed:
+        raise ValueError(f"supplier map must be one of {allowed}, got {name!r}")
+    if name == "softplus" and (isinstance(beta, bool) or not (isinstance(beta, (int, float)) and math.isfinite(beta)
+                                                              and beta > 0)):
+        raise ValueError(f"supplier_beta must be a finite number > 0, got {beta!r}")
+
+
+def supplier_map(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Tensor:
+    """phi(H) elementwise: relu(H), or softplus(beta H) / beta (-> relu as beta -> inf; exp(beta H) / beta
+    far below zero, underflowing to 0 in fp32 below beta H = -87)."""
+    _check(name, beta)
+    if name == "relu":
+        return heatmaps.clamp_min(0)
+    return torch.nn.functional.softplus(heatmaps * beta) / beta
+
+
+def supplier_map_derivative(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Tensor:
+    """d phi / d H elementwise: [H > 0] for relu, sigmoid(beta H) for softplus."""
+    _check(name, beta)
+    if name == "relu":
+        return (heatmaps > 0).to(heatmaps.dtype)
+    return torch.sigmoid(heatmaps * beta)
+
+
+def decoded_map(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Tensor:
+    """The distribution a DM model's decode reads: phi(H) / sum phi(H) per (..., H, W) map in float32,
+    softmax(H) where phi(H) has no positive mass (the loss's rule); "raw" returns H as float32 unchanged.
+
+    Traceable (no data-dependent Python branches), so ONNX export with the decode uses it as it is.
+    """
+    _check(name, beta, DECODE_MAPS)
+    h = heatmaps.float()
+    if name == "raw":
+        return h
+    r = supplier_map(h, name, beta)
+    flat = r.flatten(-2)
+    # scale by a power of two of the peak before summing so that no finite map overflows
+    from dmpose.sinkhorn import pow2_scale
+
+    scale = pow2_scale(flat.amax(-1))
+    total = (flat * scale[..., None]).sum(-1, keepdim=True)
+    dead = total <= 0
+    normalised = flat * scale[..., None] / torch.where(dead, torch.ones_like(total), total)
+    fallback = torch.softmax(h.flatten(-2), dim=-1)
+    return torch.where(dead, fallback, normalised).reshape(h.shape)
