@@ -33,3 +33,4 @@ from dmpose.cli import data  # noqa: E402,F401
 from dmpose.cli import demo  # noqa: E402,F401
 from dmpose.cli import eval  # noqa: E402,F401
 from dmpose.cli import models  # noqa: E402,F401
+from dmpose.cli import train  # noqa: E402,F401

@@ -186,6 +186,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _spec(self) -> "TrainConfig":
         self.pose_spec()  # sizes, stride, codec: PoseSpec's validators, not repeated here
+        if self.loss.dm.reduction != "mean":
+            raise ValueError("loss.dm.reduction: the trainer reduces with 'mean' (sum over joints, mean over the "
+                             f"batch); got {self.loss.dm.reduction!r}")
         if self.data.dataset == "mpii" and self.model.keypoints == "coco17":
             raise ValueError("data.dataset mpii needs model.keypoints mpii16")
         return self

@@ -317,12 +317,14 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    seed = cfg.train.seed + rank
     import random
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    def seed_all(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    seed_all(cfg.train.seed)  # the same initial weights on every rank
 
     # data
     train_ds, val = build_datasets(cfg, spec)
@@ -353,6 +355,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     amp_dtype, use_scaler = _amp(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     ema = ModelEMA(raw, cfg.train.ema) if cfg.train.ema else None
+    seed_all(cfg.train.seed + rank)  # augmentation streams differ per rank
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     fwd = torch.compile(model) if cfg.model.compile else model
@@ -573,6 +576,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                 folder.log_epoch(row)
                 if cfg.train.checkpoint_every and epoch % cfg.train.checkpoint_every == 0:
                     save_model(ema.module if ema else raw, f"epoch_{epoch:03d}.safetensors", {"epoch": epoch})
+            last_rng[0] = rng_state(loader_gen)  # after validation, whose loaders draw from the torch RNG
             save_resume(epoch, 0)
             if main and folder is not None:
                 folder.plot_curves(main_metric)
