@@ -34,7 +34,7 @@ def tiny(root: Path, out_root: Path, **over) -> dict:
            "data": {"dataset": "synthetic", "root": str(root), "synthetic": {"n_train": 12, "n_val": 4},
                     "cache_images": True},
            "optim": {"lr": 2e-3}, "schedule": {"name": "cosine", "unit": "step", "warmup": 2},
-           "train": {"epochs": 2, "batch_size": 6, "log_every": 1, "threads": 1, "workers": 0},
+           "train": {"epochs": 2, "batch_size": 6, "log_every": 1, "threads": 1, "workers": 0, "curves": False},
            "val": {"batch_size": 32, "crops": 2}}
     for key, value in over.items():
         node = cfg
@@ -124,7 +124,7 @@ def test_docs_configs_md_is_generated():
 
 @pytest.mark.parametrize("loss", ["dm", "mse"])
 def test_one_epoch_smoke_and_run_folder(loss, synth_root, tmp_path):
-    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.name": loss, "train.epochs": 1}))
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.name": loss, "train.epochs": 1, "train.curves": True}))
     res = train(cfg, run_dir=tmp_path / "run")
     run = res.run_dir
     assert res.status == "finished" and res.steps == res.plan["steps_per_epoch"]

@@ -154,6 +154,8 @@ class TrainLoopConfig(BaseModel):
     max_bad_steps: int = Field(20, ge=1, description="Stop after this many non-finite steps in a row.")
     checkpoint_every: int | None = Field(None, ge=1, description="Also keep epoch_NNN.safetensors every N epochs.")
     device: str | None = Field(None, description="cpu, cuda, cuda:1; null: cuda when available.")
+    curves: bool = Field(True, description="Draw curves.png at each validation and at the end (about 1-3 s each "
+                         "on a CPU).")
 
 
 class ValConfig(BaseModel):

@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -521,7 +522,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
                 cur_lr = opt.param_groups[0]["lr"]
-                sched.step()
+                with warnings.catch_warnings():  # a skipped step still advances the schedule (steps are counted)
+                    warnings.simplefilter("ignore", UserWarning)
+                    sched.step()
                 step += 1
                 step_in_epoch += 1
                 last_rng[0] = rng_state(loader_gen)
@@ -578,12 +581,14 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                     save_model(ema.module if ema else raw, f"epoch_{epoch:03d}.safetensors", {"epoch": epoch})
             last_rng[0] = rng_state(loader_gen)  # after validation, whose loaders draw from the torch RNG
             save_resume(epoch, 0)
-            if main and folder is not None:
-                folder.plot_curves(main_metric)
+            if main and folder is not None and cfg.train.curves and ("val_time_s" in row or epoch == cfg.train.epochs):
+                folder.plot_curves(main_metric)  # at each validation and at the end (a figure costs ~1 s)
             emit(EpochEnd(epoch, row))
     except KeyboardInterrupt:
         status = "interrupted"
         save_resume(epoch, step_in_epoch)
+        if main and folder is not None and cfg.train.curves:
+            folder.plot_curves(main_metric)
         log(f"interrupted: saved the state of step {step} (resume with --resume)", "warning")
     finally:
         if world > 1 and status != "interrupted":
@@ -614,5 +619,5 @@ def _dry_run(cfg, fwd, raw, opt, train_ds, val: ValData, spec, device, amp_dtype
     sub = Subset(val.dataset, range(min(len(val.dataset), cfg.val.batch_size)))
     sub.transform = val.dataset.transform
     predict_dataset(raw, sub, spec.decode, flip_pairs, batch_size=cfg.val.batch_size)
-    log(f"dry run: one training step (loss {float(loss):.4g}) and one validation batch of {len(sub)} crops passed")
+    log(f"dry run: one training step (loss {float(loss.detach()):.4g}) and one validation batch of {len(sub)} crops passed")
     return TrainResult(None, "dry-run", 0, 0, {}, {"dry_run_loss": float(loss)}, plan)

@@ -111,14 +111,20 @@ class RunFolder:
                 pts = [(a, r[k]) for a, r in zip(xs, rows) if isinstance(r.get(k), (int, float))]
                 if pts:
                     ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=k)
-            ax.set_title(title)
+            ax.set_title(title, fontsize=9)
             if log and any(ax.get_lines()):
                 ax.set_yscale("log")
-            if len(keys) > 1:
+            if len(keys) > 1 and ax.get_lines():
                 ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            ax.locator_params(nbins=5)
 
-        panel(axes[0, 0], x, ep, ["train_loss", "val_dm_loss"], "loss per epoch")
+        panel(axes[0, 0], x, ep, ["train_loss"], "train loss per epoch (val DM loss: right axis)")
+        twin = axes[0, 0].twinx()
+        pts = [(a, r["val_dm_loss"]) for a, r in zip(x, ep) if isinstance(r.get("val_dm_loss"), (int, float))]
+        if pts:
+            twin.plot(*zip(*pts), color="tab:orange", marker=".")
+            twin.tick_params(labelsize=7)
         panel(axes[0, 1], x, ep, ["lr"], "learning rate")
         panel(axes[0, 2], x, ep, [main_metric], f"validation {main_metric}")
         panel(axes[0, 3], x, ep, ["val_loc_error_hm"], "val localisation error (heatmap px)")
@@ -128,11 +134,8 @@ class RunFolder:
         panel(axes[1, 2], s, st, ["median_error_hm"], "median localisation error (heatmap px)")
         panel(axes[1, 3], s, st, ["grad_norm_heatmaps", "grad_norm_final_bias", "final_bias_mean"],
               "gradients and final-layer bias")
-        for ax in axes[1]:
-            ax.set_xlabel("step")
-        for ax in axes[0]:
-            ax.set_xlabel("epoch")
-        fig.tight_layout()
+        fig.text(0.5, 0.5, "per epoch (top), per logged step (bottom)", ha="center", fontsize=8)
+        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.08, top=0.95, wspace=0.25, hspace=0.35)
         with atomic_output(self.file("curves.png")) as tmp:
             fig.savefig(tmp, format="png", dpi=80)
         plt.close(fig)
