@@ -12,7 +12,7 @@ from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.eval.coco import evaluate_coco
 from dmpose.eval.evaluate import evaluate_checkpoint
 from dmpose.eval.mpii import pckh
-from dmpose.eval.topdown import predict_dataset
+from dmpose.eval.runner import predict_dataset
 from dmpose.kernels import triton_status
 from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
 from dmpose.models import build_model, load_model, save_checkpoint

@@ -12,23 +12,18 @@ Joints are summed (the paper's Eq. 5), then the batch is reduced.
 
 from __future__ import annotations
 
-import math
+import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dmpose.kernels import select_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
+from dmpose.spec import DMLossOptions, SpecError
 
-__all__ = ["dm_loss", "DMLoss", "demanders", "heatmap_weights", "mse_loss", "MSELoss"]
+__all__ = ["dm_loss", "DMLoss", "DMLossOptions", "check_heatmaps", "demanders", "heatmap_weights", "mse_loss", "MSELoss"]
 
-_CHOICES = {
-    "demanders": ("subpixel", "naive"),
-    "cost": ("l2",),
-    "grad": ("exact", "envelope"),
-    "backend": ("auto", "torch", "triton"),
-    "reduction": ("mean", "sum", "none"),
-}
 
 
 def demanders(keypoints: Tensor, mode: str = "subpixel") -> tuple[Tensor, Tensor]:
@@ -57,7 +52,7 @@ def demanders(keypoints: Tensor, mode: str = "subpixel") -> tuple[Tensor, Tensor
         mass = torch.zeros(*keypoints.shape[:-1], 4, dtype=keypoints.dtype, device=keypoints.device)
         mass[..., 0] = 1.0
         return xy, mass
-    raise ValueError(f"demanders must be one of {_CHOICES['demanders']}, got {mode!r}")
+    raise ValueError(f"demander mode must be one of ('subpixel', 'naive'), got {mode!r}")
 
 
 def heatmap_weights(keypoints: Tensor, visible: Tensor, heatmap_size: tuple[int, int]) -> Tensor:
@@ -73,13 +68,18 @@ def heatmap_weights(keypoints: Tensor, visible: Tensor, heatmap_size: tuple[int,
     return ((visible > 0) & inside & torch.isfinite(keypoints).all(-1)).to(torch.float32)
 
 
-def _validate(heatmaps, keypoints, weights, opts) -> Tensor:
+def check_heatmaps(heatmaps: Any, name: str = "heatmaps") -> tuple[int, int, int, int]:
+    """The one (B, K, H, W) heatmap check: a 4-d floating-point tensor; returns its shape."""
     if not isinstance(heatmaps, Tensor) or heatmaps.dim() != 4:
         got = tuple(heatmaps.shape) if isinstance(heatmaps, Tensor) else type(heatmaps).__name__
-        raise ValueError(f"heatmaps must be a (B, K, H, W) tensor, got shape {got}")
+        raise ValueError(f"{name} must be a (B, K, H, W) tensor, got shape {got}")
     if not heatmaps.is_floating_point():
-        raise ValueError(f"heatmaps must be floating point, got dtype {heatmaps.dtype}")
-    b, k, h, w = heatmaps.shape
+        raise ValueError(f"{name} must be floating point, got dtype {heatmaps.dtype}")
+    return tuple(heatmaps.shape)
+
+
+def _validate(heatmaps, keypoints, weights) -> Tensor:
+    b, k, h, w = check_heatmaps(heatmaps)
     if not isinstance(keypoints, Tensor) or keypoints.shape != (b, k, 2):
         got = tuple(keypoints.shape) if isinstance(keypoints, Tensor) else type(keypoints).__name__
         raise ValueError(f"keypoints must have shape (B, K, 2) = {(b, k, 2)} to match heatmaps, got {got}")
@@ -95,26 +95,34 @@ def _validate(heatmaps, keypoints, weights, opts) -> Tensor:
     if bool(bad.any()):
         bi, ki = bad.nonzero()[0].tolist()
         raise ValueError(f"keypoints must be finite for joints with weight > 0: keypoints[{bi}, {ki}] = {keypoints[bi, ki].tolist()}")
-    eps = opts["eps"]
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    max_iters = opts["max_iters"]
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"max_iters must be an integer >= 1, got {max_iters!r}")
-    tol = opts["tol"]
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    for name, choices in _CHOICES.items():
-        if opts[name] not in choices:
-            raise ValueError(f"{name} must be one of {choices}, got {opts[name]!r}")
     return weights
+
+
+def resolve_options(options: DMLossOptions | None, kwargs: dict[str, Any], source: str = "dm_loss") -> DMLossOptions:
+    """`options` updated by `kwargs` (DMLossOptions field names), validated once. The old argument name
+    `demanders` is still accepted for `demander_mode`, with a DeprecationWarning."""
+    kwargs = dict(kwargs)
+    renamed = "demanders" in kwargs
+    if renamed:
+        warnings.warn("the `demanders` option is now `demander_mode`", DeprecationWarning, stacklevel=3)
+        kwargs["demander_mode"] = kwargs.pop("demanders")
+    if options is not None and not isinstance(options, DMLossOptions):
+        raise TypeError(f"options must be a DMLossOptions, got {type(options).__name__}")
+    if not kwargs:
+        return options if options is not None else DMLossOptions()
+    base = options.model_dump() if options is not None else {}
+    try:
+        return DMLossOptions.validated({**base, **kwargs}, source=source)
+    except SpecError as e:
+        raise SpecError(str(e).replace("demander_mode", "demanders")) if renamed else e from None
 
 
 class _DMLossFunction(torch.autograd.Function):
     """Forward solves the selected problems and saves the weighted gradient; backward scales it."""
 
     @staticmethod
-    def forward(ctx, heatmaps: Tensor, keypoints: Tensor, weights: Tensor, opts: dict) -> Tensor:
+    def forward(ctx, heatmaps: Tensor, keypoints: Tensor, weights: Tensor, opts: DMLossOptions, backend: str,
+                need_grad: bool) -> Tensor:
         b, k, h, w = heatmaps.shape
         out_dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
         flat_w = weights.reshape(-1).to(out_dtype)
@@ -122,26 +130,32 @@ class _DMLossFunction(torch.autograd.Function):
         everything = bool(labelled.all())
         idx = None if everything else labelled.nonzero().squeeze(-1)  # only labelled joints are solved
         values = torch.zeros(b * k, dtype=out_dtype, device=heatmaps.device)
-        grad = torch.zeros(b * k, h, w, dtype=out_dtype, device=heatmaps.device)
+        # no gradient wanted (torch.no_grad(), or heatmaps that do not require grad): none is computed
+        grad = torch.zeros(b * k, h, w, dtype=out_dtype, device=heatmaps.device) if need_grad else None
         select = (lambda t: t) if everything else (lambda t: t[idx])
         if everything or idx.numel() > 0:
-            xy, mass = demanders(select(keypoints.reshape(-1, 2)).to(out_dtype), opts["demanders"])
-            solve = dm_sinkhorn_torch
-            if opts["backend"] == "triton":
+            xy, mass = demanders(select(keypoints.reshape(-1, 2)).to(out_dtype), opts.demander_mode)
+            solve, grad_mode = dm_sinkhorn_torch, opts.grad if need_grad else "none"
+            if backend == "triton":
                 from dmpose.kernels.sinkhorn import dm_sinkhorn_triton as solve
 
                 xy, mass = xy.float(), mass.float()  # the kernels take fp32 coordinates and masses
+                grad_mode = opts.grad  # one launch gives value and gradient
             cost, g, _, _ = solve(
                 select(heatmaps.reshape(-1, h, w)), xy, mass,
-                eps=float(opts["eps"]), max_iters=opts["max_iters"], tol=float(opts["tol"]), grad=opts["grad"],
+                eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol, grad=grad_mode,
             )
             w_sel = select(flat_w)
             if everything:
-                values, grad = cost.to(out_dtype) * w_sel, g.to(out_dtype).mul_(w_sel[:, None, None])
+                values = cost.to(out_dtype) * w_sel
+                if need_grad:
+                    grad = g.to(out_dtype).mul_(w_sel[:, None, None])
             else:
                 values[idx] = cost.to(out_dtype) * w_sel
-                grad[idx] = g.to(out_dtype) * w_sel[:, None, None]
-        ctx.save_for_backward(grad)
+                if need_grad:
+                    grad[idx] = g.to(out_dtype) * w_sel[:, None, None]
+        if need_grad:
+            ctx.save_for_backward(grad)
         ctx.heatmap_dtype = heatmaps.dtype
         return values.reshape(b, k)
 
@@ -150,22 +164,15 @@ class _DMLossFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         b, k = grad_output.shape
         grad_h = grad.reshape(b, k, *grad.shape[1:]) * grad_output[..., None, None]
-        return grad_h.to(ctx.heatmap_dtype), None, None, None
+        return grad_h.to(ctx.heatmap_dtype), None, None, None, None, None
 
 
 def dm_loss(
     heatmaps: Tensor,
     keypoints: Tensor,
     weights: Tensor | None = None,
-    *,
-    eps: float = 1.0,
-    max_iters: int = 1000,
-    tol: float = 1e-5,
-    demanders: str = "subpixel",
-    cost: str = "l2",
-    grad: str = "exact",
-    backend: str = "auto",
-    reduction: str = "mean",
+    options: DMLossOptions | None = None,
+    **kwargs: Any,
 ) -> Tensor:
     """Distribution-matching loss between heatmaps and ground-truth dots.
 
@@ -175,12 +182,15 @@ def dm_loss(
         weights: (B, K) per-joint weights >= 0, or None for all ones. A joint with weight 0 gives
             exactly 0 and no gradient and is not solved; its keypoint may be anything (even NaN).
             Joints whose dot lies outside the heatmap must get weight 0 (see `heatmap_weights`).
+        options: a `DMLossOptions` (validated once; reuse it); keyword arguments (its field names)
+            override single fields. The fields:
         eps: entropic regularisation (the paper's 1). max_iters: Sinkhorn updates at most (the
             paper's 1000). tol: per-problem stop once the L1 marginal error < tol; the default 1e-5 is
             reachable in fp32 (whose floor is ~1e-7, up to 1.5e-6) and gives the value to ~sqrt2*tol;
             tol = 0 runs exactly max_iters, as the paper did.
-        demanders: "subpixel" (four bilinear demanders, the paper's) or "naive" (one, for ablation).
-        cost: "l2", the Euclidean distance in heatmap pixels.
+        demander_mode: "subpixel" (four bilinear demanders, the paper's) or "naive" (one, for ablation).
+        suppliers: "relu", the map normalised into suppliers. cost: reserved, "l2" only (the Euclidean
+            distance in heatmap pixels).
         grad: "exact" (default): the gradient of <C, P*> itself (implicit differentiation). At eps 1
             the optimum of this loss over a free heatmap decodes ~0.1 px from the dot (the entropic
             plan blurs), at eps 0.25 on it. "envelope": cheaper, but the gradient of a different
@@ -190,41 +200,32 @@ def dm_loss(
         reduction: "mean" (sum over joints, mean over the batch), "sum", or "none" -> (B, K).
 
     A heatmap with no positive mass uses softmax(H) as its suppliers (finite loss, and a gradient
-    that reaches every pixel). Memory is O(B*K*H*W*4); the iterations never enter autograd.
+    that reaches every pixel). Memory is O(B*K*H*W*4); the iterations never enter autograd; under
+    `torch.no_grad()`, or for heatmaps that do not require grad, no gradient is computed at all.
     """
-    opts = dict(eps=eps, max_iters=max_iters, tol=tol, demanders=demanders, cost=cost, grad=grad, backend=backend, reduction=reduction)
-    weights = _validate(heatmaps, keypoints, weights, opts)
-    opts["backend"] = select_backend(backend, heatmaps.device)
-    per_joint = _DMLossFunction.apply(heatmaps, keypoints.detach(), weights.detach(), opts)
-    if reduction == "none":
+    opts = resolve_options(options, kwargs)
+    weights = _validate(heatmaps, keypoints, weights)
+    backend = select_backend(opts.backend, heatmaps.device)
+    need_grad = torch.is_grad_enabled() and heatmaps.requires_grad
+    per_joint = _DMLossFunction.apply(heatmaps, keypoints.detach(), weights.detach(), opts, backend, need_grad)
+    if opts.reduction == "none":
         return per_joint
     total = per_joint.sum()
-    return total / heatmaps.shape[0] if reduction == "mean" else total
+    return total / heatmaps.shape[0] if opts.reduction == "mean" else total
 
 
 class DMLoss(nn.Module):
-    """`dm_loss` as a module; the options are those of `dm_loss`."""
+    """`dm_loss` as a module; options as `dm_loss`'s, validated here once (`.options`, a DMLossOptions)."""
 
-    def __init__(
-        self,
-        *,
-        eps: float = 1.0,
-        max_iters: int = 1000,
-        tol: float = 1e-5,
-        demanders: str = "subpixel",
-        cost: str = "l2",
-        grad: str = "exact",
-        backend: str = "auto",
-        reduction: str = "mean",
-    ) -> None:
+    def __init__(self, options: DMLossOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
-        self.options = dict(eps=eps, max_iters=max_iters, tol=tol, demanders=demanders, cost=cost, grad=grad, backend=backend, reduction=reduction)
+        self.options = resolve_options(options, kwargs, source="DMLoss")
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor | None = None) -> Tensor:
-        return dm_loss(heatmaps, keypoints, weights, **self.options)
+        return dm_loss(heatmaps, keypoints, weights, self.options)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
 
 
 def mse_loss(heatmaps: Tensor, targets: Tensor, weights: Tensor | None = None, *, reduction: str = "mean") -> Tensor:

@@ -262,7 +262,7 @@ def dm_sinkhorn_torch(
         demander_mass: (P, M) masses, summing to 1; a zero entry is a dead demander.
     Returns:
         cost (P,) = <C, P>; grad_heatmaps (P, H, W) = d cost / d heatmaps (through the suppliers'
-        normalisation, or the softmax fallback); marginal_error (P,); iterations (P,) int32.
+        normalisation, or the softmax fallback; None for grad="none"); marginal_error (P,); iterations (P,) int32.
     """
     dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
     p, h, w = heatmaps.shape
@@ -271,6 +271,8 @@ def dm_sinkhorn_torch(
     b = demander_mass.to(dtype)
     C = pixel_demander_cost(h, w, demander_xy.to(dtype))
     res = sinkhorn(a, C, b, eps=eps, max_iters=max_iters, tol=tol)
+    if grad == "none":  # value only (dm_loss under torch.no_grad())
+        return res.cost, None, res.marginal_error, res.iterations
     gamma = exact_grad_a(res, a, C, b) if grad == "exact" else envelope_grad_a(res)
     centred = gamma - (a * gamma).sum(-1, keepdim=True)
     relu_branch = centred / torch.where(dead, torch.ones_like(total), total)[:, None] * (hm.flatten(1) > 0)

@@ -108,10 +108,9 @@ class KeypointSpec(BaseModel):
     @property
     def flip_index(self) -> tuple[int, ...]:
         """The one flip permutation p: flipped[..., j, :] = original[..., p[j], :] (left <-> right)."""
-        perm = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            perm[a], perm[b] = b, a
-        return tuple(perm)
+        from dmpose.data.keypoints import flip_permutation
+
+        return flip_permutation(self.flip_pairs, self.num_keypoints)
 
     @classmethod
     def from_keypoint_set(cls, ks: Any) -> "KeypointSpec":
@@ -320,6 +319,16 @@ class PoseSpec(BaseModel):
                                   output_stride=stride, codec=codec), source)
 
 
+_LOSS_CHOICES = {
+    "demander_mode": ("subpixel", "naive"),
+    "suppliers": ("relu",),
+    "cost": ("l2",),
+    "grad": ("exact", "envelope"),
+    "backend": ("auto", "torch", "triton"),
+    "reduction": ("mean", "sum", "none"),
+}
+
+
 class DMLossOptions(BaseModel):
     """The distribution-matching loss options, validated once (see `dmpose.loss.dm_loss` for meaning).
 
@@ -328,15 +337,41 @@ class DMLossOptions(BaseModel):
 
     model_config = _FROZEN
 
-    eps: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
-    max_iters: int = Field(default=1000, ge=1, strict=True)
-    tol: float = Field(default=1e-5, ge=0.0, allow_inf_nan=False)
+    eps: float = 1.0
+    max_iters: int = 1000
+    tol: float = 1e-5
     demander_mode: Literal["subpixel", "naive"] = "subpixel"
     suppliers: Literal["relu"] = "relu"
     cost: Literal["l2"] = "l2"
     grad: Literal["exact", "envelope"] = "exact"
     backend: Literal["auto", "torch", "triton"] = "auto"
     reduction: Literal["mean", "sum", "none"] = "mean"
+
+    # Messages name the field and the value (the wording dm_loss always had).
+    @field_validator("eps", "tol", mode="before")
+    @classmethod
+    def _positive_number(cls, v: Any, info) -> float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if info.field_name == "eps" and not (ok and v > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {v!r}")
+        if info.field_name == "tol" and not (ok and v >= 0):
+            raise ValueError(f"tol must be a finite number >= 0, got {v!r}")
+        return float(v)
+
+    @field_validator("max_iters", mode="before")
+    @classmethod
+    def _iters(cls, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"max_iters must be an integer >= 1, got {v!r}")
+        return v
+
+    @field_validator(*_LOSS_CHOICES, mode="before")
+    @classmethod
+    def _choice(cls, v: Any, info) -> str:
+        choices = _LOSS_CHOICES[info.field_name]
+        if v not in choices:
+            raise ValueError(f"{info.field_name} must be one of {choices}, got {v!r}")
+        return v
 
     @classmethod
     def validated(cls, data: dict | None = None, source: str = "dm_loss", **kwargs) -> "DMLossOptions":

@@ -176,3 +176,75 @@ def test_wrapped_models_save_their_own_keys(tmp_path, tiny):
     compiled = torch.compile(tiny)  # compiles lazily on the first call: never called here
     path = dmpose.save_checkpoint(compiled, tmp_path / "compiled.safetensors")
     assert dmpose.load_model(path).num_joints == 3
+
+
+# ---- the pose spec in the metadata -----------------------------------------------------------------
+def _coco_tiny():
+    torch.manual_seed(0)
+    return dmpose.build_model("hrnet_tiny", num_joints=17).eval()
+
+
+def test_spec_round_trips_through_metadata(tmp_path):
+    from dmpose.models.checkpoint import read_checkpoint_spec
+    from dmpose.spec import CodecSpec, PoseSpec
+
+    spec = PoseSpec.build("hrnet_tiny", "coco17", (48, 64), codec=CodecSpec(name="gaussian", sigma=1.5))
+    path = dmpose.save_checkpoint(_coco_tiny(), tmp_path / "s.safetensors", spec=spec, meta={"best_ap": 0.1})
+    assert read_checkpoint_spec(path) == spec
+    model = dmpose.load_model(path)
+    assert model.spec == spec and model.checkpoint_meta["best_ap"] == 0.1
+    meta = read_checkpoint_meta(path)  # the old fields, written from the spec, stay readable
+    assert meta["input_size"] == [64, 48] and meta["heatmap_size"] == [16, 12] and meta["decode"] == "argmax"
+    again = dmpose.save_checkpoint(model, tmp_path / "again.safetensors")  # a loaded model keeps its spec
+    assert read_checkpoint_spec(again) == spec
+    with pytest.raises(ValueError, match="contradicts the model"):
+        dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny", num_joints=16), tmp_path / "x.safetensors", spec=spec)
+
+
+def test_old_layout_checkpoint_gets_its_spec_from_the_fields(tmp_path):
+    from dmpose.models.checkpoint import read_checkpoint_spec
+
+    path = dmpose.save_checkpoint(_coco_tiny(), tmp_path / "old.safetensors",
+                                  meta={"input_size": [64, 48], "loss": "mse"})
+    assert "spec" not in read_checkpoint_meta(path)
+    spec = read_checkpoint_spec(path)
+    assert spec.input_wh == (48, 64) and spec.heatmap_wh == (12, 16) and spec.keypoints.name == "coco17"
+    assert spec.decode == "argmax" and dmpose.load_model(path).spec == spec
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("spec", lambda s: {**s, "input_wh": [50, 64]}, r"input_wh .* divisible"),
+        ("spec", lambda s: {**s, "codec": {**s["codec"], "decode": "soft"}}, r"field codec\.decode"),
+        ("spec", lambda s: {**s, "keypoints": {**s["keypoints"], "flip_pairs": [[1, 40]]}}, r"flip_pairs"),
+        ("spec", lambda s: "not json {", r"field 'spec' is not valid JSON"),
+        ("input_size", lambda s: "[0, 48]", r"field input_size"),
+        ("input_size", lambda s: '"abc"', r"field input_size"),
+        ("flip_pairs", lambda s: "[[1, 99]]", r"field flip_pairs"),
+        ("extra", lambda s: '{"arch": 5}', r"field extra\.arch"),
+    ],
+)
+def test_corrupt_metadata_field_is_named_on_read(tmp_path, field, value, match):
+    from safetensors import safe_open
+
+    from dmpose.models.checkpoint import read_checkpoint_spec
+    from dmpose.spec import PoseSpec, SpecError
+
+    good = dmpose.save_checkpoint(_coco_tiny(), tmp_path / "good.safetensors",
+                                  spec=PoseSpec.build("hrnet_tiny", "coco17", (48, 64)))
+    with safe_open(str(good), framework="pt") as f:
+        raw = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if field != "spec":
+        raw.pop("spec")  # old layout: the field-per-key values are the facts
+    new = value(json.loads(raw["spec"]) if "spec" in raw else None)
+    raw[field] = new if isinstance(new, str) else json.dumps(new)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=raw)
+    with pytest.raises(ValueError, match=match) as err:
+        read_checkpoint_spec(bad)
+    assert str(bad) in str(err.value)
+    with pytest.raises(ValueError, match=match):
+        dmpose.load_model(bad)
+    assert err.type in (SpecError, ValueError)

@@ -224,3 +224,24 @@ def test_cli_convert_reports_a_partial_load_as_a_table(tmp_path, tiny_state):
     assert result.exit_code == 0, result.output
     assert "left at init" in result.output and "final_layer.weight" in result.output
     assert dmpose.load_model(out).checkpoint_meta["partial_load"] is True
+    spec = dmpose.load_model(out).spec  # a full spec, the unstated facts from the official recipe
+    assert spec.keypoints.name == "coco17" and spec.input_wh == (192, 256) and spec.decode == "argmax"
+    assert "official recipes" in result.output and "decode=argmax" in result.output
+
+
+def test_convert_writes_the_facts_it_is_given(tmp_path, tiny_state):
+    from dmpose.models.checkpoint import read_checkpoint_spec
+
+    src, out = tmp_path / "w.pth", tmp_path / "out.safetensors"
+    torch.save(tiny_state, src)  # 5 joints: no built-in set
+    with pytest.raises(ValueError, match="no built-in keypoint set"):
+        convert_checkpoint(src, "hrnet_tiny", out)
+    assert not out.exists()
+    torch.save(dmpose.build_model("hrnet_tiny", num_joints=16).state_dict(), src)
+    report = convert_checkpoint(src, "hrnet_tiny", out, input_wh=(64, 64), decode="2x2",
+                                normalisation={"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
+                                               "channel_order": "BGR"})
+    spec = read_checkpoint_spec(out)
+    assert spec == report.spec and spec.input_wh == (64, 64) and spec.heatmap_wh == (16, 16)
+    assert spec.decode == "2x2" and spec.normalisation.channel_order == "BGR" and report.defaulted == [
+        f"keypoints={spec.keypoints.name}"]

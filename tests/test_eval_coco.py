@@ -18,10 +18,10 @@ from conftest import SHARED_DATA
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
+from dmpose.cli.tables import coco_metrics_table
 from dmpose.eval.coco import (
     METRIC_NAMES,
     PAPER_COLUMNS,
-    coco_metrics_table,
     evaluate_coco,
     oks,
     oks_nms,

@@ -1,7 +1,7 @@
 """Evaluation end to end: the whole geometry chain with an oracle model, the CLI, MPII PCKh, bad input.
 
-The oracle is a torch module that, told the batch (`observe_batch`, the hook `predict_dataset` offers),
-renders for each crop the heatmaps a perfect model would output: the ground-truth keypoints mapped into
+The oracle is a torch module that, having seen the dataset once (`observe`: each crop's ground truth,
+keyed by the crop's pixels, so the predictor needs no hook into the model), renders for each crop the heatmaps a perfect model would output: the ground-truth keypoints mapped into
 the crop with the affine that warped it, then into the heatmap by the edge-aligned rescale (plain
 float64 algebra here, not dmpose's heatmap affine), drawn as the four bilinear masses of the dot (what the DM loss's sub-pixel demanders ask for) or as an
 unbiased Gaussian. On the mirrored crop it renders the mirrored scene: x -> W-1-x with left and right
@@ -26,7 +26,9 @@ from dmpose.data.keypoints import load_keypoint_set
 from dmpose.data.mpii import MpiiKeypoints
 from dmpose.data.transforms import TopDownTransform
 from dmpose.eval.evaluate import evaluate_coco_predictions, evaluate_mpii_predictions
-from dmpose.eval.topdown import predict_dataset
+from dmpose.eval.predictor import TopDownPredictor
+from dmpose.eval.runner import predict_dataset
+from dmpose.spec import CodecSpec, PoseSpec
 
 torch.set_num_threads(1)  # 2 shared cores: more threads are slower under load
 
@@ -72,34 +74,47 @@ class Oracle(nn.Module):
         self.partner = list(range(k))
         for a, b in flip_pairs:
             self.partner[a], self.partner[b] = b, a
-        self.images = self.points = self.labelled = None
+        self.truth: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         self.calls = {"direct": 0, "mirrored": 0}
 
-    def observe_batch(self, batch: dict) -> None:
+    def truth_keypoints(self, meta: dict) -> np.ndarray:
+        """(K, 3) image px + COCO flag: what the crop shows."""
+        return np.asarray(meta["keypoints"], dtype=np.float64)
+
+    def observe(self, dataset) -> "Oracle":
         """Ground truth -> heatmap pixels WITHOUT dmpose's heatmap affine: image -> input crop with the
         affine that warped the crop, then input -> heatmap by the edge-aligned rescale written out here,
         x_hm = (x_in + 0.5) * W_hm / W_in - 0.5. dmpose maps back with the inverse of its own image ->
         heatmap affine, so a "x stride" or half-pixel slip between the two affines shows up as error."""
-        kp = batch["meta"]["keypoints"].numpy().astype(np.float64)  # (B, K, 3) image px + COCO flag
-        aff = batch["meta"]["affine_input"].numpy().astype(np.float64)  # (B, 2, 3) image -> input crop
-        self.images = batch["image"]
-        in_h, in_w = self.images.shape[-2:]
-        scale = np.array([self.heatmap_wh[0] / in_w, self.heatmap_wh[1] / in_h])
-        points_in = np.einsum("bij,bkj->bki", aff[:, :, :2], kp[..., :2]) + aff[:, None, :, 2]
-        self.points = (points_in + 0.5) * scale - 0.5
-        self.labelled = kp[..., 2] > 0
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            kp = self.truth_keypoints(sample["meta"])
+            aff = np.asarray(sample["meta"]["affine_input"], dtype=np.float64)  # image -> input crop
+            in_h, in_w = sample["image"].shape[-2:]
+            scale = np.array([self.heatmap_wh[0] / in_w, self.heatmap_wh[1] / in_h])
+            points_in = kp[:, :2] @ aff[:, :2].T + aff[:, 2]
+            self.truth[sample["image"].numpy().tobytes()] = ((points_in + 0.5) * scale - 0.5, kp[:, 2] > 0)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        partner = self.partner + list(range(len(self.partner), self.points.shape[1]))
-        if torch.equal(x, self.images):
+        keys = [c.numpy().tobytes() for c in x]
+        if all(k in self.truth for k in keys):
             self.calls["direct"] += 1
-            points, labelled = self.points, self.labelled
+            points = np.stack([self.truth[k][0] for k in keys])
+            labelled = np.stack([self.truth[k][1] for k in keys])
         else:
-            assert torch.equal(x, self.images.flip(-1)), "the flip test must mirror the crop along its width"
+            keys = [c.flip(-1).numpy().tobytes() for c in x]
+            assert all(k in self.truth for k in keys), "the flip test must mirror the crop along its width"
             self.calls["mirrored"] += 1
-            points, labelled = self.points[:, partner].copy(), self.labelled[:, partner]
+            partner = self.partner + list(range(len(self.partner), self.truth[keys[0]][0].shape[0]))
+            points = np.stack([self.truth[k][0][partner] for k in keys])
+            labelled = np.stack([self.truth[k][1][partner] for k in keys])
             points[..., 0] = (self.heatmap_wh[0] - 1) - points[..., 0]
         return torch.from_numpy(render(points, labelled, self.heatmap_wh, self.kind)).float()
+
+
+COCO_SPEC = PoseSpec.build("oracle", "coco17", INPUT_WH)
+MPII_SPEC = PoseSpec.build("oracle", "mpii16", (256, 256))
 
 
 def coco_sample_dataset(root: Path, detections: bool = False) -> CocoKeypoints:
@@ -115,9 +130,9 @@ def test_oracle_dots_2x2_decode_gives_perfect_ap(coco_sample, flip):
     1.98 px); flip without the joint swap -> AP 0.348; decoded points half a heatmap pixel off before
     the inverse affine -> AP 0.920."""
     ds = coco_sample_dataset(coco_sample)
-    oracle = Oracle(COCO.flip_pairs).eval()
+    oracle = Oracle(COCO.flip_pairs).observe(ds).eval()
     seen = []
-    preds = predict_dataset(oracle, ds, "2x2", COCO.flip_pairs if flip else None, batch_size=5,
+    preds = predict_dataset(TopDownPredictor(oracle, COCO_SPEC, flip=flip), ds, batch_size=5,
                             progress=lambda done, total, rate: seen.append((done, total)))
     assert oracle.calls == {"direct": 3, "mirrored": 3 if flip else 0}
     assert seen == [(5, 12), (10, 12), (12, 12)]
@@ -143,8 +158,9 @@ def test_oracle_gaussians_argmax_decode(coco_sample):
     these large people; the error bound is the informative number. The bounds asserted are loose."""
     ds = coco_sample_dataset(coco_sample)
     for flip in (False, True):
-        preds = predict_dataset(Oracle(COCO.flip_pairs, kind="gaussian").eval(), ds, "argmax",
-                                COCO.flip_pairs if flip else None, batch_size=12)
+        spec = COCO_SPEC.replace(codec=CodecSpec(name="gaussian"))
+        oracle = Oracle(COCO.flip_pairs, kind="gaussian").observe(ds).eval()
+        preds = predict_dataset(TopDownPredictor(oracle, spec, flip=flip), ds, batch_size=12)
         _, metrics, info = evaluate_coco_predictions(preds, coco_sample / "test_coco.json", COCO.sigmas)
         assert info["joint_threshold"] == 0.2
         assert metrics["AP"] >= 0.95, metrics
@@ -167,24 +183,20 @@ class DetectionOracle(Oracle):
             if not a.get("iscrowd", 0) and a["num_keypoints"] > 0:
                 self.people.setdefault(a["image_id"], []).append(a)
 
-    def observe_batch(self, batch: dict) -> None:
-        meta = batch["meta"]
+    def truth_keypoints(self, meta: dict) -> np.ndarray:
         aspect = INPUT_WH[0] / INPUT_WH[1]
-        shown = []
-        for n in range(len(batch["image"])):
-            c, s = meta["center"][n].numpy(), meta["size"][n].numpy()
-            best, best_iou = np.zeros((17, 3)), 0.5
-            for a in self.people.get(int(meta["image_id"][n]), []):
-                x, y, w, h = a["bbox"]
-                gc = np.array([x + w / 2, y + h / 2])
-                gs = np.array([max(w, h * aspect), max(h, w / aspect)]) * 1.25
-                lo, hi = np.maximum(c - s / 2, gc - gs / 2), np.minimum(c + s / 2, gc + gs / 2)
-                inter = np.prod(np.clip(hi - lo, 0, None))
-                iou = inter / (np.prod(s) + np.prod(gs) - inter)
-                if iou > best_iou:
-                    best, best_iou = np.asarray(a["keypoints"], np.float64).reshape(17, 3), iou
-            shown.append(best)
-        super().observe_batch({**batch, "meta": {**meta, "keypoints": torch.from_numpy(np.stack(shown))}})
+        c, s = np.asarray(meta["center"]), np.asarray(meta["size"])
+        best, best_iou = np.zeros((17, 3)), 0.5
+        for a in self.people.get(int(meta["image_id"]), []):
+            x, y, w, h = a["bbox"]
+            gc = np.array([x + w / 2, y + h / 2])
+            gs = np.array([max(w, h * aspect), max(h, w / aspect)]) * 1.25
+            lo, hi = np.maximum(c - s / 2, gc - gs / 2), np.minimum(c + s / 2, gc + gs / 2)
+            inter = np.prod(np.clip(hi - lo, 0, None))
+            iou = inter / (np.prod(s) + np.prod(gs) - inter)
+            if iou > best_iou:
+                best, best_iou = np.asarray(a["keypoints"], np.float64).reshape(17, 3), iou
+        return best
 
 
 def test_oracle_with_detection_boxes(coco_sample):
@@ -192,8 +204,8 @@ def test_oracle_with_detection_boxes(coco_sample):
     joint confidence, OKS-NMS. Measured: 70 instances survive NMS, AP 1.000 flip on and off."""
     ds = coco_sample_dataset(coco_sample, detections=True)
     assert len(ds) == 118
-    preds = predict_dataset(DetectionOracle(coco_sample / "test_coco.json", COCO.flip_pairs).eval(), ds, "2x2",
-                            COCO.flip_pairs, batch_size=64)
+    oracle = DetectionOracle(coco_sample / "test_coco.json", COCO.flip_pairs).observe(ds).eval()
+    preds = predict_dataset(TopDownPredictor(oracle, COCO_SPEC), ds, batch_size=64)
     np.testing.assert_allclose(preds.meta["score"], [r.score for r in ds.records])
     results, metrics, info = evaluate_coco_predictions(preds, coco_sample / "test_coco.json", COCO.sigmas)
     assert info["instances"] == 118 and len(results) == info["instances_after_nms"] < 100  # duplicates suppressed
@@ -224,8 +236,8 @@ def test_mpii_oracle_gives_pckh_100(mpii_sample, tmp_path):
     transform = TopDownTransform((256, 256), (64, 64), DMCodec((64, 64)), MPII, augment=None)
     ds = MpiiKeypoints(mpii_sample / "test_mpii.json", mpii_sample, transform)
     for flip in (False, True):
-        oracle = Oracle(MPII.flip_pairs, heatmap_wh=(64, 64)).eval()
-        preds = predict_dataset(oracle, ds, "2x2", MPII.flip_pairs if flip else None, batch_size=4)
+        oracle = Oracle(MPII.flip_pairs, heatmap_wh=(64, 64)).observe(ds).eval()
+        preds = predict_dataset(TopDownPredictor(oracle, MPII_SPEC, flip=flip), ds, batch_size=4)
         at_05, at_01 = evaluate_mpii_predictions(preds, gt)
         assert at_05.columns["Mean"] == 100.0 and at_01.columns["Mean"] == 100.0, at_01.columns
         assert int(at_05.visible_counts.sum()) == 76  # the sample's labelled joints
@@ -377,16 +389,20 @@ def test_checkpoint_metadata_problems_are_named(tiny_synthetic, tmp_path):
     assert result.exit_code == 1 and "num_joints=16" in result.output and "coco17" in result.output
 
 
-def test_resolve_decode_rule():
-    from dmpose.eval.evaluate import resolve_decode
+def test_decode_rule_comes_from_the_spec():
+    """Old files: the decode field, else the loss name (dm -> 2x2), else argmax (foreign weights are
+    MSE-trained); an override swaps the rule and the map it reads."""
+    from dmpose.eval.evaluate import with_decode
 
-    assert resolve_decode({"decode": "2x2"}) == "2x2"
-    assert resolve_decode({"decode": "2x2"}, override="argmax") == "argmax"
-    assert resolve_decode({"loss": {"name": "dm", "eps": 1.0}}) == "2x2"
-    assert resolve_decode({"loss": "mse"}) == "argmax"
-    assert resolve_decode({}) == "argmax"  # foreign weights (official HRNet) are MSE-trained
+    def rule(**meta):
+        return PoseSpec.from_legacy_meta({"arch": "hrnet_tiny", "num_joints": 17, **meta}).decode
+
+    assert rule(decode="2x2") == "2x2" and rule(loss={"name": "dm", "eps": 1.0}) == "2x2"
+    assert rule(loss="mse") == "argmax" and rule() == "argmax"
+    spec = with_decode(COCO_SPEC, "argmax")
+    assert spec.decode == "argmax" and spec.codec.supplier_map == "raw" and with_decode(COCO_SPEC, None) is COCO_SPEC
     with pytest.raises(ValueError, match="decode rule 'soft'"):
-        resolve_decode({}, override="soft")
+        with_decode(COCO_SPEC, "soft")
 
 
 def test_predict_dataset_refuses_augmentation(coco_sample):
@@ -395,7 +411,7 @@ def test_predict_dataset_refuses_augmentation(coco_sample):
     transform = TopDownTransform(INPUT_WH, HEATMAP_WH, DMCodec(HEATMAP_WH), COCO, augment=AugmentConfig())
     ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, transform)
     with pytest.raises(ValueError, match="augment"):
-        predict_dataset(Oracle(COCO.flip_pairs), ds, "2x2")
+        predict_dataset(TopDownPredictor(Oracle(COCO.flip_pairs), COCO_SPEC), ds)
 
 
 def test_default_synthetic_root_follows_dmpose_cache(monkeypatch, tmp_path):
@@ -406,3 +422,53 @@ def test_default_synthetic_root_follows_dmpose_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("DMPOSE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_synthetic_root() == tmp_path / "xdg" / "dmpose" / "synthetic-coco"
+
+
+def test_old_layout_checkpoint_evaluates_identically_to_its_spec_layout(tiny_synthetic, fresh_checkpoint, tmp_path):
+    """fresh_checkpoint is written in the field-per-key layout (no spec); re-saved with the spec read from
+    it, the same weights give the same results and metrics."""
+    import dmpose
+    from dmpose.eval.evaluate import evaluate_checkpoint
+    from dmpose.models.checkpoint import read_checkpoint_meta, read_checkpoint_spec
+
+    assert "spec" not in read_checkpoint_meta(fresh_checkpoint)
+    spec = read_checkpoint_spec(fresh_checkpoint)
+    assert spec.input_wh == (48, 64) and spec.decode == "2x2" and spec.keypoints.name == "coco17"
+    new = dmpose.save_checkpoint(dmpose.load_model(fresh_checkpoint), tmp_path / "new.safetensors", spec=spec)
+    assert read_checkpoint_meta(new)["spec"] == spec.model_dump(mode="json")
+    old_report = evaluate_checkpoint(fresh_checkpoint, tiny_synthetic, gt_boxes=True, batch_size=8)
+    new_report = evaluate_checkpoint(new, tiny_synthetic, gt_boxes=True, batch_size=8)
+    assert old_report.results == new_report.results and old_report.metrics == new_report.metrics
+    assert old_report.settings["decode"] == "2x2" and old_report.metrics["AP"] >= 0.0
+
+
+def test_eval_out_is_checked_before_inference_and_written_all_or_none(tiny_synthetic, fresh_checkpoint, tmp_path,
+                                                                        monkeypatch):
+    import dmpose.eval.evaluate as ev
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    calls = []
+    monkeypatch.setattr(ev, "predict_dataset", lambda *a, **k: calls.append(1))
+    for out in (blocker, blocker / "sub"):
+        with pytest.raises(OSError):
+            ev.evaluate_checkpoint(fresh_checkpoint, tiny_synthetic, gt_boxes=True, out=out)
+    with pytest.raises(ValueError, match="oks_threshold"):
+        ev.evaluate_checkpoint(fresh_checkpoint, tiny_synthetic, gt_boxes=True, oks_threshold=2.0)
+    assert calls == []  # nothing ran
+    monkeypatch.undo()
+
+    texts = []
+    real = ev.atomic_output
+
+    def failing_second(path):
+        texts.append(path)
+        if len(texts) == 2:
+            raise OSError("disk full (simulated)")
+        return real(path)
+
+    monkeypatch.setattr(ev, "atomic_output", failing_second)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        ev.evaluate_checkpoint(fresh_checkpoint, tiny_synthetic, gt_boxes=True, out=out, batch_size=8)
+    assert not out.exists() or list(out.iterdir()) == []

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from dmpose.eval.mpii import MPII_JOINT_NAMES, PCKH_COLUMNS, evaluate_mpii, pckh, pckh_table
+from dmpose.cli.tables import pckh_table
+from dmpose.eval.mpii import MPII_JOINT_NAMES, PCKH_COLUMNS, evaluate_mpii, pckh
 
 # Two people. Person 0: head box (0, 0)-(30, 40), diagonal 50, head size 0.6 * 50 = 30 px, so @0.5 a joint
 # is correct within 15 px. Person 1: head box (10, 10)-(70, 90), diagonal 100, head size 60, radius 30 px.

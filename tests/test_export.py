@@ -108,7 +108,7 @@ def test_onnx_heatmaps_only(tiny_ckpt, tmp_path):
     from dmpose.models.export import export_onnx
 
     _, model = tiny_ckpt
-    out = export_onnx(model, tmp_path / "plain.onnx", input_size=(32, 32))
+    out = export_onnx(model, tmp_path / "plain.onnx", input_wh=(32, 32))
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["heatmaps"]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -116,3 +116,27 @@ def test_onnx_heatmaps_only(tiny_ckpt, tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(heatmaps, model(x).numpy(), atol=1e-4, rtol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx", "tiny.safetensors"]  # no temp left
+
+
+def test_argmax_checkpoint_exports_decode_argmax(tmp_path):
+    """An MSE-trained (argmax) checkpoint exported with the decode gives decode_argmax's results."""
+    ort = _onnx_runtime()
+    from dmpose.spec import CodecSpec, PoseSpec
+
+    torch.manual_seed(0)
+    model = dmpose.build_model("hrnet_tiny", num_joints=17).eval()
+    spec = PoseSpec.build("hrnet_tiny", "coco17", (32, 48), codec=CodecSpec(name="gaussian"))
+    path = dmpose.save_checkpoint(model, tmp_path / "mse.safetensors", spec=spec)
+    out = tmp_path / "mse.onnx"
+    result = runner.invoke(app, ["export", "--ckpt", str(path), "--format", "onnx", "--with-decode", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, 48, 32, generator=torch.Generator().manual_seed(4))
+    heatmaps, coords, conf = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        ref = model(x)
+    ref_coords, ref_conf = dmpose.decode_argmax(ref)
+    assert heatmaps.shape == (2, 17, 12, 8)
+    np.testing.assert_allclose(coords, ref_coords.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(conf, ref_conf.numpy(), atol=1e-4, rtol=0)
+    assert not np.allclose(coords, dmpose.decode_2x2(ref)[0].numpy(), atol=1e-2)  # not the DM decode

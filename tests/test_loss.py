@@ -119,7 +119,7 @@ def test_half_precision_inputs():
         (dict(eps=float("nan")), "eps must be"),
         (dict(max_iters=0), "max_iters must be an integer >= 1, got 0"),
         (dict(tol=-1e-3), "tol must be"),
-        (dict(demanders="bilinear"), "demanders must be one of"),
+        (dict(demander_mode="bilinear"), "demander_mode must be one of"),
         (dict(cost="l1"), "cost must be one of"),
         (dict(grad="autograd"), "grad must be one of"),
         (dict(reduction="avg"), "reduction must be one of"),
@@ -173,7 +173,7 @@ def test_never_nan_or_inf(h, w, kind, dtype, grad, mode, eps, fx, fy, snap, seed
     if snap:
         x, y = float(round(x)), float(round(y))
     kp = torch.tensor([[[x, y], [w - 1.0, 0.0]]])
-    out = dm_loss(hm, kp, eps=eps, grad=grad, demanders=mode, reduction="none", max_iters=300)
+    out = dm_loss(hm, kp, eps=eps, grad=grad, demander_mode=mode, reduction="none", max_iters=300)
     out.sum().backward()
     assert torch.isfinite(out).all() and (out >= 0).all()
     assert torch.isfinite(hm.grad.float()).all()
@@ -232,3 +232,34 @@ def test_mse_loss_matches_the_official_joints_mse_formula():
     for k in range(3):  # official: mean over joints of 0.5 * MSE(pred * w, gt * w) over batch and pixels
         ref += 0.5 * torch.nn.functional.mse_loss(hm[:, k] * w[:, k, None, None], tgt[:, k] * w[:, k, None, None])
     assert mse_loss(hm, tgt, w).item() == pytest.approx(ref.item() / 3, rel=1e-6)
+
+
+# ---- options object, deprecated name, no-grad fast path -----------------------------------------
+def test_options_object_equals_keywords_and_validates_once():
+    from dmpose.spec import DMLossOptions, SpecError
+
+    hm, kp = batch()
+    opts = DMLossOptions(eps=0.5, max_iters=200)
+    assert dm_loss(hm, kp, options=opts).item() == dm_loss(hm, kp, eps=0.5, max_iters=200).item()
+    assert DMLoss(opts).options is opts and DMLoss(eps=0.5).options.eps == 0.5
+    with pytest.raises(SpecError, match="cost must be one of"):
+        DMLoss(cost="l1")  # validated at construction
+    with pytest.warns(DeprecationWarning, match="demander_mode"):
+        with pytest.raises(ValueError, match="demanders must be one of"):
+            dm_loss(hm, kp, demanders="bilinear")
+
+
+def test_no_grad_skips_the_gradient(monkeypatch):
+    import dmpose.sinkhorn as sk
+
+    calls = []
+    real = sk.exact_grad_a
+    monkeypatch.setattr(sk, "exact_grad_a", lambda *a, **k: calls.append(1) or real(*a, **k))
+    hm, kp = batch()
+    with_grad = dm_loss(hm.clone().requires_grad_(True), kp, backend="torch")
+    assert calls == [1]
+    with torch.no_grad():
+        value = dm_loss(hm.clone().requires_grad_(True), kp, backend="torch")
+    plain = dm_loss(hm, kp, backend="torch")  # heatmaps that do not require grad
+    assert calls == [1] and not value.requires_grad
+    assert value.item() == with_grad.item() == plain.item()

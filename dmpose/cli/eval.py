@@ -43,9 +43,8 @@ def eval_command(
 ) -> None:
     """Top-down evaluation: crops -> model (+ flip test) -> decode -> image pixels -> rescoring + OKS-NMS
     -> COCOeval (or PCKh for MPII). Prints AP, AP50, AP75, APM, APL, AR and writes the json files."""
-    from dmpose.eval.coco import coco_metrics_table
+    from dmpose.cli.tables import coco_metrics_table, pckh_table
     from dmpose.eval.evaluate import evaluate_checkpoint
-    from dmpose.eval.mpii import pckh_table
 
     if threads is not None:
         import torch

@@ -27,12 +27,41 @@ def convert(
     out: Path = typer.Option(..., "-o", "--out", help="Output dmpose checkpoint (.safetensors)."),
     num_joints: int | None = typer.Option(None, help="Heatmap channels; default: the source head's, else 17."),
     partial: bool = typer.Option(False, "--partial", help="Accept a backbone-only load; missing keys keep their init."),
+    input_wh: str | None = typer.Option(None, "--input-wh", help="Input WIDTHxHEIGHT; default the official "
+                                        "recipe's: 192x256 (COCO), 256x256 (MPII)."),
+    keypoints: str | None = typer.Option(None, "--keypoints", help="Keypoint set: coco17, mpii16 or a YAML file; "
+                                         "default by joint count (17 coco17, 16 mpii16)."),
+    mean: str | None = typer.Option(None, "--mean", help="Normalisation mean R,G,B (0-1); default ImageNet's."),
+    std: str | None = typer.Option(None, "--std", help="Normalisation std R,G,B (0-1); default ImageNet's."),
+    channel_order: str = typer.Option("RGB", "--channel-order", help="The network's input channel order: RGB "
+                                      "(official models) or BGR."),
+    decode: str | None = typer.Option(None, "--decode", help="argmax (default: the official models are "
+                                      "MSE-trained) or 2x2 (DM-trained weights)."),
 ) -> None:
-    """Convert official HRNet, MMPose, ImageNet HRNet or torchvision ResNet weights to a dmpose checkpoint."""
+    """Convert official HRNet, MMPose, ImageNet HRNet or torchvision ResNet weights to a dmpose checkpoint
+    with a full spec (what the weights do not say defaults to the official recipes, listed below)."""
     from dmpose.models.convert import convert_checkpoint
+    from dmpose.spec import IMAGENET_MEAN, IMAGENET_STD
 
+    def triple(text: str | None, option: str, default):
+        if text is None:
+            return default
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise typer.BadParameter(f"{option} must be three comma-separated numbers, got {text!r}")
+        return values
+
+    wh = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
+    norm = None
+    if mean is not None or std is not None or channel_order != "RGB":
+        norm = {"mean": triple(mean, "--mean", IMAGENET_MEAN), "std": triple(std, "--std", IMAGENET_STD),
+                "channel_order": channel_order}
     try:
-        report = convert_checkpoint(src, arch, out, num_joints=num_joints, partial=partial)
+        report = convert_checkpoint(src, arch, out, num_joints=num_joints, partial=partial, input_wh=wh,
+                                    keypoints=keypoints, normalisation=norm, decode=decode)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     table = Table(title=f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)")
@@ -51,6 +80,14 @@ def convert(
     if report.tracking_missing:
         table.add_row("absent num_batches_tracked", str(report.tracking_missing), "left at 0 (no effect on outputs)")
     console.print(table)
+    spec = report.spec
+    console.print(f"spec: {spec.keypoints.name}, input {spec.input_wh[0]}x{spec.input_wh[1]} (W x H), heatmaps "
+                  f"{spec.heatmap_wh[0]}x{spec.heatmap_wh[1]}, decode {spec.decode}, normalisation "
+                  f"{spec.normalisation.channel_order} mean {spec.normalisation.mean} std {spec.normalisation.std}",
+                  highlight=False)
+    if report.defaulted:
+        console.print("defaults of the official recipes (not stated by the weights): " + ", ".join(report.defaulted),
+                      highlight=False)
 
 
 @app.command()
@@ -88,18 +125,26 @@ def info(
 def export(
     ckpt: Path = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors)."),
     fmt: str = typer.Option("onnx", "--format", help="onnx or safetensors."),
-    with_decode: bool = typer.Option(False, "--with-decode", help="ONNX: add the 2x2 decode (coords, confidence)."),
+    with_decode: bool = typer.Option(False, "--with-decode", help="ONNX: add the checkpoint's decode (its spec's "
+                                     "rule: 2x2 or argmax) as outputs coords and confidence."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Output file; default next to the checkpoint."),
-    input_size: str | None = typer.Option(None, help="ONNX input HEIGHTxWIDTH; default: the checkpoint's."),
+    input_wh: str | None = typer.Option(None, "--input-wh", help="ONNX input WIDTHxHEIGHT; default: the spec's."),
+    input_size: str | None = typer.Option(None, "--input-size", help="ONNX input HEIGHTxWIDTH (older spelling of "
+                                          "--input-wh, other order)."),
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch axis) or re-write it as a dmpose .safetensors file."""
     from dmpose.models.export import export_checkpoint
 
-    size = parse_pair(input_size, "x", "--input-size", int) if input_size else None
+    if input_wh and input_size:
+        _fail(ValueError("give --input-wh or --input-size, not both"))
+    size = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
+    if input_size:
+        h, w = parse_pair(input_size, "x", "--input-size", int)
+        size = (w, h)
     if out is None:
         out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
     try:
-        path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_size=size)
+        path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_wh=size)
     except (ValueError, FileNotFoundError, ImportError) as err:
         _fail(err)
     console.print(f"wrote {path}", highlight=False)

@@ -25,6 +25,21 @@ _BUILTIN_DIR = Path(__file__).resolve().parent / "keypoint_sets"
 _KEYS = {"name", "keypoints", "flip_pairs", "sigmas", "skeleton", "upper_body"}
 
 
+def flip_permutation(flip_pairs, num_keypoints: int) -> tuple[int, ...]:
+    """The one flip permutation p: flipped[..., j] = original[..., p[j]] (each pair swapped).
+
+    Raises ValueError for a pair that is not two different joints in [0, K) or a joint in two pairs."""
+    perm = list(range(num_keypoints))
+    for pair in flip_pairs:
+        a, b = (int(i) for i in pair)
+        if not (0 <= a < num_keypoints and 0 <= b < num_keypoints) or a == b:
+            raise ValueError(f"bad flip pair {tuple(pair)} for {num_keypoints} joints")
+        if perm[a] != a or perm[b] != b:
+            raise ValueError(f"joint in flip pair {tuple(pair)} appears in more than one pair")
+        perm[a], perm[b] = b, a
+    return tuple(perm)
+
+
 @dataclass(frozen=True)
 class KeypointSet:
     name: str
@@ -41,10 +56,7 @@ class KeypointSet:
     @property
     def flip_index(self) -> np.ndarray:
         """Permutation p such that flipped_keypoints = keypoints[p] (left <-> right)."""
-        perm = np.arange(self.num_keypoints)
-        for a, b in self.flip_pairs:
-            perm[a], perm[b] = b, a
-        return perm
+        return np.asarray(flip_permutation(self.flip_pairs, self.num_keypoints))
 
     @property
     def lower_body(self) -> tuple[int, ...]:

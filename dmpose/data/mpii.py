@@ -27,13 +27,14 @@ import torch
 from torch.utils.data import Dataset
 
 from dmpose.data.image import read_image
+from dmpose.data.keypoints import load_keypoint_set
 from dmpose.data.transforms import TopDownTransform
 from dmpose.geometry import fix_aspect_ratio
 
 __all__ = ["MpiiKeypoints", "MpiiRecord", "load_mpii_gt"]
 
 logger = logging.getLogger(__name__)
-NUM_JOINTS = 16
+NUM_JOINTS = load_keypoint_set("mpii16").num_keypoints  # the annotations' joints: the YAML set's
 
 
 @dataclass

@@ -51,8 +51,12 @@ logger = logging.getLogger(__name__)
 GENERATOR_VERSION = 1
 _MARKER = ".complete.json"
 
-# COCO-17 joint indices
-NOSE, L_EYE, R_EYE, L_EAR, R_EAR, L_SHO, R_SHO, L_ELB, R_ELB, L_WRI, R_WRI, L_HIP, R_HIP, L_KNE, R_KNE, L_ANK, R_ANK = range(17)
+# COCO-17 joint indices, by name from the keypoint YAML (the one definition of the set)
+_COCO_INDEX = {name: i for i, name in enumerate(load_keypoint_set("coco17").names)}
+NOSE, L_EYE, R_EYE, L_EAR, R_EAR, L_SHO, R_SHO, L_ELB, R_ELB, L_WRI, R_WRI, L_HIP, R_HIP, L_KNE, R_KNE, L_ANK, R_ANK = (
+    _COCO_INDEX[f"{side}{part}"] for side, part in [("", "nose")] + [
+        (s, p) for p in ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
+        for s in ("left_", "right_")])
 # body parts (for self-occlusion): which parts each joint lies on
 TORSO, HEAD, L_UARM, L_FARM, R_UARM, R_FARM, L_THIGH, L_SHIN, R_THIGH, R_SHIN = range(10)
 _JOINT_PARTS = {

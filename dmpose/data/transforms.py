@@ -20,15 +20,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from dmpose.codec import DMCodec, GaussianCodec
+from dmpose.codec import DMCodec, GaussianCodec, build_codec, keypoint_weights
 from dmpose.data.image import warp_affine
 from dmpose.data.keypoints import KeypointSet
 from dmpose.geometry import apply_affine, crop_affine, fix_aspect_ratio
 
 __all__ = ["AugmentConfig", "TopDownTransform", "IMAGENET_MEAN", "IMAGENET_STD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dmpose.spec import IMAGENET_MEAN, IMAGENET_STD, PoseSpec
 
 
 @dataclass
@@ -96,7 +95,8 @@ class TopDownTransform:
 
     Args:
         input_size: (W, H) of the network input; heatmap_size: (W, H) of its output.
-        codec: DMCodec or GaussianCodec (its heatmap size must equal heatmap_size).
+        codec: DMCodec or GaussianCodec (its heatmap size must equal heatmap_size), or None: crop only
+            (evaluation and prediction; the sample's target is empty).
         keypoint_set: for flip pairs and the half-body split.
         augment: AugmentConfig for training, None for evaluation (no randomness).
         padding: box padding used by `box_to_center_scale` callers (kept here so datasets read one value).
@@ -104,19 +104,35 @@ class TopDownTransform:
 
     def __init__(self, input_size, heatmap_size, codec: DMCodec | GaussianCodec, keypoint_set: KeypointSet,
                  augment: AugmentConfig | None = None, padding: float = 1.25,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order: str = "RGB"):
         self.input_size = tuple(int(v) for v in input_size)
         self.heatmap_size = tuple(int(v) for v in heatmap_size)
-        if tuple(codec.heatmap_size) != self.heatmap_size:
+        if codec is not None and tuple(codec.heatmap_size) != self.heatmap_size:
             raise ValueError(f"codec heatmap size {codec.heatmap_size} != heatmap_size {self.heatmap_size}")
         self.codec = codec
         self.keypoint_set = keypoint_set
         self.augment = augment
         self.padding = float(padding)
+        if channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be RGB or BGR, got {channel_order!r}")
+        self.channels = (0, 1, 2) if channel_order == "RGB" else (2, 1, 0)  # network channel -> RGB channel
         self.aspect_ratio = self.input_size[0] / self.input_size[1]
         # normalised = pixel * scale + offset, per channel (pixel in 0..255)
         self.scale = (1.0 / (np.asarray(std, dtype=np.float64) * 255.0)).astype(np.float32)
         self.offset = (-np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(np.float32)
+
+    @classmethod
+    def from_spec(cls, spec: PoseSpec, *, encode_targets: bool = False, augment: AugmentConfig | None = None,
+                  padding: float = 1.25) -> "TopDownTransform":
+        """The transform a model's spec implies: its input and heatmap sizes, keypoint set and
+        normalisation; the spec's codec encodes targets only when `encode_targets` (training)."""
+        codec = None
+        if encode_targets:
+            opts = {} if spec.codec.name == "dm" else {"sigma": spec.codec.sigma, "flavour": spec.codec.flavour}
+            codec = build_codec(spec.codec.name, spec.heatmap_wh, **opts)
+        n = spec.normalisation
+        return cls(spec.input_wh, spec.heatmap_wh, codec, spec.keypoints.to_keypoint_set(), augment=augment,
+                   padding=padding, mean=n.mean, std=n.std, channel_order=n.channel_order)
 
     def draw(self, center, size, keypoints, visible, rng: np.random.Generator | None) -> _Draw:
         """The random centre/size/rotation/flip for one sample (identity when augment is None)."""
@@ -152,11 +168,12 @@ class TopDownTransform:
         if d.flip:
             perm = self.keypoint_set.flip_index
             kp_hm, vis = kp_hm[perm], vis[perm]
-        target = self.codec.encode(kp_hm, vis)
-        weights = self.codec.weights(kp_hm, vis)
+        # cropping alone when there is no codec (evaluation, prediction): no targets are encoded
+        target = self.codec.encode(kp_hm, vis) if self.codec is not None else {}
+        weights = keypoint_weights(kp_hm, vis, self.heatmap_size)
         img = np.empty((3, self.input_size[1], self.input_size[0]), np.float32)
         for ch in range(3):  # channel-first normalisation without float temporaries of the whole crop
-            np.multiply(crop[:, :, ch], self.scale[ch], out=img[ch])
+            np.multiply(crop[:, :, self.channels[ch]], self.scale[ch], out=img[ch])
             img[ch] += self.offset[ch]
         sample_meta = dict(meta or {})
         sample_meta.update(

@@ -42,8 +42,7 @@ __all__ = [
     "DEFAULT_OKS_THRESHOLD",
     "METRIC_NAMES",
     "PAPER_COLUMNS",
-    "coco_metrics_table",
-    "evaluate_coco",
+        "evaluate_coco",
     "instance_score",
     "oks",
     "oks_nms",
@@ -292,17 +291,6 @@ def evaluate_coco(
         evaluator.summarize()
     logger.debug("pycocotools COCOeval('keypoints'):\n%s", buf.getvalue().rstrip())
     return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats)}
-
-
-def coco_metrics_table(metrics: Mapping[str, float], title: str | None = None) -> Any:
-    """A rich Table with the paper's columns (AP, AP50, AP75, APM, APL, AR) in percent; '-' for -1."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    for name in PAPER_COLUMNS:
-        table.add_column(name, justify="right")
-    table.add_row(*("-" if metrics[name] < 0 else f"{100 * metrics[name]:.1f}" for name in PAPER_COLUMNS))
-    return table
 
 
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:

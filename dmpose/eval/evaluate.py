@@ -1,19 +1,16 @@
 """Model-driven evaluation, end to end: a checkpoint and a dataset in, the paper's metrics out.
 
-COCO (`evaluate_coco_predictions`, `evaluate_checkpoint(dataset="coco")`):
-    top-down inference over every person box (`dmpose.eval.topdown.predict_dataset`) -> person instances
-    (box score = the detector's, or 1.0 for ground-truth boxes; area = the padded, aspect-fixed crop box,
-    as the official HRNet code passes to OKS-NMS) -> `rescore` (box score x mean confidence of the joints
-    above the joint threshold) -> `oks_nms` per image -> COCO results -> `evaluate_coco` (pycocotools).
-MPII (`evaluate_mpii_predictions`, `evaluate_checkpoint(dataset="mpii")`):
-    the same inference over MpiiKeypoints -> PCKh@0.5 and @0.1 (`evaluate_mpii`) with the head boxes and
-    missing-joint flags of a gt_valid.mat-style file (`load_mpii_gt`).
+`evaluate_checkpoint` is a composition: options checked (all of them, and the output folder's
+writability, before any work) -> the checkpoint's model and PoseSpec (`load_model`, `model.spec`) ->
+the dataset cropped as the spec says (`TopDownTransform.from_spec`, no target encoding) ->
+`TopDownPredictor` (flip test, the spec's decode) -> `predict_dataset` feeding one evaluator
+(`CocoEvaluator`: rescoring, OKS-NMS, pycocotools; `MpiiEvaluator`: PCKh) -> the result files, written
+all or none.
 
-Joint threshold. The official 0.2 (`DEFAULT_JOINT_THRESHOLD`) was calibrated on the peak values of MSE
-heatmaps (a confident joint peaks near 1.0); it is the default for the argmax decode. The 2x2 decode's
-confidence is another quantity, the share of the heatmap's positive mass inside the decoded 2x2 window
-(scale-invariant; 1.0 for a perfect dot); its default is `DEFAULT_JOINT_THRESHOLDS["2x2"]`, chosen as
-docs/eval.md ("The joint threshold") explains.
+COCO: person boxes are detections (default ROOT/person_detection_results/..., the AP-56 detector's) or
+the annotated boxes; box score = the detector's (1.0 for ground-truth boxes). MPII: the annotated person
+boxes, PCKh@0.5 and @0.1 with the head boxes and missing-joint flags of a gt_valid.mat-style file.
+The keypoint set is the checkpoint's (its spec); it must be the dataset's.
 
 Coordinates: pixel centres at integer coordinates in every space (pixel (i, j) covers
 [j-0.5, j+0.5) x [i-0.5, i+0.5)); COCO keypoints are written unchanged (see dmpose.eval.coco).
@@ -21,46 +18,43 @@ Coordinates: pixel centres at integer coordinates in every space (pixel (i, j) c
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dmpose.eval.coco import (
-    DEFAULT_JOINT_THRESHOLD,
-    DEFAULT_OKS_THRESHOLD,
-    evaluate_coco,
-    oks_nms,
-    rescore,
-    to_coco_results,
-    write_json,
-    write_results_json,
-)
-from dmpose.eval.mpii import PCKhResult, evaluate_mpii
-from dmpose.eval.topdown import ProgressCallback, TopDownPredictions, predict_dataset
+from dmpose.atomic import atomic_output
+from dmpose.eval.coco import DEFAULT_OKS_THRESHOLD
+from dmpose.eval.metrics import DEFAULT_JOINT_THRESHOLDS, CocoEvaluator, MpiiEvaluator, joint_threshold_for
+from dmpose.eval.mpii import PCKhResult
+from dmpose.eval.runner import ProgressCallback, TopDownPredictions, coco_update, crop_boxes, predict_dataset
+from dmpose.spec import KeypointSpec, PoseSpec
 
 __all__ = [
     "DEFAULT_JOINT_THRESHOLDS",
     "EvalReport",
-    "coco_instances",
+    "check_output_dir",
     "evaluate_checkpoint",
     "evaluate_coco_predictions",
     "evaluate_mpii_predictions",
-    "resolve_decode",
+    "with_decode",
+    "write_json_files",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Joint threshold of the rescoring, per decode rule (see the module docstring and docs/eval.md).
-DEFAULT_JOINT_THRESHOLDS = {"argmax": DEFAULT_JOINT_THRESHOLD, "2x2": 0.05}
 GT_BOXES_LABEL = "GT boxes"
 # MPII layout as the official HRNet code: ROOT/annot/{split}.json, ROOT/annot/gt_{split}.mat, ROOT/images/
 MPII_DEFAULT_SPLIT = "valid"
 COCO_DEFAULT_SPLIT = "val2017"
-# input size (width, height) used when a checkpoint does not record one
-DEFAULT_INPUT_SIZE = {"coco": (192, 256), "mpii": (256, 256)}
+DATASETS = {"coco": "coco17", "mpii": "mpii16"}  # dataset -> the keypoint set its annotations use
+# The map a decode reads when the rule is overridden (the average the old flip test used per rule).
+_SUPPLIER_MAP_OF_DECODE = {"2x2": "relu", "argmax": "raw"}
 
 
 @dataclass
@@ -87,38 +81,19 @@ class EvalReport:
                 "metrics": self.metrics}
 
 
-def resolve_decode(meta: dict[str, Any], override: str | None = None) -> str:
-    """The decode rule: `override` if given, else the checkpoint's `decode` field, else inferred from its
-    `loss` ("dm" -> 2x2, "mse" -> argmax), else argmax (foreign weights are MSE-trained) with a warning."""
-    if override is not None:
-        if override not in DEFAULT_JOINT_THRESHOLDS:
-            raise ValueError(f"unknown decode rule {override!r}; expected one of {sorted(DEFAULT_JOINT_THRESHOLDS)}")
-        return override
-    if meta.get("decode") in DEFAULT_JOINT_THRESHOLDS:
-        return meta["decode"]
-    loss = meta.get("loss")
-    name = str(loss.get("name", "") if isinstance(loss, dict) else (loss or "")).lower()
-    if name.startswith("dm"):
-        return "2x2"
-    if name.startswith("mse"):
-        return "argmax"
-    logger.warning("checkpoint metadata has no decode rule or loss; using the argmax decode (pass decode= to choose)")
-    return "argmax"
+def with_decode(spec: PoseSpec, decode: str | None) -> PoseSpec:
+    """The spec, or a copy decoding by `decode` ("2x2" or "argmax") and reading the map that rule reads."""
+    if decode is None or decode == spec.decode:
+        return spec
+    if decode not in DEFAULT_JOINT_THRESHOLDS:
+        raise ValueError(f"unknown decode rule {decode!r}; expected one of {sorted(DEFAULT_JOINT_THRESHOLDS)}")
+    codec = {**spec.codec.model_dump(), "decode": decode, "supplier_map": _SUPPLIER_MAP_OF_DECODE[decode]}
+    return spec.replace(codec=codec)
 
 
-def coco_instances(preds: TopDownPredictions) -> list[dict[str, Any]]:
-    """Person instances (dmpose.eval.coco's format) from top-down predictions: image keypoints with the
-    decoder's confidence, box_score = the sample's score, area = w x h of the padded crop box."""
-    for key in ("image_id", "score", "size"):
-        if key not in preds.meta:
-            raise ValueError(f"coco_instances: the predictions' meta lacks '{key}' (not a COCO dataset?)")
-    kp = np.concatenate([preds.keypoints, preds.confidence[..., None].astype(np.float64)], axis=-1)
-    size = np.asarray(preds.meta["size"], dtype=np.float64)
-    return [
-        {"image_id": int(preds.meta["image_id"][n]), "keypoints": kp[n], "box_score": float(preds.meta["score"][n]),
-         "area": float(size[n, 0] * size[n, 1]), "center": np.asarray(preds.meta["center"][n]), "size": size[n]}
-        for n in range(len(preds))
-    ]
+def _sigma_keypoints(sigmas: Any) -> KeypointSpec:
+    sig = tuple(float(s) for s in np.asarray(sigmas, dtype=np.float64).reshape(-1))
+    return KeypointSpec(name="custom", names=tuple(f"joint{i}" for i in range(len(sig))), sigmas=sig)
 
 
 def evaluate_coco_predictions(
@@ -128,70 +103,126 @@ def evaluate_coco_predictions(
     joint_threshold: float | None = None,
     oks_threshold: float = DEFAULT_OKS_THRESHOLD,
 ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
-    """Rescore, OKS-NMS and (when `gt`, a json path or pycocotools COCO, is given) COCOeval.
+    """Collected predictions through a `CocoEvaluator`: (COCO results, metrics or {}, counts and thresholds).
 
-    joint_threshold None -> `DEFAULT_JOINT_THRESHOLDS[preds.decode]`. Returns (COCO results, metrics or {},
-    counts and thresholds used).
-    """
-    thr = DEFAULT_JOINT_THRESHOLDS[preds.decode] if joint_threshold is None else float(joint_threshold)
-    instances = coco_instances(preds)
-    kept = oks_nms(rescore(instances, thr), sigmas, oks_threshold)
-    results = to_coco_results(kept)
-    metrics = evaluate_coco(results, gt, sigmas=sigmas) if gt is not None else {}
-    info = {"joint_threshold": thr, "oks_threshold": float(oks_threshold), "instances": len(instances),
-            "instances_after_nms": len(kept)}
-    return results, metrics, info
+    joint_threshold None -> `DEFAULT_JOINT_THRESHOLDS[preds.decode]`."""
+    for key in ("image_id", "score", "size", "center"):
+        if key not in preds.meta:
+            raise ValueError(f"COCO evaluation: the predictions' meta lacks '{key}' (not a COCO dataset?)")
+    ev = CocoEvaluator(gt, _sigma_keypoints(sigmas), joint_threshold, oks_threshold, decode=preds.decode)
+    ev.update(preds.meta["image_id"], crop_boxes(preds.meta), preds.meta["score"], preds.keypoints,
+              preds.confidence)
+    metrics = ev.compute()
+    return ev.results(), metrics, dict(ev.info)
 
 
 def evaluate_mpii_predictions(
     preds: TopDownPredictions, gt: dict[str, np.ndarray], thresholds=(0.5, 0.1)
 ) -> list[PCKhResult]:
-    """PCKh of MPII predictions against a `load_mpii_gt`-style dict (headboxes (N, 2, 2), jnt_missing
-    (N, 16), optional joints (N, 16, 2), all 0-based image px). The ground-truth joints are the file's
-    when it has them, else the dataset's annotations; visible = not jnt_missing (the official rule)."""
+    """PCKh of collected MPII predictions (dataset order) through an `MpiiEvaluator`; the ground-truth joints
+    are the file's when it has them, else the dataset's annotations."""
+    ev = MpiiEvaluator(gt, thresholds=thresholds)
     n = len(preds)
-    head, missing = np.asarray(gt["headboxes"]), np.asarray(gt["jnt_missing"], dtype=bool)
-    if head.shape[0] != n or missing.shape[0] != n:
-        raise ValueError(f"MPII ground truth holds {head.shape[0]} head boxes / {missing.shape[0]} jnt_missing rows "
-                         f"but the dataset has {n} persons; they must correspond one to one, in order")
-    joints = gt.get("joints")
-    if joints is None:
-        if "keypoints" not in preds.meta:
-            raise ValueError("MPII ground truth has no joints and the predictions carry no annotated keypoints")
-        joints = np.asarray(preds.meta["keypoints"], dtype=np.float64)[..., :2]
-    return evaluate_mpii(preds.keypoints, joints, head, ~missing, thresholds=thresholds)
+    if ev.headboxes.shape[0] != n or ev.missing.shape[0] != n:
+        raise ValueError(f"MPII ground truth holds {ev.headboxes.shape[0]} head boxes / {ev.missing.shape[0]} "
+                         f"jnt_missing rows but the dataset has {n} persons; they must correspond one to one, "
+                         "in order")
+    gt_joints = preds.meta.get("keypoints")
+    ev.update(np.arange(n), preds.keypoints, None if gt_joints is None else np.asarray(gt_joints)[..., :2])
+    return ev.pckh_results()
 
 
-def _checkpoint_setup(ckpt: Path, dataset: str, device: str | None):
+# ---- outputs: checked before the work, written all or none ---------------------------------------------
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """The output folder, checked before any work: an existing folder we can write to, or a path whose
+    nearest existing parent is one (nothing is created here)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {out} exists and is not a folder")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {out} is not writable ({probe} does not accept new files)")
+    return out
+
+
+def write_json_files(files: dict[Path, Any]) -> list[Path]:
+    """Write several JSON files all or none: every text is serialised first (NaN refused), each goes to a
+    temporary file beside its target, and the renames happen only once every file was written."""
+    texts = {Path(p): json.dumps(obj, allow_nan=False) for p, obj in files.items()}
+    with contextlib.ExitStack() as stack:
+        for path, text in texts.items():
+            stack.enter_context(atomic_output(path)).write_text(text)
+    return list(texts)
+
+
+# ---- the composition -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Options:
+    """evaluate_checkpoint's options, checked together before any work."""
+
+    dataset: str
+    split: str
+    root: Path | None
+    flip: bool
+    decode: str | None
+    batch_size: int
+    num_workers: int
+    joint_threshold: float | None
+    oks_threshold: float
+    out: Path | None
+
+    @classmethod
+    def check(cls, ckpt, data, dataset, split, dets, gt_boxes, flip, decode, batch_size, out, num_workers,
+              joint_threshold, oks_threshold, det_score_threshold) -> "_Options":
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; expected 'coco' or 'mpii'")
+        if dets is not None and gt_boxes:
+            raise ValueError("give either detections (dets) or gt_boxes, not both")
+        if dataset == "mpii" and (dets is not None or gt_boxes):
+            raise ValueError("MPII evaluation uses the annotated person boxes (no detections or gt_boxes option)")
+        if decode is not None and decode not in DEFAULT_JOINT_THRESHOLDS:
+            raise ValueError(f"unknown decode rule {decode!r}; expected one of {sorted(DEFAULT_JOINT_THRESHOLDS)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        for name, v in (("joint_threshold", joint_threshold), ("oks_threshold", oks_threshold),
+                        ("det_score_threshold", det_score_threshold)):
+            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
+                raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
+        split = split or (COCO_DEFAULT_SPLIT if dataset == "coco" else MPII_DEFAULT_SPLIT)
+        if dataset == "coco" and gt_boxes and split.startswith("test"):
+            raise ValueError(f"{split} has no ground-truth boxes; evaluate it with detections")
+        if not Path(ckpt).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+        if data is None and dataset != "coco":
+            raise ValueError("MPII evaluation needs a data root (no default MPII dataset)")
+        if data is not None and not Path(data).is_dir():
+            raise FileNotFoundError(f"data root not found: {data}")
+        out_dir = check_output_dir(out) if out is not None else None
+        return cls(dataset, split, None if data is None else Path(data), bool(flip), decode, batch_size,
+                   num_workers, joint_threshold, float(oks_threshold), out_dir)
+
+
+def _load(ckpt: Path, dataset: str, device: str | None, decode: str | None):
+    """The model and its spec (decode overridden when asked); the spec's keypoint set must be the dataset's."""
     import torch
 
-    from dmpose.data.keypoints import load_keypoint_set
     from dmpose.models import load_model
 
-    if not Path(ckpt).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(ckpt, map_location=device)
-    meta = model.checkpoint_meta
-    keypoint_set = load_keypoint_set("coco17" if dataset == "coco" else "mpii16")
-    if meta["num_joints"] != keypoint_set.num_keypoints:
-        raise ValueError(f"{ckpt}: num_joints={meta['num_joints']} but the {dataset} keypoint set "
-                         f"'{keypoint_set.name}' has {keypoint_set.num_keypoints} joints")
-    if meta.get("input_size"):
-        h, w = meta["input_size"]
-        input_size = (int(w), int(h))
-    else:
-        input_size = DEFAULT_INPUT_SIZE[dataset]
-        logger.warning("%s: metadata has no input_size; using %dx%d (height x width)",
-                       ckpt, input_size[1], input_size[0])
-    if meta.get("heatmap_size"):
-        hh, hw = meta["heatmap_size"]
-        heatmap_size = (int(hw), int(hh))
-    else:
-        heatmap_size = (input_size[0] // 4, input_size[1] // 4)
-    flip_pairs = meta.get("flip_pairs") or keypoint_set.flip_pairs
-    return model, meta, keypoint_set, input_size, heatmap_size, [tuple(p) for p in flip_pairs]
+    model = load_model(ckpt, map_location=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if model.spec is None:
+        raise ValueError(f"{ckpt}: the checkpoint names no keypoint set ({model.num_joints} joints, no "
+                         "keypoint_names); re-save it with a spec")
+    spec = with_decode(model.spec, decode)
+    expected = KeypointSpec.builtin(DATASETS[dataset])
+    if spec.keypoints.names != expected.names:
+        raise ValueError(f"{ckpt}: num_joints={spec.num_joints} ({spec.keypoints.name}) but the {dataset} "
+                         f"keypoint set '{expected.name}' has {expected.num_keypoints} joints"
+                         + (" in another order" if spec.num_joints == expected.num_keypoints else ""))
+    return model, spec
 
 
 def evaluate_checkpoint(
@@ -214,69 +245,52 @@ def evaluate_checkpoint(
     mpii_gt: str | Path | None = None,
     progress: ProgressCallback | None = None,
 ) -> EvalReport:
-    """Evaluate a dmpose checkpoint on COCO (OKS AP) or MPII (PCKh) and write the results.
+    """Evaluate a dmpose checkpoint on COCO (OKS AP) or MPII (PCKh) and write the results (module docstring).
 
     data: the dataset root (COCO layout, see dmpose.data.coco; MPII: annot/{split}.json, images/,
         annot/gt_{split}.mat); None -> the default synthetic dataset (COCO only), generated on first use.
     split: COCO val2017 (default) or test-dev2017 (detections needed; no metrics); MPII valid (default).
-    dets: a COCO-results json of person boxes; default ROOT/person_detection_results/... (the AP-56
-        detector's file name); gt_boxes=True uses the annotated boxes instead (reported as "GT boxes").
-    decode: override the checkpoint's decode rule ("2x2" or "argmax").
-    out: folder for the results json (COCO results format; MPII: predictions) and the metrics json.
-    mpii_gt: the gt_valid.mat-style file; default ROOT/annot/gt_{split}.mat.
+    dets / gt_boxes: COCO person boxes (default: ROOT's AP-56 detections); decode: override the spec's rule;
+    out: folder for the results and metrics json (written all or none); mpii_gt: default
+    ROOT/annot/gt_{split}.mat.
     """
-    from dmpose.codec import DMCodec
-    from dmpose.data.coco import DEFAULT_DETECTION_FILE, CocoKeypoints, coco_paths
-    from dmpose.data.mpii import MpiiKeypoints, load_mpii_gt
-    from dmpose.data.synthetic import ensure_synthetic
     from dmpose.data.transforms import TopDownTransform
+    from dmpose.eval.predictor import TopDownPredictor
 
-    if dataset not in ("coco", "mpii"):
-        raise ValueError(f"unknown dataset {dataset!r}; expected 'coco' or 'mpii'")
-    if dets is not None and gt_boxes:
-        raise ValueError("give either detections (dets) or gt_boxes, not both")
+    opts = _Options.check(ckpt, data, dataset, split, dets, gt_boxes, flip, decode, batch_size, out, num_workers,
+                          joint_threshold, oks_threshold, det_score_threshold)
     ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    if data is None:
-        if dataset != "coco":
-            raise ValueError("MPII evaluation needs a data root (no default MPII dataset)")
-        data = ensure_synthetic()
-        logger.info("no data root given: using the synthetic dataset at %s", data)
-    root = Path(data)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data root not found: {root}")
-    model, meta, keypoint_set, input_size, heatmap_size, flip_pairs = _checkpoint_setup(ckpt, dataset, device)
-    rule = resolve_decode(meta, decode)
-    transform = TopDownTransform(input_size, heatmap_size, DMCodec(heatmap_size), keypoint_set, augment=None)
-    settings: dict[str, Any] = {"checkpoint": str(ckpt), "arch": meta["arch"], "decode": rule, "flip": flip,
-                                "input_size": [input_size[1], input_size[0]]}
-    out_dir = Path(out) if out is not None else None
+    source = _coco_source if dataset == "coco" else _mpii_source
+    model, spec = _load(ckpt, dataset, device, decode)
+    ds_factory, finish = source(opts, dets, gt_boxes, det_score_threshold, mpii_gt)
+    ds = ds_factory(TopDownTransform.from_spec(spec))
+    predictor = TopDownPredictor(model, spec, flip=opts.flip, amp=amp)
+    settings: dict[str, Any] = {"checkpoint": str(ckpt), "arch": spec.arch, "decode": spec.decode, "flip": opts.flip,
+                                "input_size": list(spec.input_hw)}
+    report, files = finish(predictor, ds, spec, settings, progress)
+    if opts.out is not None:
+        paths = write_json_files({opts.out / name: obj for name, (_, obj) in files.items()})
+        report.files.update({what: path for (what, _), path in zip(files.values(), paths)})
+    return report
 
-    if dataset == "mpii":
-        split = split or MPII_DEFAULT_SPLIT
-        ann_file, image_dir = root / "annot" / f"{split}.json", root / "images"
-        gt = load_mpii_gt(mpii_gt or root / "annot" / f"gt_{split}.mat")
-        ds = MpiiKeypoints(ann_file, image_dir, transform)
-        preds = predict_dataset(model, ds, rule, flip_pairs if flip else None, batch_size, num_workers, amp, progress)
-        pckh = evaluate_mpii_predictions(preds, gt)
-        settings.update(persons=len(preds), images_per_second=preds.images_per_second)
-        metrics = {f"PCKh@{r.threshold:g}": r.to_dict() for r in pckh}
-        report = EvalReport("mpii", split, "annotated person boxes", metrics, settings, pckh=pckh)
-        if out_dir is not None:
-            rows = [{"image": preds.meta["image"][n], "index": int(preds.meta["index"][n]),
-                     "keypoints": np.concatenate([preds.keypoints[n], preds.confidence[n][:, None]], -1).tolist()}
-                    for n in range(len(preds))]
-            report.files["results"] = write_json(rows, out_dir / f"mpii_{split}_predictions.json")
-            report.files["metrics"] = write_json(report.to_dict(), out_dir / f"mpii_{split}_metrics.json")
-        return report
 
-    split = split or COCO_DEFAULT_SPLIT
-    test_split = split.startswith("test")
-    ann_file, image_dir = coco_paths(root, split)
+def _root(opts: _Options) -> Path:
+    if opts.root is not None:
+        return opts.root
+    from dmpose.data.synthetic import ensure_synthetic
+
+    root = ensure_synthetic()
+    logger.info("no data root given: using the synthetic dataset at %s", root)
+    return root
+
+
+def _coco_source(opts: _Options, dets, gt_boxes: bool, det_score_threshold: float, mpii_gt):
+    from dmpose.data.coco import DEFAULT_DETECTION_FILE, CocoKeypoints, coco_paths
+
+    root = _root(opts)
+    test_split = opts.split.startswith("test")
+    ann_file, image_dir = coco_paths(root, opts.split)
     if gt_boxes:
-        if test_split:
-            raise ValueError(f"{split} has no ground-truth boxes; evaluate it with detections")
         det_file, boxes = None, GT_BOXES_LABEL
     else:
         det_file = Path(dets) if dets is not None else root / DEFAULT_DETECTION_FILE
@@ -284,16 +298,50 @@ def evaluate_checkpoint(
             hint = "" if dets is not None else " (pass --dets FILE, or --gt-boxes to use the annotated boxes)"
             raise FileNotFoundError(f"detection file not found: {det_file}{hint}")
         boxes = f"detections ({det_file.name})"
-    ds = CocoKeypoints(ann_file, image_dir, transform, detections=det_file, det_score_threshold=det_score_threshold)
-    preds = predict_dataset(model, ds, rule, flip_pairs if flip else None, batch_size, num_workers, amp, progress)
-    results, metrics, info = evaluate_coco_predictions(
-        preds, None if test_split else ann_file, keypoint_set.sigmas, joint_threshold, oks_threshold)
-    settings.update(info, images_per_second=preds.images_per_second)
-    if det_file is not None:
-        settings["det_score_threshold"] = det_score_threshold
-    report = EvalReport("coco", split, boxes, metrics, settings, results=results)
-    if out_dir is not None:
-        report.files["results"] = write_results_json(results, out_dir / f"person_keypoints_{split}_dmpose_results.json")
+
+    def dataset(transform):
+        return CocoKeypoints(ann_file, image_dir, transform, detections=det_file,
+                             det_score_threshold=det_score_threshold)
+
+    def finish(predictor, ds, spec, settings, progress):
+        thr = joint_threshold_for(spec) if opts.joint_threshold is None else opts.joint_threshold
+        ev = CocoEvaluator(None if test_split else ann_file, spec.keypoints, thr, opts.oks_threshold,
+                           decode=spec.decode)
+        preds = predict_dataset(predictor, ds, opts.batch_size, opts.num_workers, coco_update(ev), progress)
+        metrics = ev.compute()
+        settings.update(ev.info, images_per_second=preds.images_per_second)
+        if det_file is not None:
+            settings["det_score_threshold"] = det_score_threshold
+        report = EvalReport("coco", opts.split, boxes, metrics, settings, results=ev.results())
+        files = {f"person_keypoints_{opts.split}_dmpose_results.json": ("results", report.results)}
         if not test_split:
-            report.files["metrics"] = write_json(report.to_dict(), out_dir / f"metrics_{split}.json")
-    return report
+            files[f"metrics_{opts.split}.json"] = ("metrics", report.to_dict())
+        return report, files
+
+    return dataset, finish
+
+
+def _mpii_source(opts: _Options, dets, gt_boxes: bool, det_score_threshold: float, mpii_gt):
+    from dmpose.data.mpii import MpiiKeypoints, load_mpii_gt
+
+    root = _root(opts)
+    ann_file, image_dir = root / "annot" / f"{opts.split}.json", root / "images"
+    gt = load_mpii_gt(mpii_gt or root / "annot" / f"gt_{opts.split}.mat")
+
+    def dataset(transform):
+        return MpiiKeypoints(ann_file, image_dir, transform)
+
+    def finish(predictor, ds, spec, settings, progress):
+        preds = predict_dataset(predictor, ds, opts.batch_size, opts.num_workers, None, progress)
+        pckh = evaluate_mpii_predictions(preds, gt)
+        settings.update(persons=len(preds), images_per_second=preds.images_per_second)
+        metrics = {f"PCKh@{r.threshold:g}": r.to_dict() for r in pckh}
+        report = EvalReport("mpii", opts.split, "annotated person boxes", metrics, settings, pckh=pckh)
+        rows = [{"image": preds.meta["image"][n], "index": int(preds.meta["index"][n]),
+                 "keypoints": np.concatenate([preds.keypoints[n], preds.confidence[n][:, None]], -1).tolist()}
+                for n in range(len(preds))]
+        files = {f"mpii_{opts.split}_predictions.json": ("results", rows),
+                 f"mpii_{opts.split}_metrics.json": ("metrics", report.to_dict())}
+        return report, files
+
+    return dataset, finish

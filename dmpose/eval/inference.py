@@ -18,7 +18,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from dmpose.data.keypoints import flip_permutation
 from dmpose.decode import decode_2x2, decode_argmax
+from dmpose.loss import check_heatmaps
 
 __all__ = ["DECODERS", "average_flip", "flip_back", "normalise_heatmaps", "predict_heatmaps"]
 
@@ -36,18 +38,12 @@ def flip_back(heatmaps: Tensor, flip_pairs: Sequence[tuple[int, int]]) -> Tensor
 
     A keypoint at heatmap (x, y) of joint `left` ends up at (W-1-x, y) in channel `right`, and vice versa.
     """
-    if not isinstance(heatmaps, Tensor) or heatmaps.dim() != 4:
-        raise ValueError(f"flip_back: heatmaps must be a (B, K, H, W) tensor, got {getattr(heatmaps, 'shape', type(heatmaps))}")
-    k = heatmaps.shape[1]
-    perm = list(range(k))
-    for pair in flip_pairs:
-        a, b = (int(i) for i in pair)
-        if not (0 <= a < k and 0 <= b < k) or a == b:
-            raise ValueError(f"flip_back: bad flip pair {tuple(pair)} for {k} joints")
-        if perm[a] != a or perm[b] != b:
-            raise ValueError(f"flip_back: joint in flip pair {tuple(pair)} appears in more than one pair")
-        perm[a], perm[b] = b, a
-    return heatmaps.flip(-1)[:, perm]
+    _, k, _, _ = check_heatmaps(heatmaps, "flip_back: heatmaps")
+    try:
+        perm = flip_permutation(flip_pairs, k)
+    except ValueError as e:
+        raise ValueError(f"flip_back: {e}") from None
+    return heatmaps.flip(-1)[:, list(perm)]
 
 
 def normalise_heatmaps(heatmaps: Tensor) -> Tensor:

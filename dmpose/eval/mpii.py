@@ -25,30 +25,31 @@ from typing import Any
 
 import numpy as np
 
+from dmpose.data.keypoints import load_keypoint_set
+
 __all__ = [
     "MPII_JOINT_NAMES",
     "PCKH_COLUMNS",
     "PCKhResult",
     "evaluate_mpii",
     "pckh",
-    "pckh_table",
 ]
 
 SC_BIAS = 0.6
-MPII_JOINT_NAMES = (
-    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
-    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",
-)  # fmt: skip
-_PARTS = {
-    "Head": (8, 9),
-    "Shoulder": (12, 13),
-    "Elbow": (11, 14),
-    "Wrist": (10, 15),
-    "Hip": (2, 3),
-    "Knee": (1, 4),
-    "Ankle": (0, 5),
+_MPII = load_keypoint_set("mpii16")  # the joints as the YAML file names them (the one definition)
+MPII_JOINT_NAMES = _MPII.names
+_K = _MPII.num_keypoints
+_PART_JOINTS = {
+    "Head": ("upper_neck", "head_top"),
+    "Shoulder": ("right_shoulder", "left_shoulder"),
+    "Elbow": ("right_elbow", "left_elbow"),
+    "Wrist": ("right_wrist", "left_wrist"),
+    "Hip": ("right_hip", "left_hip"),
+    "Knee": ("right_knee", "left_knee"),
+    "Ankle": ("right_ankle", "left_ankle"),
 }
-_EXCLUDED_FROM_MEAN = (6, 7)  # pelvis, thorax
+_PARTS = {part: tuple(MPII_JOINT_NAMES.index(n) for n in names) for part, names in _PART_JOINTS.items()}
+_EXCLUDED_FROM_MEAN = tuple(MPII_JOINT_NAMES.index(n) for n in ("pelvis", "thorax"))
 PCKH_COLUMNS = (*_PARTS, "Mean")
 
 
@@ -84,15 +85,15 @@ def _check(pred: Any, gt: Any, headboxes: Any, visible: Any) -> tuple[np.ndarray
     g = np.asarray(gt, dtype=np.float64)
     hb = np.asarray(headboxes, dtype=np.float64)
     vis = np.asarray(visible)
-    if p.ndim != 3 or p.shape[1:] != (16, 2):
-        raise ValueError(f"pckh: pred must be (N, 16, 2), got shape {p.shape}")
+    if p.ndim != 3 or p.shape[1:] != (_K, 2):
+        raise ValueError(f"pckh: pred must be (N, {_K}, 2), got shape {p.shape}")
     n = p.shape[0]
-    if g.shape != (n, 16, 2):
-        raise ValueError(f"pckh: gt must be ({n}, 16, 2) like pred, got shape {g.shape}")
+    if g.shape != (n, _K, 2):
+        raise ValueError(f"pckh: gt must be ({n}, {_K}, 2) like pred, got shape {g.shape}")
     if hb.shape != (n, 2, 2):
         raise ValueError(f"pckh: headboxes must be ({n}, 2, 2) [[x1, y1], [x2, y2]], got shape {hb.shape}")
-    if vis.shape != (n, 16):
-        raise ValueError(f"pckh: visible must be ({n}, 16), got shape {vis.shape}")
+    if vis.shape != (n, _K):
+        raise ValueError(f"pckh: visible must be ({n}, {_K}), got shape {vis.shape}")
     vis = vis.astype(bool)
     if not vis.any():
         raise ValueError("pckh: no visible joint to evaluate")
@@ -119,7 +120,7 @@ def _result(threshold: float, scaled_err: np.ndarray, vis: np.ndarray) -> PCKhRe
     with np.errstate(invalid="ignore", divide="ignore"):
         per_joint = np.where(counts > 0, 100.0 * hits / np.maximum(counts, 1), np.nan)
     columns = {name: float(0.5 * (per_joint[a] + per_joint[b])) for name, (a, b) in _PARTS.items()}
-    used = np.ones(16, dtype=bool)
+    used = np.ones(_K, dtype=bool)
     used[list(_EXCLUDED_FROM_MEAN)] = False
     total = counts[used].sum()
     columns["Mean"] = float(100.0 * hits[used].sum() / total) if total > 0 else math.nan
@@ -147,16 +148,3 @@ def evaluate_mpii(
         err = np.linalg.norm(np.where(vis[..., None], p - g, 0.0), axis=-1)
     scaled = np.divide(err, head[:, None], out=np.zeros_like(err), where=vis)
     return [_result(t, scaled, vis) for t in thresholds]
-
-
-def pckh_table(results: Sequence[PCKhResult], title: str | None = None) -> Any:
-    """A rich Table: one row per threshold ("PCKh@0.5", ...), the paper's columns Head ... Mean."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("Metric")
-    for name in PCKH_COLUMNS:
-        table.add_column(name, justify="right")
-    for r in results:
-        table.add_row(f"PCKh@{r.threshold:g}", *("-" if math.isnan(v) else f"{v:.1f}" for v in r.columns.values()))
-    return table

@@ -7,6 +7,8 @@ Metadata fields (safetensors metadata values are strings; structured values are 
 field              stored  meaning
 =================  ======  =================================================================
 format             text    ``dmpose-checkpoint/1`` (required)
+spec               JSON    the `dmpose.spec.PoseSpec` (arch, keypoints, input_wh, heatmap_wh, stride,
+                           normalisation, codec); absent in files written before the spec existed
 arch               text    registry name, e.g. ``hrnet_w32`` (required)
 num_joints         JSON    heatmap channels K (required)
 dmpose_version     text    the dmpose version that wrote the file
@@ -20,6 +22,11 @@ decode             text    ``2x2`` (distribution-matching decode) or ``argmax``
 config             text    the resolved training configuration as YAML
 extra              JSON    any other keys given to `save_checkpoint` (returned flattened)
 =================  ======  =================================================================
+
+The spec is the source of truth: when present the field-per-key values below it (input_size ... decode)
+are written from it, for readability and for older readers. `read_checkpoint_spec` returns the spec of
+any file (the stored one, else `PoseSpec.from_legacy_meta` of the old fields), validated on read; a bad
+field raises `dmpose.spec.SpecError` naming the file and the field.
 
 Coordinates: heatmaps cover the input crop's region; heatmap pixel centres sit at integer
 coordinates and the heatmap's outer edges (-0.5 ... W_hm - 0.5) are the crop's outer edges.
@@ -42,17 +49,21 @@ from torch import nn
 
 from dmpose.atomic import atomic_write_bytes
 from dmpose.models.registry import build_model
+from dmpose.spec import PoseSpec, SpecError
 
-__all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "model_meta", "checkpoint_summary"]
+__all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "read_checkpoint_spec", "model_meta",
+           "checkpoint_summary", "spec_meta"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "dmpose-checkpoint/1"
 REQUIRED = ("format", "arch", "num_joints")
 TEXT_FIELDS = ("format", "arch", "dmpose_version", "decode", "config")
-JSON_FIELDS = ("num_joints", "input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss")
+JSON_FIELDS = ("spec", "num_joints", "input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss")
 DECODE_RULES = ("2x2", "argmax")
-FIELD_ORDER = ("format", "arch", "num_joints", "dmpose_version", "input_size", "heatmap_size", "keypoint_names",
+# the output stride of every registered architecture (a legacy file's heatmap_size must be input_size / 4)
+LEGACY_OUTPUT_STRIDE = 4
+FIELD_ORDER = ("format", "spec", "arch", "num_joints", "dmpose_version", "input_size", "heatmap_size", "keypoint_names",
                "flip_pairs", "skeleton", "loss", "decode", "config", "extra")
 
 
@@ -75,6 +86,15 @@ def model_meta(model: nn.Module) -> dict[str, Any]:
     meta = dict(getattr(model, "checkpoint_meta", {}))
     meta.update(arch=model.arch, num_joints=model.num_joints)
     return meta
+
+
+def spec_meta(spec: PoseSpec) -> dict[str, Any]:
+    """The field-per-key metadata a spec implies (the old layout, kept readable next to ``spec``)."""
+    kps = spec.keypoints
+    return {"spec": spec.model_dump(mode="json"), "input_size": list(spec.input_hw),
+            "heatmap_size": list(spec.heatmap_hw), "keypoint_names": list(kps.names),
+            "flip_pairs": [list(p) for p in kps.flip_pairs], "skeleton": [list(p) for p in kps.skeleton],
+            "decode": spec.decode}
 
 
 def _validate(meta: dict[str, Any]) -> None:
@@ -132,18 +152,28 @@ def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:
             if key in JSON_FIELDS:
                 meta[key] = json.loads(value)
             elif key == "extra":
-                meta.update(json.loads(value))
+                extra = json.loads(value)
+                if not isinstance(extra, dict):
+                    raise SpecError(f"{path}: field extra must be a JSON object, got {type(extra).__name__}")
+                clash = sorted(set(extra) & {*FIELD_ORDER, *REQUIRED})
+                if clash:
+                    raise SpecError(f"{path}: field extra.{clash[0]} shadows the metadata field {clash[0]!r} "
+                                    "(extra may only hold other keys)")
+                meta.update(extra)
             else:  # text fields, and keys written by other tools, stay strings
                 meta[key] = value
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: metadata field {key!r} is not valid JSON ({e}): {value[:80]!r}") from None
+            raise SpecError(f"{path}: metadata field {key!r} is not valid JSON ({e}): {value[:80]!r}") from None
     return meta
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write `model`'s weights and metadata to one `.safetensors` file, atomically.
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, spec: PoseSpec | None = None,
+                    meta: dict[str, Any] | None = None) -> Path:
+    """Write `model`'s weights, its `spec` and metadata to one `.safetensors` file, atomically.
 
-    `meta` adds or overrides fields (see the module docstring); `arch` and `num_joints` come from the
+    `spec` (a PoseSpec; default: the spec the model was loaded with, if its file stored one) is written
+    under ``spec`` together with the old field-per-key values it implies; its arch and keypoint count must
+    be the model's. `meta` adds or overrides fields (see the module docstring); `arch` and `num_joints` come from the
     model and may not contradict it. torch.compile and DataParallel wrappers are unwrapped, so the
     keys are the network's own. `heatmap_size` defaults to `input_size` / output stride. The
     bytes go to a temporary file in the target's directory, are flushed to disk, then renamed over
@@ -159,6 +189,15 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, A
             raise ValueError(f"meta[{key!r}]={meta[key]!r} contradicts the model's {key}={full[key]!r}")
     full.update(meta or {})
     full.update(format=FORMAT, dmpose_version=__version__)
+    if spec is None and isinstance(full.get("spec"), dict):
+        spec = PoseSpec.validated(full["spec"], source="save_checkpoint spec")
+    if spec is not None:
+        if not isinstance(spec, PoseSpec):
+            raise TypeError(f"spec must be a dmpose.spec.PoseSpec, got {type(spec).__name__}")
+        if spec.arch != full["arch"] or spec.num_joints != full["num_joints"]:
+            raise ValueError(f"spec (arch {spec.arch!r}, {spec.num_joints} joints) contradicts the model "
+                             f"(arch {full['arch']!r}, {full['num_joints']} joints)")
+        full.update(spec_meta(spec))
     if full.get("input_size") is not None:
         full["input_size"] = list(full["input_size"])
         if full.get("heatmap_size") is None:
@@ -192,18 +231,71 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     if raw["format"] != FORMAT:
         raise ValueError(f"{path}: unsupported checkpoint format {raw['format']!r} (this dmpose reads {FORMAT!r})")
     meta = _decode(raw, path)
-    if not isinstance(meta["num_joints"], int) or meta["num_joints"] < 1:
-        raise ValueError(f"{path}: metadata num_joints must be a positive int, got {meta['num_joints']!r}")
+    if isinstance(meta["num_joints"], bool) or not isinstance(meta["num_joints"], int) or meta["num_joints"] < 1:
+        raise SpecError(f"{path}: field num_joints must be a positive int, got {meta['num_joints']!r}")
     return meta
+
+
+def _legacy_checks(meta: dict[str, Any], source: str) -> None:
+    """The old fields of a file without ``spec``, checked on read (each error names file and field)."""
+    try:
+        _validate(meta)
+    except (ValueError, TypeError) as e:
+        field = next((f for f in FIELD_ORDER if f in str(e)), "metadata")
+        raise SpecError(f"{source}: field {field}: {e}") from None
+    for key in ("input_size", "heatmap_size"):
+        v = meta.get(key)
+        if v is not None and any(isinstance(x, bool) for x in v):
+            raise SpecError(f"{source}: field {key} must be [height, width] positive ints, got {v!r}")
+    inp, hm = meta.get("input_size"), meta.get("heatmap_size")
+    if hm is not None:
+        expected = tuple(s // LEGACY_OUTPUT_STRIDE for s in (inp or (256, 192)))
+        if tuple(hm) != expected:
+            raise SpecError(f"{source}: field heatmap_size {tuple(hm)} (H, W) does not match input_size "
+                            f"{tuple(inp or (256, 192))} / output stride {LEGACY_OUTPUT_STRIDE} = {expected}")
+    if not isinstance(meta.get("arch"), str) or not meta["arch"]:
+        raise SpecError(f"{source}: field arch must be a non-empty string, got {meta.get('arch')!r}")
+
+
+def spec_from_meta(meta: dict[str, Any], source: str) -> PoseSpec:
+    """The PoseSpec of decoded metadata: the stored ``spec`` (which must agree with arch and num_joints),
+    else one rebuilt from the old fields. Raises SpecError naming `source` and the field."""
+    data = meta.get("spec")
+    if data is not None:
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: field spec must be a JSON object, got {type(data).__name__}")
+        spec = PoseSpec.validated(data, source=f"{source}: spec")
+        if spec.arch != meta["arch"]:
+            raise SpecError(f"{source}: field spec.arch {spec.arch!r} != field arch {meta['arch']!r}")
+        if spec.num_joints != meta["num_joints"]:
+            raise SpecError(f"{source}: field spec.keypoints has {spec.num_joints} joints but num_joints is "
+                            f"{meta['num_joints']}")
+        return spec
+    _legacy_checks(meta, source)
+    return PoseSpec.from_legacy_meta(meta, source=source)
+
+
+def read_checkpoint_spec(path: str | os.PathLike) -> PoseSpec:
+    """The PoseSpec of a dmpose checkpoint (no weights are read), validated; SpecError names file and field."""
+    return spec_from_meta(read_checkpoint_meta(path), str(path))
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the network from a dmpose checkpoint's metadata and load its weights strictly.
 
-    Returns the model in eval mode on `map_location`; its metadata is in `model.checkpoint_meta`.
+    Returns the model in eval mode on `map_location`; its metadata is in `model.checkpoint_meta` and its
+    spec in `model.spec` (None only for an old file that names no keypoint set the spec could take: a
+    custom joint count without keypoint_names; corrupt fields raise SpecError).
     """
     path = Path(path)
     meta = read_checkpoint_meta(path)
+    try:
+        spec = spec_from_meta(meta, str(path))
+    except SpecError as e:
+        if "spec" in meta or "no built-in set" not in str(e):
+            raise
+        logger.info("%s", e)
+        spec = None
     try:
         model = build_model(meta["arch"], num_joints=meta["num_joints"])
     except ValueError as e:
@@ -224,6 +316,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         )
     model.load_state_dict(state, strict=True)
     model.checkpoint_meta = meta
+    model.spec = spec
     return model.to(map_location).eval()
 
 

@@ -11,6 +11,12 @@ Accepted sources (read with `torch.load(..., weights_only=True)`, or `.safetenso
   initialisation: their classifier parts are dropped and reported, the pose head stays at its
   initialisation (`partial=True`).
 
+The converted checkpoint carries a full `PoseSpec` (input size, keypoint set, normalisation, decode):
+facts the foreign file does not state come from options, defaulting to the official recipes
+(`official_spec`): the official HRNet / SimpleBaseline models are MSE-trained on Gaussian heatmaps
+(sigma 2, peak at the rounded pixel), so decode argmax; ImageNet normalisation in RGB; COCO-17 at
+192x256 (W x H) for 17 joints, MPII-16 at 256x256 for 16.
+
 The whole mapping is the two short rule lists below: prefixes stripped, and patterns of keys
 dropped with a reason. Any other key that is unexpected, missing or mis-shaped is an error listing it.
 """
@@ -28,6 +34,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from dmpose.spec import DECODE_RULES, CodecSpec, KeypointSpec, Normalisation, PoseSpec
 
 from dmpose.models.checkpoint import list_key_problems, save_checkpoint
 from dmpose.models.registry import build_model
@@ -73,6 +81,8 @@ class ConversionReport:
     missing: list[str] = field(default_factory=list)  # left at initialisation (partial loads only)
     head_shape_skipped: list[str] = field(default_factory=list)  # mis-shaped head keys left at init (partial)
     tracking_missing: int = 0  # num_batches_tracked buffers absent from the source
+    spec: Any = None  # the PoseSpec written (convert_checkpoint)
+    defaulted: list[str] = field(default_factory=list)  # spec facts taken from the official recipe defaults
 
     @property
     def is_partial(self) -> bool:
@@ -199,6 +209,40 @@ def convert_state_dict(
     return model, report
 
 
+OFFICIAL_KEYPOINTS = {17: "coco17", 16: "mpii16"}  # joint count -> the set the official models use
+OFFICIAL_INPUT_WH = {"coco17": (192, 256), "mpii16": (256, 256)}
+
+
+def official_spec(arch: str, num_joints: int, input_wh: tuple[int, int] | None = None,
+                  keypoints: str | None = None, normalisation: Normalisation | dict | None = None,
+                  decode: str | None = None) -> tuple[PoseSpec, list[str]]:
+    """The spec of a converted model: the given facts, the rest from the official recipes (module
+    docstring). Returns (spec, names of the facts that were defaulted)."""
+    defaulted = []
+    if keypoints is None:
+        keypoints = OFFICIAL_KEYPOINTS.get(num_joints)
+        if keypoints is None:
+            raise ValueError(f"{num_joints} joints match no built-in keypoint set; give the keypoint set "
+                             "(a keypoint YAML file)")
+        defaulted.append(f"keypoints={keypoints}")
+    kps = KeypointSpec.builtin(keypoints)
+    if kps.num_keypoints != num_joints:
+        raise ValueError(f"keypoint set '{kps.name}' has {kps.num_keypoints} joints but the model has {num_joints}")
+    if input_wh is None:
+        input_wh = OFFICIAL_INPUT_WH.get(kps.name, (192, 256))
+        defaulted.append(f"input_wh={input_wh[0]}x{input_wh[1]}")
+    if normalisation is None:
+        normalisation = Normalisation()
+        defaulted.append("normalisation=ImageNet RGB")
+    if decode is None:
+        decode = "argmax"
+        defaulted.append("decode=argmax")
+    if decode not in DECODE_RULES:
+        raise ValueError(f"unknown decode rule {decode!r}; expected one of {DECODE_RULES}")
+    codec = CodecSpec(name="gaussian") if decode == "argmax" else CodecSpec(name="dm")
+    return PoseSpec.build(arch, kps, input_wh, codec=codec, normalisation=normalisation), defaulted
+
+
 def convert_checkpoint(
     src: str | os.PathLike,
     arch: str,
@@ -206,12 +250,25 @@ def convert_checkpoint(
     num_joints: int | None = None,
     partial: bool = False,
     meta: dict[str, Any] | None = None,
+    *,
+    input_wh: tuple[int, int] | None = None,
+    keypoints: str | None = None,
+    normalisation: Normalisation | dict | None = None,
+    decode: str | None = None,
 ) -> ConversionReport:
-    """Read foreign weights from `src`, convert them to `arch` and write a dmpose checkpoint `out`."""
-    model, report = convert_state_dict(read_foreign_state_dict(src), arch, num_joints=num_joints, partial=partial)
+    """Read foreign weights from `src`, convert them to `arch` and write a dmpose checkpoint `out` with a
+    full spec (`official_spec`: input_wh (W, H), keypoints (a built-in set or YAML file), normalisation,
+    decode; what is not given defaults to the official recipes and is listed in `report.defaulted`)."""
     meta = dict(meta or {})
+    if input_wh is None and meta.get("input_size"):  # the old (H, W) metadata spelling
+        h, w = meta.pop("input_size")
+        input_wh = (int(w), int(h))
+    model, report = convert_state_dict(read_foreign_state_dict(src), arch, num_joints=num_joints, partial=partial)
+    spec, report.defaulted = official_spec(arch, report.num_joints, input_wh, keypoints, normalisation, decode)
+    report.spec = spec
     meta.setdefault("converted_from", Path(src).name)
+    meta.setdefault("loss", "mse" if spec.decode == "argmax" else "dm")
     if report.is_partial:
         meta.setdefault("partial_load", True)
-    save_checkpoint(model, out, meta=meta)
+    save_checkpoint(model, out, spec=spec, meta=meta)
     return report

@@ -120,7 +120,7 @@ class HRNet(nn.Module):
         super().__init__()
         self.arch = arch
         self.num_joints = num_joints
-        self.spec = spec
+        self.arch_spec = spec  # the architecture (`model.spec` is the PoseSpec a checkpoint gives)
         s = spec.stem_channels
         self.conv1 = nn.Conv2d(3, s, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(s)

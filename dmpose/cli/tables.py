@@ -1,0 +1,33 @@
+"""The rich tables the commands print: COCO AP in the paper's columns, MPII PCKh in the paper's Table 3."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from rich.table import Table
+
+from dmpose.eval.coco import PAPER_COLUMNS
+from dmpose.eval.mpii import PCKH_COLUMNS, PCKhResult
+
+__all__ = ["coco_metrics_table", "pckh_table"]
+
+
+def coco_metrics_table(metrics: Mapping[str, float], title: str | None = None) -> Table:
+    """A rich Table with the paper's columns (AP, AP50, AP75, APM, APL, AR) in percent; '-' for -1."""
+    table = Table(title=title)
+    for name in PAPER_COLUMNS:
+        table.add_column(name, justify="right")
+    table.add_row(*("-" if metrics[name] < 0 else f"{100 * metrics[name]:.1f}" for name in PAPER_COLUMNS))
+    return table
+
+
+def pckh_table(results: Sequence[PCKhResult], title: str | None = None) -> Table:
+    """A rich Table: one row per threshold ("PCKh@0.5", ...), the paper's columns Head ... Mean."""
+    table = Table(title=title)
+    table.add_column("Metric")
+    for name in PCKH_COLUMNS:
+        table.add_column(name, justify="right")
+    for r in results:
+        table.add_row(f"PCKh@{r.threshold:g}", *("-" if math.isnan(v) else f"{v:.1f}" for v in r.columns.values()))
+    return table
