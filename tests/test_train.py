@@ -124,12 +124,12 @@ def test_docs_configs_md_is_generated():
 
 @pytest.mark.parametrize("loss", ["dm", "mse"])
 def test_one_epoch_smoke_and_run_folder(loss, synth_root, tmp_path):
-    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.name": loss, "train.epochs": 1, "train.curves": True}))
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.name": loss, "train.epochs": 1, "train.curves": loss == "dm"}))
     res = train(cfg, run_dir=tmp_path / "run")
     run = res.run_dir
     assert res.status == "finished" and res.steps == res.plan["steps_per_epoch"]
     for name in (*RUN_FILES, "val_epoch001.jpg"):
-        assert (run / name).is_file(), name
+        assert (run / name).is_file() or (name == "curves.png" and loss == "mse"), name
     assert yaml.safe_load((run / "config.yaml").read_text())["loss"]["name"] == loss
     best = json.loads((run / "best.json").read_text())
     assert best["metric"] == "AP" and best["epoch"] == 1 and "detections" in best["boxes"]
@@ -241,8 +241,8 @@ def test_few_steps_on_the_real_coco_sample(coco_sample, tmp_path):
         "data": {"dataset": "coco", "train_ann": str(coco_sample / "test_coco.json"), "train_images": str(coco_sample),
                  "val_ann": str(coco_sample / "test_coco.json"), "val_images": str(coco_sample),
                  "detections": str(coco_sample / "test_coco_det_AP_H_56.json")},
-        "train": {"epochs": 1, "batch_size": 4, "threads": 1, "workers": 0, "log_every": 1},
-        "val": {"batch_size": 64, "crops": 2}})
+        "train": {"epochs": 1, "batch_size": 4, "threads": 1, "workers": 0, "log_every": 1, "curves": False},
+        "val": {"batch_size": 64, "crops": 2, "boxes": "gt"}})
     res = train(cfg, run_dir=tmp_path / "coco")
     assert res.steps == 3 and "AP" in res.last_metrics  # 12 labelled persons / 4
 
@@ -263,7 +263,7 @@ def test_few_steps_on_the_real_mpii_sample_pckh(mpii_sample, tmp_path):
         "data": {"dataset": "mpii", "train_ann": str(mpii_sample / "test_mpii.json"), "train_images": str(mpii_sample),
                  "val_ann": str(mpii_sample / "test_mpii.json"), "val_images": str(mpii_sample),
                  "mpii_gt": str(tmp_path / "gt.mat")},
-        "train": {"epochs": 1, "batch_size": 2, "threads": 1, "workers": 0, "log_every": 1},
+        "train": {"epochs": 1, "batch_size": 2, "threads": 1, "workers": 0, "log_every": 1, "curves": False},
         "val": {"batch_size": 64, "crops": 2}})
     res = train(cfg, run_dir=tmp_path / "mpii")
     assert res.steps == 2 and "PCKh@0.5" in res.last_metrics and res.best["metric"] == "PCKh@0.5"

@@ -36,7 +36,7 @@ from dmpose.train.run_folder import RunFolder
 from dmpose.train.state import load_state, rng_state, save_state, set_rng_state
 from dmpose.train.validate import ValData, heatmap_pass, validate
 
-__all__ = ["train", "TrainingError", "TrainResult", "build_datasets", "loss_fn", "dm_kwargs"]
+__all__ = ["train", "TrainingError", "TrainResult", "build_datasets", "loss_fn"]
 
 
 class TrainingError(RuntimeError):
@@ -56,20 +56,13 @@ class TrainResult:
 
 # ---- pieces -----------------------------------------------------------------------------------------
 
-def dm_kwargs(opts) -> dict[str, Any]:
-    """`dm_loss` keywords from DMLossOptions (the one mapping; the spec work makes it `options=opts`)."""
-    return dict(eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol, demanders=opts.demander_mode,
-                cost=opts.cost, grad=opts.grad, backend=opts.backend, reduction="mean")
-
-
 def loss_fn(cfg: TrainConfig, heatmaps: torch.Tensor, batch: dict, device) -> torch.Tensor:
     """The training loss in fp32 (outside autocast): DM on the dots, or MSE on Gaussian targets."""
     from dmpose.loss import dm_loss, mse_loss
 
     w = batch["weights"].to(device, non_blocking=True)
     if cfg.loss.name == "dm":
-        return dm_loss(heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True), w,
-                       **dm_kwargs(cfg.loss.dm))
+        return dm_loss(heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True), w, cfg.loss.dm)
     return mse_loss(heatmaps.float(), batch["target"]["heatmaps"].to(device, non_blocking=True), w)
 
 
@@ -123,7 +116,6 @@ def _amp(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bo
 
 def build_datasets(cfg: TrainConfig, spec) -> tuple[Any, ValData]:
     """The training dataset (augmented) and the validation data (boxes, GT, evaluator inputs)."""
-    from dmpose.codec import DMCodec, GaussianCodec
     from dmpose.data.coco import DEFAULT_DETECTION_FILE, CocoKeypoints, coco_paths
     from dmpose.data.mpii import MpiiKeypoints, load_mpii_gt
     from dmpose.data.synthetic import ensure_synthetic
@@ -131,15 +123,8 @@ def build_datasets(cfg: TrainConfig, spec) -> tuple[Any, ValData]:
     from dmpose.eval.evaluate import GT_BOXES_LABEL
 
     d = cfg.data
-    ks = spec.keypoints.to_keypoint_set()
-    if spec.normalisation.channel_order != "RGB":
-        raise ValueError("model.normalisation.channel_order BGR: the data pipeline feeds RGB only")
-    hm_wh = spec.heatmap_wh
-    c = spec.codec
-    codec = DMCodec(hm_wh) if c.name == "dm" else GaussianCodec(hm_wh, sigma=c.sigma, flavour=c.flavour)
-    norm = dict(mean=spec.normalisation.mean, std=spec.normalisation.std)
-    t_train = TopDownTransform(spec.input_wh, hm_wh, codec, ks, augment=d.augment, padding=d.padding, **norm)
-    t_val = TopDownTransform(spec.input_wh, hm_wh, DMCodec(hm_wh), ks, augment=None, padding=d.padding, **norm)
+    t_train = TopDownTransform.from_spec(spec, encode_targets=True, augment=d.augment, padding=d.padding)
+    t_val = TopDownTransform.from_spec(spec, padding=d.padding)
     root = d.root
     if d.dataset == "synthetic":
         root = ensure_synthetic(root, d.synthetic.n_train, d.synthetic.n_val, d.synthetic.seed)
@@ -172,8 +157,7 @@ def build_datasets(cfg: TrainConfig, spec) -> tuple[Any, ValData]:
         val_ds = CocoKeypoints(vann, vimages, t_val, detections=det, subset=d.val_subset,
                                cache_images=d.cache_images)
         label = f"detections ({Path(det).name})"
-    return train_ds, ValData(val_ds, gt_ds, "coco", label, _coco_gt(vann, set(gt_ds.images)),
-                             spec.keypoints.sigmas)
+    return train_ds, ValData(val_ds, gt_ds, "coco", label, _coco_gt(vann, set(gt_ds.images)))
 
 
 def _coco_gt(ann_file: Path, image_ids: set[int]):
@@ -361,7 +345,6 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     fwd = torch.compile(model) if cfg.model.compile else model
     final = _final_layer(raw, spec.num_joints)
-    flip_pairs = list(spec.keypoints.flip_pairs) if cfg.val.flip else None
     main_metric = "PCKh@0.5" if val.kind == "mpii" else "AP"
 
     # state
@@ -407,14 +390,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     def save_model(module: nn.Module, name: str, extra: dict) -> None:
         from dmpose.models import save_checkpoint
 
-        hm = spec.heatmap_wh
-        meta = {"input_size": [spec.input_wh[1], spec.input_wh[0]], "heatmap_size": [hm[1], hm[0]],
-                "keypoint_names": list(spec.keypoints.names), "flip_pairs": [list(p) for p in spec.keypoints.flip_pairs],
-                "skeleton": [list(p) for p in spec.keypoints.skeleton], "decode": spec.decode,
-                "loss": {"name": cfg.loss.name, **(cfg.loss.dm.model_dump() if cfg.loss.name == "dm"
+        meta = {"loss": {"name": cfg.loss.name, **(cfg.loss.dm.model_dump() if cfg.loss.name == "dm"
                                                    else {"sigma": spec.codec.sigma, "flavour": spec.codec.flavour})},
                 "config": config_yaml, **extra}
-        save_checkpoint(module, folder.file(name), meta=meta)
+        save_checkpoint(module, folder.file(name), spec=spec, meta=meta)
 
     last_rng = [rng_state(loader_gen)]
 
@@ -437,9 +416,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     def run_validation(ep: int) -> dict[str, Any]:
         module = ema.module if ema is not None else raw
         module.eval()
-        metrics, _ = validate(module, val, spec.decode, flip_pairs, cfg.val.batch_size, cfg.loss.joint_threshold,
-                              cfg.val.oks_threshold, rank, world)
-        extra, fig = heatmap_pass(module, val.gt_dataset, spec.decode, dm_kwargs(cfg.loss.dm), cfg.val.batch_size,
+        metrics, _ = validate(module, spec, val, cfg.val.flip, cfg.val.batch_size, cfg.val.oks_threshold, rank, world)
+        extra, fig = heatmap_pass(module, val.gt_dataset, spec.decode, cfg.loss.dm, cfg.val.batch_size,
                                   cfg.val.crops if main and folder else 0) if main else ({}, {})
         raw.train()
         metrics.update(extra)
@@ -454,7 +432,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
         return metrics
 
     if dry_run:
-        return _dry_run(cfg, fwd, raw, opt, train_ds, val, spec, device, amp_dtype, flip_pairs, plan, log)
+        return _dry_run(cfg, fwd, raw, opt, train_ds, val, spec, device, amp_dtype, plan, log)
 
     # ---- epochs -----------------------------------------------------------------------------------
     status, last_metrics = "finished", {}
@@ -598,11 +576,12 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     return TrainResult(folder.path if folder else None, status, step, epoch, best, last_metrics, plan)
 
 
-def _dry_run(cfg, fwd, raw, opt, train_ds, val: ValData, spec, device, amp_dtype, flip_pairs, plan, log):
+def _dry_run(cfg, fwd, raw, opt, train_ds, val: ValData, spec, device, amp_dtype, plan, log):
     """One training step and one validation batch, then the plan; nothing is written."""
     from torch.utils.data import Subset
 
-    from dmpose.eval.topdown import predict_dataset
+    from dmpose.eval.predictor import TopDownPredictor
+    from dmpose.eval.runner import predict_dataset
 
     batch = next(iter(DataLoader(train_ds, batch_size=min(cfg.train.batch_size, len(train_ds)), shuffle=False)))
     raw.train()
@@ -615,9 +594,9 @@ def _dry_run(cfg, fwd, raw, opt, train_ds, val: ValData, spec, device, amp_dtype
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    raw.eval()
     sub = Subset(val.dataset, range(min(len(val.dataset), cfg.val.batch_size)))
     sub.transform = val.dataset.transform
-    predict_dataset(raw, sub, spec.decode, flip_pairs, batch_size=cfg.val.batch_size)
-    log(f"dry run: one training step (loss {float(loss.detach()):.4g}) and one validation batch of {len(sub)} crops passed")
-    return TrainResult(None, "dry-run", 0, 0, {}, {"dry_run_loss": float(loss)}, plan)
+    predict_dataset(TopDownPredictor(raw, spec, flip=cfg.val.flip), sub, batch_size=cfg.val.batch_size)
+    log(f"dry run: one training step (loss {float(loss.detach()):.4g}) and one validation batch of {len(sub)} "
+        "crops passed")
+    return TrainResult(None, "dry-run", 0, 0, {}, {"dry_run_loss": float(loss.detach())}, plan)

@@ -1,9 +1,10 @@
-"""Training-time validation: the same inference, rescoring, OKS-NMS and COCOeval/PCKh as `dmpose eval`.
+"""Training-time validation: the same predictor and evaluators as `dmpose eval`.
 
-`predict` is the one place that runs top-down inference (today `dmpose.eval.topdown.predict_dataset`;
-the spec work's `TopDownPredictor` plugs in here). Under DDP every rank predicts its shard (the
-DistributedSampler rule: pad by repeating the first samples, then rank::world), the shards are gathered
-and de-duplicated by dataset index, and the metrics are computed once, on the full, ordered set.
+`TopDownPredictor` (model + PoseSpec: flip test, decode rule, image pixels) runs over the validation boxes
+through `dmpose.eval.runner.predict_dataset`, feeding a `CocoEvaluator` (rescoring, OKS-NMS, COCOeval)
+or an `MpiiEvaluator` (PCKh). Under DDP every rank predicts its shard (the DistributedSampler rule: pad by
+repeating the first samples, then rank::world), the evaluators' `state()` are gathered to rank 0 and
+merged (an instance seen twice is kept once), and the metrics are computed once, on the full set.
 
 `heatmap_pass` measures the quantities of the paper's Section 4 on the ground-truth boxes of the
 validation split: the mean localisation error in heatmap pixels (decode vs the dot) and the DM loss value.
@@ -19,11 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dmpose.eval.evaluate import evaluate_coco_predictions, evaluate_mpii_predictions
-from dmpose.eval.topdown import TopDownPredictions, predict_dataset
 from dmpose.eval.inference import DECODERS, normalise_heatmaps
+from dmpose.eval.metrics import CocoEvaluator, MpiiEvaluator
+from dmpose.eval.predictor import TopDownPredictor
+from dmpose.eval.runner import coco_update, mpii_update, predict_dataset
 
-__all__ = ["ValData", "predict", "validate", "heatmap_pass", "shard_indices", "gather_predictions"]
+__all__ = ["ValData", "validate", "heatmap_pass", "shard_indices"]
 
 
 @dataclass
@@ -33,7 +35,6 @@ class ValData:
     kind: str  # "coco" or "mpii"
     boxes: str  # label: "detections (FILE)" / "GT boxes" / "annotated person boxes"
     gt: Any = None  # COCO: pycocotools COCO (filtered to the validated images); MPII: load_mpii_gt dict
-    sigmas: Any = None
     extra: dict = field(default_factory=dict)
 
 
@@ -56,58 +57,31 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
     return idx[rank::world]
 
 
-def predict(model, dataset: Dataset, decode: str, flip_pairs, batch_size: int) -> TopDownPredictions:
-    """Top-down predictions for every sample (the one inference entry point of the trainer)."""
-    return predict_dataset(model, dataset, decode, flip_pairs, batch_size=batch_size, num_workers=0, amp=True)
-
-
-def gather_predictions(local: TopDownPredictions, indices: list[int], n: int, world: int) -> TopDownPredictions:
-    """All ranks' shards -> one TopDownPredictions in dataset order, padded repeats dropped."""
-    import torch.distributed as dist
-
-    parts = [None] * world
-    dist.all_gather_object(parts, (indices, local))
-    seen: dict[int, tuple[TopDownPredictions, int]] = {}
-    for idx, preds in parts:
-        for j, i in enumerate(idx):
-            seen.setdefault(i, (preds, j))
-    if sorted(seen) != list(range(n)):
-        raise RuntimeError("gathered validation predictions do not cover the dataset")
-    order = [seen[i] for i in range(n)]
-    kp = np.stack([p.keypoints[j] for p, j in order])
-    conf = np.stack([p.confidence[j] for p, j in order])
-    meta = {}
-    for key, v in local.meta.items():
-        vals = [p.meta[key][j] for p, j in order]
-        meta[key] = np.stack(vals) if isinstance(v, np.ndarray) else vals
-    return TopDownPredictions(kp, conf, meta, local.decode, local.flip, local.images_per_second)
-
-
-def validate(model, val: ValData, decode: str, flip_pairs, batch_size: int, joint_threshold=None,
-             oks_threshold: float = 0.9, rank: int = 0, world: int = 1) -> tuple[dict[str, float], TopDownPredictions | None]:
-    """Metrics of `model` on the validation boxes ({} on ranks > 0 under DDP) and the predictions."""
-    n = len(val.dataset)
-    if world > 1:
-        idx = shard_indices(n, rank, world)
-        local = predict(model, _Shard(val.dataset, idx), decode, flip_pairs, batch_size)
-        preds = gather_predictions(local, idx, n, world)
-        if rank != 0:
-            return {}, preds
-    else:
-        preds = predict(model, val.dataset, decode, flip_pairs, batch_size)
+def validate(model, spec, val: ValData, flip: bool, batch_size: int, oks_threshold: float = 0.9,
+             rank: int = 0, world: int = 1) -> tuple[dict[str, float], CocoEvaluator | MpiiEvaluator]:
+    """Metrics of `model` on the validation boxes ({} on ranks > 0 under DDP) and the evaluator."""
+    predictor = TopDownPredictor(model, spec, flip=flip)
     if val.kind == "mpii":
-        pckh = evaluate_mpii_predictions(preds, val.gt)
-        metrics = {}
-        for r in pckh:
-            metrics.update({f"PCKh@{r.threshold:g}" + ("" if col == "Mean" else f"_{col}"): v
-                            for col, v in r.columns.items()})
-        return metrics, preds
-    _, metrics, info = evaluate_coco_predictions(preds, val.gt, val.sigmas, joint_threshold, oks_threshold)
-    return dict(metrics), preds
+        evaluator = MpiiEvaluator(val.gt, spec.keypoints)
+        on_batch = mpii_update(evaluator)
+    else:
+        evaluator = CocoEvaluator.for_spec(val.gt, spec, oks_threshold=oks_threshold)
+        on_batch = coco_update(evaluator)
+    ds = val.dataset if world == 1 else _Shard(val.dataset, shard_indices(len(val.dataset), rank, world))
+    predict_dataset(predictor, ds, batch_size=batch_size, workers=0, on_batch=on_batch)
+    if world > 1:
+        import torch.distributed as dist
+
+        states = [None] * world
+        dist.all_gather_object(states, evaluator.state())
+        if rank != 0:
+            return {}, evaluator
+        evaluator.merge(states)
+    return dict(evaluator.compute()), evaluator
 
 
 @torch.no_grad()
-def heatmap_pass(model, dataset: Dataset, decode: str, dm_kwargs: dict, batch_size: int, crops: int = 0,
+def heatmap_pass(model, dataset: Dataset, decode: str, dm_options, batch_size: int, crops: int = 0,
                  device=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Mean localisation error (heatmap px) and the DM loss value on GT boxes (no flip); the first
     `crops` samples' images, heatmaps (normalised, as the decode reads them) and keypoints for the figure."""
@@ -123,7 +97,7 @@ def heatmap_pass(model, dataset: Dataset, decode: str, dm_kwargs: dict, batch_si
         coords, _ = DECODERS[decode](hm)
         d = torch.linalg.vector_norm(coords - kp, dim=-1)
         errs.append(d[w > 0].cpu())
-        losses += float(dm_loss(hm, kp, w, **{**dm_kwargs, "reduction": "sum"}))
+        losses += float(dm_loss(hm, kp, w, dm_options, reduction="sum"))
         count += len(x)
         if len(fig["images"]) < crops:
             take = crops - len(fig["images"])
