@@ -330,7 +330,12 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     # model, optimiser, AMP
     model = build_model(cfg, spec, log)
     if cfg.model.sync_bn and world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cpu":  # torch's SyncBatchNorm is GPU-only
+            from dmpose.train.syncbn import convert_cpu_sync_bn
+
+            model = convert_cpu_sync_bn(model)
+        else:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     fmt = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -480,6 +485,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                 flags = torch.tensor([math.isfinite(step_loss), bool(torch.isfinite(gnorm))], dtype=torch.float32)
                 if world > 1:
                     dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+                    mean_loss = torch.tensor([step_loss], dtype=torch.float64)
+                    dist.all_reduce(mean_loss)  # the logged loss is the global batch's, as in one process
+                    step_loss = float(mean_loss) / world
                 loss_ok, grad_ok = bool(flags[0]), bool(flags[1])
                 diag = step_diagnostics(hm, batch, spec.decode, grad_hm[0] if grad_hm else None, final) \
                     if log_now else {}
