@@ -35,4 +35,5 @@ from dmpose.cli import (
     eval,  # noqa: E402,F401
     models,  # noqa: E402,F401
     predict,  # noqa: E402,F401
+    train,  # noqa: E402,F401
 )

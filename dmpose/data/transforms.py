@@ -42,6 +42,9 @@ class AugmentConfig:
     half_body_min_joints: int = 8
     half_body_padding: float = 1.5
 
+    # read by pydantic when a config schema embeds this dataclass (dmpose.train.config): unknown keys are errors
+    __pydantic_config__ = {"extra": "forbid"}
+
     def __post_init__(self):
         for name in ("rotation_prob", "flip_prob", "half_body_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:

@@ -1,0 +1,80 @@
+"""Optimiser, learning-rate schedule (epochs or steps, warm-up, step/cosine) and the weight EMA."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["build_optimizer", "lr_factor", "build_scheduler", "ModelEMA", "effective_lr"]
+
+
+def effective_lr(optim_cfg, total_batch: int) -> float:
+    """The configured lr, scaled linearly by total_batch / ref_batch when ref_batch is set."""
+    if optim_cfg.ref_batch is None:
+        return optim_cfg.lr
+    return optim_cfg.lr * total_batch / optim_cfg.ref_batch
+
+
+def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if any(s in name for s in optim_cfg.no_decay) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    cls = torch.optim.Adam if optim_cfg.name == "adam" else torch.optim.AdamW
+    return cls(groups, lr=lr, betas=tuple(optim_cfg.betas))
+
+
+def lr_factor(step: int, sched, steps_per_epoch: int, total_steps: int, base_lr: float) -> float:
+    """Multiplier of the base lr after `step` optimiser steps (a pure function: resumable, reproducible)."""
+    unit = steps_per_epoch if sched.unit == "epoch" else 1
+    warm = sched.warmup * unit
+    if warm > 0 and step < warm:
+        return sched.warmup_start + (1 - sched.warmup_start) * step / warm
+    if sched.name == "constant":
+        return 1.0
+    if sched.name == "step":
+        # epoch milestones count completed epochs, as torch's MultiStepLR stepped per epoch
+        done = step // unit
+        return sched.gamma ** sum(1 for m in sched.milestones if done >= m)
+    span = max(total_steps - warm, 1)
+    t = min(max(step - warm, 0) / span, 1.0)
+    floor = sched.min_lr / base_lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_scheduler(opt, sched, steps_per_epoch: int, total_steps: int, base_lr: float):
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, sched, steps_per_epoch, total_steps, base_lr))
+
+
+class ModelEMA:
+    """Exponential moving average of the weights (buffers copied). `module` is a full model in eval mode."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        src = model.state_dict()
+        for k, v in self.module.state_dict().items():
+            s = src[k].detach()
+            if v.dtype.is_floating_point:
+                v.lerp_(s.to(v.dtype), 1 - self.decay)
+            else:
+                v.copy_(s)
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state)

@@ -1,0 +1,66 @@
+"""The resume state (`last.state.pt`): everything needed to continue a run exactly.
+
+Raw weights, EMA weights (when on), optimiser, scheduler, AMP scaler, epoch, step, step within the epoch,
+best metric and epoch, and every RNG state (python, numpy, torch CPU, CUDA, the data-loader generator),
+stored as tensors and plain Python values only, so that `torch.load(path, weights_only=True)` reads it.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dmpose.atomic import atomic_write_bytes
+
+__all__ = ["rng_state", "set_rng_state", "save_state", "load_state", "STATE_VERSION"]
+
+STATE_VERSION = 1
+
+
+def rng_state(loader_generator: torch.Generator | None = None) -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if loader_generator is not None:
+        state["loader"] = loader_generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator | None = None) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["mt"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if loader_generator is not None and "loader" in state:
+        loader_generator.set_state(state["loader"])
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    buf = io.BytesIO()
+    torch.save({"version": STATE_VERSION, **state}, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume state not found: {path}")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: resume state version {state.get('version')!r}, this dmpose reads {STATE_VERSION}")
+    return state

@@ -1,0 +1,271 @@
+"""The trainer: config errors, shipped configs, smoke runs (both losses), the run folder, exact resume,
+Ctrl-C, non-finite steps, the CLI, the real data samples. Tiny synthetic splits and hrnet_tiny at 64x48."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from dmpose.train import ConfigError, TrainingError, load_config, train
+from dmpose.train.config import check_paths, packaged_configs
+from dmpose.train.events import EpochEnd, StepEnd
+from dmpose.train.run_folder import RUN_FILES
+
+TIMING = ("images_per_second", "data_wait", "epoch_time_s", "val_time_s", "eta_s")
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    from dmpose.data.synthetic import ensure_synthetic
+
+    return ensure_synthetic(tmp_path_factory.mktemp("synth") / "data", n_train=12, n_val=4, seed=0)
+
+
+def tiny(root: Path, out_root: Path, **over) -> dict:
+    cfg = {"name": "tiny", "out_root": str(out_root),
+           "model": {"arch": "hrnet_tiny", "input_wh": [48, 64]},
+           "data": {"dataset": "synthetic", "root": str(root), "synthetic": {"n_train": 12, "n_val": 4},
+                    "cache_images": True},
+           "optim": {"lr": 2e-3}, "schedule": {"name": "cosine", "unit": "step", "warmup": 2},
+           "train": {"epochs": 2, "batch_size": 6, "log_every": 1, "threads": 1, "workers": 0, "curves": False},
+           "val": {"batch_size": 32, "crops": 2}}
+    for key, value in over.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
+
+
+def weights(run: Path, name: str = "last.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(str(run / name))
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def metric_rows(run: Path, name: str) -> list[dict]:
+    if name == "metrics.csv":
+        import csv
+
+        with open(run / name) as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = [json.loads(line) for line in (run / name).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+# ---- config -------------------------------------------------------------------------------------
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'; did you mean 'train.epochs'"):
+        load_config(data={"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"unknown key 'lr'; did you mean 'optim.lr'"):
+        load_config(data={}, overrides=["lr=0.1"])
+
+
+def test_wrong_type_and_range_name_key_value_and_expectation():
+    with pytest.raises(ConfigError, match=r"train.batch_size: Input should be a valid integer.*got 'many'"):
+        load_config(data={"train": {"batch_size": "many"}})
+    with pytest.raises(ConfigError, match=r"optim.lr: Input should be greater than 0 \(got -1\)"):
+        load_config(data={}, overrides=["optim.lr=-1"])
+    with pytest.raises(ConfigError, match=r"loss.dm.eps"):  # DMLossOptions' own validator, embedded
+        load_config(data={"loss": {"dm": {"eps": 0}}})
+    with pytest.raises(ConfigError, match=r"divisible by output_stride"):  # PoseSpec's
+        load_config(data={"model": {"input_wh": [50, 64]}})
+    with pytest.raises(ConfigError, match=r"flip_prob must be in \[0, 1\]"):  # AugmentConfig's
+        load_config(data={"data": {"augment": {"flip_prob": 2}}})
+
+
+def test_bad_set_and_missing_data_root(tmp_path):
+    with pytest.raises(ConfigError, match=r"expected KEY=VALUE"):
+        load_config(data={}, overrides=["train.epochs"])
+    with pytest.raises(ConfigError, match=r"'epochs' is a value"):
+        load_config(data={"train": {"epochs": 3}}, overrides=["train.epochs.x=1"])
+    missing = tmp_path / "nowhere"
+    cfg = load_config(data={"data": {"dataset": "coco", "root": str(missing)}})
+    with pytest.raises(ConfigError, match=f"data root does not exist: {missing}"):
+        check_paths(cfg)
+    with pytest.raises(ConfigError, match="did you mean synthetic"):
+        load_config("synthetc")
+
+
+def test_every_shipped_config_validates():
+    names = packaged_configs()
+    expected = {f"coco/{m}_{loss}" for m in ("hrnet_w32_256x192", "hrnet_w32_384x288", "hrnet_w48_384x288",
+                                           "res152_384x288") for loss in ("dm", "mse")}
+    expected |= {f"mpii/{m}_{loss}" for m in ("hrnet_w32_256x256", "hrnet_w48_256x256", "res152_256x256")
+                 for loss in ("dm", "mse")}
+    assert expected | {"synthetic"} <= set(names)
+    for name, path in names.items():
+        cfg = load_config(path)
+        assert cfg.pose_spec().decode == ("2x2" if cfg.loss.name == "dm" else "argmax"), name
+    top = Path(__file__).resolve().parents[1] / "configs"
+    assert sorted(p.name for p in top.rglob("*.yaml")) == sorted(p.name for p in names.values())
+
+
+def test_docs_configs_md_is_generated():
+    from dmpose.train.docs import render
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "configs.md"
+    assert path.read_text() == render(), "regenerate with: python -m dmpose.train.docs"
+
+
+# ---- runs -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("loss", ["dm", "mse"])
+def test_one_epoch_smoke_and_run_folder(loss, synth_root, tmp_path):
+    overrides = {"loss.name": loss, "train.epochs": 1, "train.curves": loss == "dm"}
+    cfg = load_config(data=tiny(synth_root, tmp_path, **overrides))
+    res = train(cfg, run_dir=tmp_path / "run")
+    run = res.run_dir
+    assert res.status == "finished" and res.steps == res.plan["steps_per_epoch"]
+    for name in (*RUN_FILES, "val_epoch001.jpg"):
+        assert (run / name).is_file() or (name == "curves.png" and loss == "mse"), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["loss"]["name"] == loss
+    best = json.loads((run / "best.json").read_text())
+    assert best["metric"] == "AP" and best["epoch"] == 1 and "detections" in best["boxes"]
+    env = json.loads((run / "env.json").read_text())
+    assert env["world_size"] == 1 and env["torch_threads"] == 1 and env["seed"] == 0
+    from dmpose.models.checkpoint import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(run / "best.safetensors")
+    assert meta["decode"] == ("2x2" if loss == "dm" else "argmax") and "loss:" in meta["config"]
+    step = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("dead_share", "mass_2px", "median_error_hm", "grad_norm_heatmaps", "final_bias_mean",
+                "grad_norm_final_bias"):
+        assert math.isfinite(step[key]), key
+    row = metric_rows(run, "metrics.csv")[0]
+    assert {"train_loss", "lr", "AP", "val_loc_error_hm", "val_dm_loss"} <= set(row)
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == res.steps
+    assert {"python", "numpy", "torch", "loader"} <= set(state["rng"])
+
+
+def test_resume_is_exact_keeps_best_and_extends(synth_root, tmp_path):
+    full = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "full")
+
+    def stop_after_epoch_1(event):
+        if isinstance(event, EpochEnd) and event.epoch == 1:
+            raise KeyboardInterrupt
+
+    half = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "half",
+                 callbacks=[stop_after_epoch_1])
+    assert half.status == "interrupted" and half.epochs_done == 1
+    resumed = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=half.run_dir, resume=half.run_dir)
+    assert resumed.steps == full.steps
+    assert same_weights(weights(full.run_dir), weights(resumed.run_dir))
+    assert metric_rows(full.run_dir, "metrics.csv") == metric_rows(resumed.run_dir, "metrics.csv")
+    assert metric_rows(full.run_dir, "metrics.jsonl") == metric_rows(resumed.run_dir, "metrics.jsonl")
+    assert resumed.best == full.best  # not forgotten on resume
+    # extend the finished run by one more epoch (as --set train.epochs=3 does on the CLI)
+    more = train(load_config(data=tiny(synth_root, tmp_path, **{"train.epochs": 3})), run_dir=full.run_dir,
+                 resume=full.run_dir)
+    assert more.steps == full.steps * 3 // 2 and more.epochs_done == 3
+    assert len(metric_rows(full.run_dir, "metrics.csv")) == 3
+    assert more.best["value"] >= full.best["value"]
+
+
+def test_ctrl_c_saves_a_resumable_state_mid_epoch(synth_root, tmp_path):
+    full = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "full")
+
+    at = full.plan["steps_per_epoch"] + 1  # the first step of epoch 2: mid-epoch
+    assert full.plan["steps_per_epoch"] >= 2
+
+    def interrupt(event):
+        if isinstance(event, StepEnd) and event.step == at:
+            raise KeyboardInterrupt
+
+    cut = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "cut", callbacks=[interrupt])
+    assert cut.status == "interrupted" and cut.steps == at
+    state = torch.load(cut.run_dir / "last.state.pt", weights_only=True)
+    assert state["step"] == at and state["step_in_epoch"] == 1 and state["epoch"] == 1
+    done = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=cut.run_dir, resume=cut.run_dir)
+    assert done.status == "finished" and done.steps == full.steps
+    # workers 0 on the CPU: a mid-epoch resume is exact too
+    assert same_weights(weights(full.run_dir), weights(done.run_dir))
+    assert metric_rows(full.run_dir, "metrics.jsonl") == metric_rows(done.run_dir, "metrics.jsonl")
+
+
+def test_non_finite_steps_are_skipped_then_stop_naming_the_step(synth_root, tmp_path, monkeypatch):
+    import dmpose.train.loop as loop
+
+    real = loop.loss_fn
+    monkeypatch.setattr(loop, "loss_fn", lambda cfg, hm, batch, dev: real(cfg, hm, batch, dev) * float("nan"))
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"train.max_bad_steps": 2, "train.epochs": 3}))
+    with pytest.raises(TrainingError, match=r"2 non-finite steps in a row, the last at step 2"):
+        train(cfg, run_dir=tmp_path / "nan")
+
+
+def test_ema_best_is_on_the_ema_weights(synth_root, tmp_path):
+    res = train(load_config(data=tiny(synth_root, tmp_path, **{"train.ema": 0.9, "train.epochs": 1})),
+                run_dir=tmp_path / "ema")
+    assert json.loads((res.run_dir / "best.json").read_text())["weights"] == "ema"
+    assert (res.run_dir / "last_ema.safetensors").is_file()
+    assert not same_weights(weights(res.run_dir), weights(res.run_dir, "best.safetensors"))
+
+
+def test_cli_train_dry_run_and_errors(synth_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from dmpose.cli import app
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny(synth_root, tmp_path)))
+    r = CliRunner().invoke(app, ["train", str(path), "--dry-run", "--set", "train.epochs=3"])
+    assert r.exit_code == 0, r.output
+    assert "dry run" in r.output and "total_steps" in r.output
+    assert not (tmp_path / "tiny").exists()
+    r = CliRunner().invoke(app, ["train", str(path), "--set", "train.epoch=3"])
+    assert r.exit_code == 1 and "did you mean 'train.epochs'" in r.output
+    r = CliRunner().invoke(app, ["train", str(path), "--set", "train.epochs=1", "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    assert "finished" in r.output and (tmp_path / "cli" / "best.json").is_file()
+    r = CliRunner().invoke(app, ["train", "--resume-from", str(tmp_path / "cli"), "--set", "train.epochs=2"])
+    assert r.exit_code == 0, r.output
+    assert len(metric_rows(tmp_path / "cli", "metrics.csv")) == 2
+
+
+# ---- real samples ---------------------------------------------------------------------------------
+
+def test_few_steps_on_the_real_coco_sample(coco_sample, tmp_path):
+    cfg = load_config(data={
+        "name": "coco_sample", "model": {"arch": "hrnet_tiny", "input_wh": [48, 64]},
+        "data": {"dataset": "coco", "train_ann": str(coco_sample / "test_coco.json"), "train_images": str(coco_sample),
+                 "val_ann": str(coco_sample / "test_coco.json"), "val_images": str(coco_sample),
+                 "detections": str(coco_sample / "test_coco_det_AP_H_56.json")},
+        "train": {"epochs": 1, "batch_size": 4, "threads": 1, "workers": 0, "log_every": 1, "curves": False},
+        "val": {"batch_size": 64, "crops": 2, "boxes": "gt"}})
+    res = train(cfg, run_dir=tmp_path / "coco")
+    assert res.steps == 3 and "AP" in res.last_metrics  # 12 labelled persons / 4
+
+
+def test_few_steps_on_the_real_mpii_sample_pckh(mpii_sample, tmp_path):
+    from scipy.io import savemat
+
+    recs = json.loads((mpii_sample / "test_mpii.json").read_text())
+    # a gt_valid.mat-style file for the sample: head box around head top (9) and upper neck (8), 1-based
+    joints = np.array([r["joints"] for r in recs], np.float64)
+    head = np.stack([joints[:, 8], joints[:, 9]], 1)
+    lo, hi = head.min(1) - 10, head.max(1) + 10
+    savemat(tmp_path / "gt.mat", {"headboxes_src": np.stack([lo, hi], 1).transpose(1, 2, 0) + 1,
+                                  "jnt_missing": (1 - np.array([r["joints_vis"] for r in recs])).T,
+                                  "pos_gt_src": joints.transpose(1, 2, 0) + 1})
+    cfg = load_config(data={
+        "name": "mpii_sample", "model": {"arch": "hrnet_tiny", "keypoints": "mpii16", "input_wh": [64, 64]},
+        "data": {"dataset": "mpii", "train_ann": str(mpii_sample / "test_mpii.json"), "train_images": str(mpii_sample),
+                 "val_ann": str(mpii_sample / "test_mpii.json"), "val_images": str(mpii_sample),
+                 "mpii_gt": str(tmp_path / "gt.mat")},
+        "train": {"epochs": 1, "batch_size": 2, "threads": 1, "workers": 0, "log_every": 1, "curves": False},
+        "val": {"batch_size": 64, "crops": 2}})
+    res = train(cfg, run_dir=tmp_path / "mpii")
+    assert res.steps == 2 and "PCKh@0.5" in res.last_metrics and res.best["metric"] == "PCKh@0.5"
