@@ -269,3 +269,18 @@ def test_few_steps_on_the_real_mpii_sample_pckh(mpii_sample, tmp_path):
         "val": {"batch_size": 64, "crops": 2}})
     res = train(cfg, run_dir=tmp_path / "mpii")
     assert res.steps == 2 and "PCKh@0.5" in res.last_metrics and res.best["metric"] == "PCKh@0.5"
+
+
+def test_hrformer_recipe_configs_exclude_the_relative_position_tables_from_weight_decay():
+    """The HRFormer configs' optimiser groups equal the model's own no-decay rule (hrformer_param_groups)."""
+    import dmpose
+    from dmpose.models.hrformer import hrformer_param_groups
+    from dmpose.train.optim import build_optimizer
+
+    cfg = load_config(str(Path(dmpose.__file__).parent / "configs" / "coco" / "hrformer_small_256x192_dm.yaml"))
+    assert cfg.optim.name == "adamw" and cfg.optim.weight_decay == 0.01 and cfg.schedule.warmup == 500
+    model = dmpose.build_model("hrformer_small", device="meta")
+    opt = build_optimizer(model, cfg.optim, cfg.optim.lr)
+    ours = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    ref = {id(p) for g in hrformer_param_groups(model, 0.01) if g["weight_decay"] == 0 for p in g["params"]}
+    assert ours == ref and len(ours) > 0
