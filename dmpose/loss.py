@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from dmpose.kernels import select_backend
-from dmpose.sinkhorn import dm_sinkhorn_torch
+from dmpose.sinkhorn import SUPPLIER_MAPS, dm_sinkhorn_torch, supplier_map, supplier_map_derivative
 
-__all__ = ["dm_loss", "DMLoss", "demanders", "heatmap_weights", "mse_loss", "MSELoss"]
+__all__ = ["dm_loss", "DMLoss", "demanders", "heatmap_weights", "mse_loss", "MSELoss", "supplier_map"]
 
 _CHOICES = {
     "demanders": ("subpixel", "naive"),
@@ -28,6 +28,7 @@ _CHOICES = {
     "grad": ("exact", "envelope"),
     "backend": ("auto", "torch", "triton"),
     "reduction": ("mean", "sum", "none"),
+    "suppliers": SUPPLIER_MAPS,
 }
 
 
@@ -101,6 +102,9 @@ def _validate(heatmaps, keypoints, weights, opts) -> Tensor:
     max_iters = opts["max_iters"]
     if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
         raise ValueError(f"max_iters must be an integer >= 1, got {max_iters!r}")
+    beta = opts["supplier_beta"]
+    if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+        raise ValueError(f"supplier_beta must be a finite number > 0, got {beta!r}")
     tol = opts["tol"]
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
@@ -126,15 +130,21 @@ class _DMLossFunction(torch.autograd.Function):
         select = (lambda t: t) if everything else (lambda t: t[idx])
         if everything or idx.numel() > 0:
             xy, mass = demanders(select(keypoints.reshape(-1, 2)).to(out_dtype), opts["demanders"])
-            solve = dm_sinkhorn_torch
+            hm_sel = select(heatmaps.reshape(-1, h, w))
+            sup, beta = opts["suppliers"], float(opts["supplier_beta"])
+            common = dict(eps=float(opts["eps"]), max_iters=opts["max_iters"], tol=float(opts["tol"]), grad=opts["grad"])
             if opts["backend"] == "triton":
-                from dmpose.kernels.sinkhorn import dm_sinkhorn_triton as solve
+                from dmpose.kernels.sinkhorn import dm_sinkhorn_triton
 
                 xy, mass = xy.float(), mass.float()  # the kernels take fp32 coordinates and masses
-            cost, g, _, _ = solve(
-                select(heatmaps.reshape(-1, h, w)), xy, mass,
-                eps=float(opts["eps"]), max_iters=opts["max_iters"], tol=float(opts["tol"]), grad=opts["grad"],
-            )
+                # the kernel normalises relu(X): give it the (positive) supplier map and chain the
+                # gradient through the map here, in torch (one elementwise pass each way)
+                x = hm_sel if sup == "relu" else supplier_map(hm_sel.float(), sup, beta)
+                cost, g, _, _ = dm_sinkhorn_triton(x, xy, mass, **common)
+                if sup != "relu":
+                    g = g * supplier_map_derivative(hm_sel.float(), sup, beta)
+            else:
+                cost, g, _, _ = dm_sinkhorn_torch(hm_sel, xy, mass, supplier=sup, beta=beta, **common)
             w_sel = select(flat_w)
             if everything:
                 values, grad = cost.to(out_dtype) * w_sel, g.to(out_dtype).mul_(w_sel[:, None, None])
@@ -166,6 +176,8 @@ def dm_loss(
     grad: str = "exact",
     backend: str = "auto",
     reduction: str = "mean",
+    suppliers: str = "relu",
+    supplier_beta: float = 1.0,
 ) -> Tensor:
     """Distribution-matching loss between heatmaps and ground-truth dots.
 
@@ -188,11 +200,16 @@ def dm_loss(
             pixel (bias up to 0.27 px): it brings quantisation back. The value is <C, P> in both modes.
         backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton".
         reduction: "mean" (sum over joints, mean over the batch), "sum", or "none" -> (B, K).
+        suppliers: the supplier map phi whose normalisation phi(H) / sum phi(H) is transported:
+            "relu" (the paper's) or "softplus" (softplus(beta H) / beta with beta = supplier_beta;
+            never dies in training, see docs/training.md). Decode what the loss saw:
+            `decode_2x2(supplier_map(H, suppliers, supplier_beta))`. Only relu is scale-invariant.
 
     A heatmap with no positive mass uses softmax(H) as its suppliers (finite loss, and a gradient
     that reaches every pixel). Memory is O(B*K*H*W*4); the iterations never enter autograd.
     """
-    opts = dict(eps=eps, max_iters=max_iters, tol=tol, demanders=demanders, cost=cost, grad=grad, backend=backend, reduction=reduction)
+    opts = dict(eps=eps, max_iters=max_iters, tol=tol, demanders=demanders, cost=cost, grad=grad, backend=backend,
+                reduction=reduction, suppliers=suppliers, supplier_beta=supplier_beta)
     weights = _validate(heatmaps, keypoints, weights, opts)
     opts["backend"] = select_backend(backend, heatmaps.device)
     per_joint = _DMLossFunction.apply(heatmaps, keypoints.detach(), weights.detach(), opts)
@@ -216,9 +233,12 @@ class DMLoss(nn.Module):
         grad: str = "exact",
         backend: str = "auto",
         reduction: str = "mean",
+        suppliers: str = "relu",
+        supplier_beta: float = 1.0,
     ) -> None:
         super().__init__()
-        self.options = dict(eps=eps, max_iters=max_iters, tol=tol, demanders=demanders, cost=cost, grad=grad, backend=backend, reduction=reduction)
+        self.options = dict(eps=eps, max_iters=max_iters, tol=tol, demanders=demanders, cost=cost, grad=grad, backend=backend,
+                            reduction=reduction, suppliers=suppliers, supplier_beta=supplier_beta)
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor | None = None) -> Tensor:
         return dm_loss(heatmaps, keypoints, weights, **self.options)

@@ -225,6 +225,36 @@ def pixel_demander_cost(height: int, width: int, demander_xy: Tensor) -> Tensor:
     return torch.cdist(demander_xy, grid.expand(demander_xy.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
 
 
+SUPPLIER_MAPS = ("relu", "softplus")
+
+
+def supplier_map(heatmaps: Tensor, suppliers: str = "relu", beta: float = 1.0) -> Tensor:
+    """The non-negative map r = phi(H) whose normalisation r / sum(r) is the DM loss's suppliers.
+
+    relu (the paper's): r = relu(H). softplus: r = softplus(beta H) / beta, positive everywhere, so its
+    gradient sigmoid(beta H) never vanishes and a map cannot die (the relu map's failure in training:
+    docs/training.md); as beta -> inf it tends to relu, and far below zero it is exp(beta H) / beta
+    (softmax-like; pixels with beta H < -87 underflow to 0 in fp32). Decode the map the loss was
+    trained on: `decode_2x2(supplier_map(H, ...))`.
+    """
+    if suppliers == "relu":
+        return heatmaps.clamp_min(0)
+    if suppliers == "softplus":
+        if not (beta > 0 and math.isfinite(beta)):
+            raise ValueError(f"supplier beta must be a finite number > 0, got {beta!r}")
+        return torch.nn.functional.softplus(heatmaps * beta) / beta
+    raise ValueError(f"suppliers must be one of {SUPPLIER_MAPS}, got {suppliers!r}")
+
+
+def supplier_map_derivative(heatmaps: Tensor, suppliers: str = "relu", beta: float = 1.0) -> Tensor:
+    """d phi / d H elementwise: [H > 0] for relu, sigmoid(beta H) for softplus."""
+    if suppliers == "relu":
+        return (heatmaps > 0).to(heatmaps.dtype)
+    if suppliers == "softplus":
+        return torch.sigmoid(heatmaps * beta)
+    raise ValueError(f"suppliers must be one of {SUPPLIER_MAPS}, got {suppliers!r}")
+
+
 def suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Supplier masses a = relu(H) / ||relu(H)||_1 over the pixels of each (P, H, W) heatmap.
 
@@ -253,8 +283,14 @@ def dm_sinkhorn_torch(
     max_iters: int,
     tol: float,
     grad: str,
+    supplier: str = "relu",
+    beta: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Loss and gradient of P heatmap-vs-demanders problems (the torch twin of the Triton kernel).
+
+    supplier / beta: the supplier map (`supplier_map`): "relu" (the paper's, the kernel's) or
+    "softplus" (r = softplus(beta H) / beta, then the same normalisation; the gradient is chained
+    through sigmoid(beta H)).
 
     Args:
         heatmaps: (P, H, W) any float dtype; arithmetic in fp32 (fp64 if the input is fp64).
@@ -267,6 +303,9 @@ def dm_sinkhorn_torch(
     dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
     p, h, w = heatmaps.shape
     hm = heatmaps.to(dtype)
+    raw = hm
+    if supplier != "relu":
+        hm = supplier_map(raw, supplier, beta)  # > 0 (up to fp underflow): relu below is the identity
     a, total, dead = suppliers(hm)
     b = demander_mass.to(dtype)
     C = pixel_demander_cost(h, w, demander_xy.to(dtype))
@@ -275,4 +314,6 @@ def dm_sinkhorn_torch(
     centred = gamma - (a * gamma).sum(-1, keepdim=True)
     relu_branch = centred / torch.where(dead, torch.ones_like(total), total)[:, None] * (hm.flatten(1) > 0)
     grad_h = torch.where(dead[:, None], a * centred, relu_branch)
+    if supplier != "relu":
+        grad_h = grad_h * supplier_map_derivative(raw, supplier, beta).flatten(1)
     return res.cost, grad_h.reshape(p, h, w), res.marginal_error, res.iterations

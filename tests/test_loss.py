@@ -232,3 +232,22 @@ def test_mse_loss_matches_the_official_joints_mse_formula():
     for k in range(3):  # official: mean over joints of 0.5 * MSE(pred * w, gt * w) over batch and pixels
         ref += 0.5 * torch.nn.functional.mse_loss(hm[:, k] * w[:, k, None, None], tgt[:, k] * w[:, k, None, None])
     assert mse_loss(hm, tgt, w).item() == pytest.approx(ref.item() / 3, rel=1e-6)
+
+
+def test_softplus_suppliers_option():
+    from dmpose.loss import supplier_map
+
+    g = torch.Generator().manual_seed(0)
+    hm = (torch.randn(2, 3, 9, 7, generator=g, dtype=torch.float64) - 3.0).requires_grad_(True)  # mostly <= 0
+    kp = torch.rand(2, 3, 2, generator=g, dtype=torch.float64) * 5 + 1
+    loss = dm_loss(hm, kp, suppliers="softplus", supplier_beta=2.0, tol=1e-12)
+    loss.backward()
+    assert torch.isfinite(loss) and (hm.grad != 0).all()  # every pixel gets a gradient: no dead maps
+    # the same as dm_loss on the supplier map with the relu form (which is then the identity)
+    ref = dm_loss(supplier_map(hm.detach(), "softplus", 2.0), kp, tol=1e-12)
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-10, atol=0)
+    assert DMLoss(suppliers="softplus", supplier_beta=2.0, tol=1e-12)(hm.detach(), kp).item() == pytest.approx(loss.item(), rel=1e-9)
+    with pytest.raises(ValueError, match="suppliers"):
+        dm_loss(hm, kp, suppliers="sigmoid")
+    with pytest.raises(ValueError, match="supplier_beta"):
+        dm_loss(hm, kp, suppliers="softplus", supplier_beta=0.0)

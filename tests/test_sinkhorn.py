@@ -184,3 +184,38 @@ def test_exact_gradient_stays_accurate_when_the_plan_is_nearly_one_hot():
         rel.append(((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item())
     rel = torch.tensor(rel)
     assert rel.median() < 1e-8 and rel.max() < 0.05, rel.max()
+
+
+@pytest.mark.parametrize("grad_mode", ["exact", "envelope"])
+def test_softplus_supplier_gradient_matches_finite_differences(grad_mode):
+    # the softplus map is smooth: no kink to avoid; a map far below zero (exp regime) included
+    h, w = 11, 8
+    dots = _dots_cases()
+    g = torch.Generator().manual_seed(9)
+    hm = torch.randn(len(dots), h, w, generator=g, dtype=torch.float64) * 2
+    hm[1] = hm[1] - 6.0
+    xy, mass = demanders(dots, "subpixel")
+    for beta in (1.0, 4.0):
+        opts = dict(eps=1.0, max_iters=5000, tol=1e-13, grad=grad_mode, supplier="softplus", beta=beta)
+        cost, grad, _, _ = dm_sinkhorn_torch(hm, xy, mass, **opts)
+        value = lambda x: dm_sinkhorn_torch(x, xy, mass, **opts)[0]
+        if grad_mode == "envelope":  # the envelope gradient is that of <C,P> + eps KL: compare that
+            def value(x):
+                from dmpose.sinkhorn import supplier_map
+                a = supplier_map(x, "softplus", beta).flatten(1)
+                a = a / a.sum(-1, keepdim=True)
+                res = sinkhorn(a, pixel_demander_cost(h, w, xy), mass, eps=1.0, max_iters=5000, tol=1e-13)
+                return res.dual
+        for seed in range(2):
+            d = torch.randn(hm.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.01
+            torch.testing.assert_close((grad * d).sum((1, 2)), _finite_difference(value, hm, d), rtol=1e-6, atol=1e-9)
+
+
+def test_relu_supplier_option_is_the_default():
+    dots = _dots_cases()
+    hm = _heatmaps_away_from_kink(11, 8, len(dots), seed=3)
+    xy, mass = demanders(dots, "subpixel")
+    a = dm_sinkhorn_torch(hm, xy, mass, eps=1.0, max_iters=100, tol=1e-10, grad="exact")
+    b = dm_sinkhorn_torch(hm, xy, mass, eps=1.0, max_iters=100, tol=1e-10, grad="exact", supplier="relu")
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
