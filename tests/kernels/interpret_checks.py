@@ -238,8 +238,9 @@ def test_matches_torch_twin(case, tol, max_iters):
 
 
 @pytest.mark.skipif(dm_sinkhorn_torch is None, reason="dmpose.loss not on this branch yet")
+@pytest.mark.parametrize("suppliers", ["relu", "softplus"])
 @pytest.mark.parametrize("grad", ["exact", "envelope"])
-def test_dm_loss_backend_triton_matches_torch(grad):
+def test_dm_loss_backend_triton_matches_torch(grad, suppliers):
     from dmpose.loss import dm_loss
 
     g = torch.Generator().manual_seed(11)
@@ -249,7 +250,7 @@ def test_dm_loss_backend_triton_matches_torch(grad):
     results = {}
     for backend, dev in (("torch", "cpu"), ("triton", DEVICE)):
         x = hm.clone().to(dev).requires_grad_(True)
-        loss = dm_loss(x, kp.to(dev), weights.to(dev), grad=grad, backend=backend, reduction="none")
+        loss = dm_loss(x, kp.to(dev), weights.to(dev), grad=grad, backend=backend, reduction="none", suppliers=suppliers)
         (loss * torch.arange(1.0, 7.0, device=dev).view(2, 3)).sum().backward()
         results[backend] = (loss.detach(), x.grad)
     close(results["triton"][0], results["torch"][0], "dm_loss value")
