@@ -214,6 +214,29 @@ def shift_test(h, kp, w, eps, q=0.5) -> dict:
             "shift_mass2_after": _mass_within(shifted, kp)[live].mean().item()}
 
 
+@torch.no_grad()
+def dot_push(g: torch.Tensor, m: torch.Tensor, kp, wts) -> dict:
+    """Does the pixel nearest the dot get pushed up?  g = dL/dH (descent pushes -g).  Per labelled joint whose
+    dot lies inside the map: the dot pixel's share of the normalised map's mass, its push -g relative to the
+    map's mean |g|, and its rank (share of the map's pixels pushed up harder than the dot; 0 = strongest)."""
+    b, k, h, w = g.shape
+    xi, yi = kp[..., 0].round().long(), kp[..., 1].round().long()
+    ok = (wts > 0) & (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    if not bool(ok.any()):
+        return {}
+    flat = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1))[..., None]
+    push = -g.reshape(b, k, h * w).float()
+    r = m.detach().float().clamp_min(0).reshape(b, k, h * w)
+    a = r / r.sum(-1, keepdim=True).clamp_min(1e-30)
+    p_dot = push.gather(-1, flat)
+    rel = (p_dot[..., 0] / push.abs().mean(-1).clamp_min(1e-30))[ok]
+    rank = (push > p_dot).float().mean(-1)[ok]
+    a_dot = a.gather(-1, flat)[..., 0][ok]
+    return {"dot_mass": a_dot.median().item(), "dot_mass_x_hw": (a_dot * h * w).median().item(),
+            "dot_push_rel": rel.median().item(), "dot_push_rank": rank.median().item(),
+            "dot_pushed_up": (rel > 0).float().mean().item()}
+
+
 # ------------------------------------------------------------------------------------------- training
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
@@ -316,6 +339,7 @@ def main(argv=None):
             d["shift_down_share"] = (per_map > 0).float().mean().item()
             live = (h.detach().amax((-2, -1)) > 0)[w > 0]  # a dead map's fallback gradient sums to 0
             d["shift_down_share_live"] = (per_map[live] > 0).float().mean().item() if bool(live.any()) else float("nan")
+            d.update(dot_push(h.grad, h if use_mse else m, kp, w))
             if not use_mse and a.supplier == "relu":
                 d.update(shift_test(h, kp, w, a.eps))
             d.update(step=step, loss=loss.item(), lr=opt.param_groups[0]["lr"], gH=h.grad.norm().item(),
@@ -323,7 +347,7 @@ def main(argv=None):
                      temp=float(model.temp()), t=round(t_train, 1))
             log.append(d)
             print(f"{name} {step:4d} loss {d['loss']:8.4f} dead {d['dead']:.2f} mass2 {d['mass2']:.3f} err {d['err']:.2f} "
-                  f"gH {d['gH']:.2e} bias {d['bias']:+.4f} down {d['shift_down_share']:.2f} gb {d['gbias']:+.2e} hmax {d['h_max']:+.4f} ({t_train:.0f}s)", flush=True)
+                  f"gH {d['gH']:.2e} bias {d['bias']:+.4f} down {d['shift_down_share']:.2f} gb {d['gbias']:+.2e} hmax {d['h_max']:+.4f} dot a*hw {d.get('dot_mass_x_hw', float('nan')):.2f} push {d.get('dot_push_rel', float('nan')):+.2f} rank {d.get('dot_push_rank', float('nan')):.2f} ({t_train:.0f}s)", flush=True)
         if (step + 1) % a.val_every == 0 or step == a.steps - 1:
             v = evaluate_val(model, val, decode)
             v["step"] = step + 1
