@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmpose.models.blocks import Bottleneck, make_layer
-from dmpose.models.hrnet import _transition
+from dmpose.models.hrnet import HighResolutionTrunk, _transition
 from dmpose.models.registry import register_model
 
 __all__ = [
@@ -245,7 +245,7 @@ class HRFormerSpec:
         return torch.linspace(0, self.drop_path, n, device="cpu").tolist()
 
 
-class HRFormer(nn.Module):
+class HRFormer(HighResolutionTrunk):
     """HRFormer pose network: four stages at strides 4/8/16/32 and a 1x1 head on the stride-4 branch."""
 
     output_stride = 4
@@ -298,21 +298,6 @@ class HRFormer(nn.Module):
             elif isinstance(m, WindowAttention):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
-    @staticmethod
-    def _run_stage(transition: nn.ModuleList, stage: nn.Sequential, ys: list[Tensor]) -> list[Tensor]:
-        xs = [t(ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(transition)]
-        for module in stage:
-            xs = module(xs)
-        return xs
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        ys = [self.layer1(x)]
-        ys = self._run_stage(self.transition1, self.stage2, ys)
-        ys = self._run_stage(self.transition2, self.stage3, ys)
-        ys = self._run_stage(self.transition3, self.stage4, ys)
-        return self.final_layer(ys[0])
 
 
 NO_DECAY_SUFFIXES = ("relative_position_bias_table",)

@@ -111,7 +111,28 @@ class HRNetSpec:
     blocks: tuple[int, int, int] = (4, 4, 4)
 
 
-class HRNet(nn.Module):
+class HighResolutionTrunk(nn.Module):
+    """The forward pass HRNet and HRFormer share: stem (conv1/bn1, conv2/bn2, relu), stage 1 (layer1), then
+    transitions 1-3 and stages 2-4 over the parallel branches; the head reads the highest-resolution one."""
+
+    @staticmethod
+    def _run_stage(transition: nn.ModuleList, stage: nn.Sequential, ys: list[Tensor]) -> list[Tensor]:
+        xs = [t(ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(transition)]
+        for module in stage:
+            xs = module(xs)
+        return xs
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        ys = [self.layer1(x)]
+        ys = self._run_stage(self.transition1, self.stage2, ys)
+        ys = self._run_stage(self.transition2, self.stage3, ys)
+        ys = self._run_stage(self.transition3, self.stage4, ys)
+        return self.final_layer(ys[0])
+
+
+class HRNet(HighResolutionTrunk):
     """HRNet pose network: four stages at strides 4/8/16/32 and a 1x1 head on the stride-4 branch."""
 
     output_stride = 4
@@ -158,21 +179,6 @@ class HRNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    @staticmethod
-    def _run_stage(transition: nn.ModuleList, stage: nn.Sequential, ys: list[Tensor]) -> list[Tensor]:
-        xs = [t(ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(transition)]
-        for module in stage:
-            xs = module(xs)
-        return xs
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        ys = [self.layer1(x)]
-        ys = self._run_stage(self.transition1, self.stage2, ys)
-        ys = self._run_stage(self.transition2, self.stage3, ys)
-        ys = self._run_stage(self.transition3, self.stage4, ys)
-        return self.final_layer(ys[0])
 
 
 def _hrnet(arch: str, spec: HRNetSpec, num_joints: int, device: torch.device | str | None) -> HRNet:
