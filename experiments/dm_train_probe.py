@@ -253,6 +253,8 @@ def main(argv=None):
     p.add_argument("--loss", choices=("dm", "mse"), default="dm")
     p.add_argument("--supplier", choices=("relu", "softplus", "softmax", "exp", "ste"), default="relu")
     p.add_argument("--beta", type=float, default=1.0, help="softplus(beta H)/beta")
+    p.add_argument("--beta-end", type=float, default=None,
+                   help="anneal beta geometrically from --beta to this over the steps (broad -> sharp maps)")
     p.add_argument("--temp", type=float, default=1.0, help="softmax temperature (initial value if learned)")
     p.add_argument("--learn-temp", action="store_true")
     p.add_argument("--eps", type=float, default=1.0)
@@ -311,6 +313,8 @@ def main(argv=None):
         x, kp, w = pool["images"][idx].float(), pool["keypoints"][idx], pool["weights"][idx]
         for g in opt.param_groups:
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup) * g["mult"]
+        if a.beta_end is not None:  # the training map and the one validation decodes move together
+            model.beta = a.beta * (a.beta_end / a.beta) ** (step / max(1, a.steps - 1))
         ts = time.perf_counter()
         h = net(x)
         h.retain_grad()
@@ -322,7 +326,7 @@ def main(argv=None):
             m = h
             loss = mse_loss(h, tgt, w)
         else:
-            m = supplier_map(h, a.supplier, a.beta, model.temp())
+            m = supplier_map(h, a.supplier, model.beta, model.temp())
             loss = dm_loss(m, kp, w, eps=a.eps, grad=a.grad)
             if a.aux_mse > 0:
                 loss = loss + a.aux_mse * mse_loss(h, tgt, w)
