@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmpose.models.blocks import Bottleneck, make_layer
-from dmpose.models.hrnet import HighResolutionTrunk, _transition
+from dmpose.models.hrnet import FusedBranches, HighResolutionTrunk, _transition
 from dmpose.models.registry import register_model
 
 __all__ = [
@@ -166,7 +166,7 @@ class HRFormerBlock(nn.Module):
         return t.permute(0, 3, 1, 2) + self.drop_path(f)
 
 
-class HRFormerModule(nn.Module):
+class HRFormerModule(FusedBranches):
     """Parallel branches of HRFormer blocks, then HRNet-style fusion with HRFormer's resamplers.
 
     `fuse_layers[i][j]` brings branch j to branch i: 1x1 conv + BN then bilinear upsampling when
@@ -174,54 +174,20 @@ class HRFormerModule(nn.Module):
     after every step but the last) when j < i.
     """
 
+    upsample_mode = "bilinear"
+
     def __init__(self, widths: list[int], heads: list[int], drop_paths: list[float], window: int = 7,
                  mlp_ratio: int = 4, multi_scale_output: bool = True):
-        super().__init__()
-        self.branches = nn.ModuleList(
+        branches = nn.ModuleList(
             nn.Sequential(*(HRFormerBlock(w, h, window, mlp_ratio, p) for p in drop_paths))
             for w, h in zip(widths, heads)
         )
-        self.relu = nn.ReLU(inplace=True)
-        n_out = len(widths) if multi_scale_output else 1
-        self.fuse_layers = nn.ModuleList(
-            nn.ModuleList(self._fuse(widths, i, j) for j in range(len(widths))) for i in range(n_out)
-        )
+        super().__init__(branches, widths, multi_scale_output)
 
     @staticmethod
-    def _fuse(widths: list[int], i: int, j: int) -> nn.Module:
-        if j == i:
-            return nn.Identity()
-        if j > i:
-            return nn.Sequential(nn.Conv2d(widths[j], widths[i], 1, bias=False), nn.BatchNorm2d(widths[i]))
-        cj, steps = widths[j], []
-        for k in range(i - j):
-            last = k == i - j - 1
-            cout = widths[i] if last else cj
-            layers = [
-                nn.Conv2d(cj, cj, 3, stride=2, padding=1, groups=cj, bias=False),
-                nn.BatchNorm2d(cj),
-                nn.Conv2d(cj, cout, 1, bias=False),
-                nn.BatchNorm2d(cout),
-            ]
-            if not last:
-                layers.append(nn.ReLU(inplace=True))
-            steps.append(nn.Sequential(*layers))
-        return nn.Sequential(*steps)
-
-    def forward(self, xs: list[Tensor]) -> list[Tensor]:
-        xs = [branch(x) for branch, x in zip(self.branches, xs)]
-        if len(xs) == 1:
-            return xs
-        out = []
-        for i, fuse in enumerate(self.fuse_layers):
-            y = None  # summed in branch order 0, 1, ... as in the original
-            for j, layer in enumerate(fuse):
-                z = layer(xs[j])
-                if j > i:  # by size: equal to scale_factor 2^(j-i) when the sizes are exact multiples
-                    z = F.interpolate(z, size=xs[i].shape[-2:], mode="bilinear", align_corners=False)
-                y = z if y is None else y + z
-            out.append(self.relu(y))
-        return out
+    def _down_step(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cin, 3, stride=2, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)]
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,20 @@ from dmpose.models.registry import register_model
 __all__ = ["HRNet", "HRNetSpec"]
 
 
-class HighResolutionModule(nn.Module):
-    """Parallel branches of basic blocks, then every output branch sums all (resampled) inputs.
+class FusedBranches(nn.Module):
+    """Parallel branches, then the HRNet exchange: output i = relu(sum_j fuse_layers[i][j](branch j)).
 
-    `fuse_layers[i][j]` brings branch j to branch i: a 1x1 conv + BN then nearest upsampling when
-    j > i, identity when j == i, a chain of (i - j) stride-2 3x3 convs when j < i.
+    `fuse_layers[i][j]`: identity for j == i; for j > i a 1x1 conv + BN, then upsampling to branch i's size
+    (`upsample_mode`); for j < i, (i - j) stride-2 steps (`_down_step`), ReLU after every step but the last.
+    Sums run in branch order 0, 1, ... as in the official code (same float rounding). Subclasses give the
+    branches and may change the down step and the upsampling (HRFormer).
     """
 
-    def __init__(self, widths: list[int], num_blocks: int, multi_scale_output: bool = True):
+    upsample_mode = "nearest"
+
+    def __init__(self, branches: nn.ModuleList, widths: list[int], multi_scale_output: bool = True):
         super().__init__()
-        self.branches = nn.ModuleList(make_layer(BasicBlock, w, w, num_blocks) for w in widths)
+        self.branches = branches
         self.relu = nn.ReLU(inplace=True)
         n_out = len(widths) if multi_scale_output else 1
         self.fuse_layers = nn.ModuleList(
@@ -43,7 +47,10 @@ class HighResolutionModule(nn.Module):
         )
 
     @staticmethod
-    def _fuse(widths: list[int], i: int, j: int) -> nn.Module:
+    def _down_step(cin: int, cout: int) -> list[nn.Module]:
+        return [conv3x3(cin, cout, stride=2), nn.BatchNorm2d(cout)]
+
+    def _fuse(self, widths: list[int], i: int, j: int) -> nn.Module:
         if j == i:
             return nn.Identity()
         if j > i:
@@ -51,8 +58,7 @@ class HighResolutionModule(nn.Module):
         steps = []
         for k in range(i - j):
             last = k == i - j - 1
-            cout = widths[i] if last else widths[j]
-            layers = [conv3x3(widths[j], cout, stride=2), nn.BatchNorm2d(cout)]
+            layers = self._down_step(widths[j], widths[i] if last else widths[j])
             if not last:
                 layers.append(nn.ReLU(inplace=True))
             steps.append(nn.Sequential(*layers))
@@ -60,16 +66,33 @@ class HighResolutionModule(nn.Module):
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        if len(xs) == 1:
+            return xs
+        resize = {"mode": self.upsample_mode}
+        if self.upsample_mode != "nearest":
+            resize["align_corners"] = False
         out = []
         for i, fuse in enumerate(self.fuse_layers):
-            y = None  # summed in branch order 0, 1, ... as in the official code (same float rounding)
+            y = None
             for j, layer in enumerate(fuse):
                 z = layer(xs[j])
-                if j > i:
-                    z = F.interpolate(z, size=xs[i].shape[-2:], mode="nearest")
+                if j > i:  # by size: equal to scale_factor 2^(j-i) when the sizes are exact multiples
+                    z = F.interpolate(z, size=xs[i].shape[-2:], **resize)
                 y = z if y is None else y + z
             out.append(self.relu(y))
         return out
+
+
+class HighResolutionModule(FusedBranches):
+    """Parallel branches of basic blocks, then every output branch sums all (resampled) inputs.
+
+    `fuse_layers[i][j]` brings branch j to branch i: a 1x1 conv + BN then nearest upsampling when
+    j > i, identity when j == i, a chain of (i - j) stride-2 3x3 convs when j < i.
+    """
+
+    def __init__(self, widths: list[int], num_blocks: int, multi_scale_output: bool = True):
+        super().__init__(nn.ModuleList(make_layer(BasicBlock, w, w, num_blocks) for w in widths), widths,
+                         multi_scale_output)
 
 
 def _transition(prev: list[int], cur: list[int]) -> nn.ModuleList:
