@@ -4,7 +4,8 @@ Coordinates: keypoints are (x, y) in heatmap pixels, with pixel centres at integ
 (pixel (i, j) is centred at x = j, y = i and covers [j-0.5, j+0.5) x [i-0.5, i+0.5)), x to the
 right, y down.
 
-Per joint, the suppliers are S = relu(H) / ||relu(H)||_1 over the pixels, the demanders are placed
+Per joint, the suppliers are S = phi(H) / ||phi(H)||_1 over the pixels (phi = softplus by default,
+relu in the paper; `dmpose.suppliers`), the demanders are placed
 around the ground-truth dot (see `demanders`), the cost is the Euclidean distance between pixel
 centres and demanders, and the loss is <C, P> for the entropic plan P (Sinkhorn, regularisation eps).
 Joints are summed (the paper's Eq. 5), then the batch is reduced.
@@ -252,8 +253,9 @@ def dm_loss(
             error, and always in the stats (see return_stats).
         demander_mode: "subpixel" (four bilinear demanders, the paper's) or "naive" (one, for ablation).
         suppliers: the supplier map phi whose normalisation phi(H) / sum phi(H) is transported
-            (`dmpose.suppliers`): "relu" (the paper's) or "softplus" (softplus(beta H) / beta with
-            beta = supplier_beta; never dies in training, see docs/training.md). A DM model's decode reads
+            (`dmpose.suppliers`): "softplus" (the default: softplus(beta H) / beta with beta =
+            supplier_beta; never dies in training) or "relu" (the paper's exact form, whose maps die
+            when a network is trained from scratch: docs/training.md). A DM model's decode reads
             the same map (`dmpose.suppliers.decoded_map`, named in the spec's codec). Only relu is
             scale-invariant. cost: reserved, "l2" only (the Euclidean distance in heatmap pixels).
         grad: "exact" (default): the gradient of <C, P*> itself (implicit differentiation). At eps 1

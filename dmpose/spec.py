@@ -348,7 +348,7 @@ class DMLossOptions(BaseModel):
     max_iters: int = 1000
     tol: float = 1e-5
     demander_mode: Literal["subpixel", "naive"] = "subpixel"
-    suppliers: Literal["relu", "softplus"] = "relu"
+    suppliers: Literal["relu", "softplus"] = "softplus"  # relu (the paper's) dies from scratch: docs/training.md
     supplier_beta: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     cost: Literal["l2"] = "l2"
     grad: Literal["exact", "envelope"] = "exact"

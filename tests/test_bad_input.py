@@ -189,13 +189,18 @@ def test_huge_heatmaps_give_the_scaled_down_loss():
     losses, grads = [], []
     for h in (base, base * scale):
         h = h.clone().requires_grad_()
-        loss = dmpose.dm_loss(h, kp, backend="torch")
+        loss = dmpose.dm_loss(h, kp, backend="torch", suppliers="relu")  # relu: exactly scale-invariant
         loss.backward()
         losses.append(loss.item())
         grads.append(h.grad.double())
     assert math.isfinite(losses[1]) and losses[1] > 0
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)
     torch.testing.assert_close(grads[1] * scale, grads[0], rtol=1e-4, atol=1e-9)
+    # the default softplus suppliers equal relu that far above zero: the same finite loss and gradient
+    h = (base * scale).requires_grad_()
+    loss = dmpose.dm_loss(h, kp, backend="torch")
+    loss.backward()
+    assert loss.item() == pytest.approx(losses[1], rel=1e-6) and bool(torch.isfinite(h.grad).all())
 
 
 def test_small_eps_exact_gradient_is_robust_and_reported(monkeypatch):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from dmpose.train import ConfigError, TrainingError, load_config, train
 from dmpose.train.config import check_paths, packaged_configs
 from dmpose.train.events import EpochEnd, StepEnd
+from dmpose.train.loop import DEAD_WARN_SHARE
 from dmpose.train.run_folder import RUN_FILES
 
 TIMING = ("images_per_second", "data_wait", "epoch_time_s", "val_time_s", "eta_s")
@@ -284,3 +285,68 @@ def test_hrformer_recipe_configs_exclude_the_relative_position_tables_from_weigh
     ours = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     ref = {id(p) for g in hrformer_param_groups(model, 0.01) if g["weight_decay"] == 0 for p in g["params"]}
     assert ours == ref and len(ours) > 0
+
+
+# ---- the DM loss trains (the distribution-matching training issue) -------------------------------
+
+def _step_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _error_drop(rows: list[dict]) -> float:
+    """Median localisation error (heatmap px) of the first logged batch over the mean of the last three."""
+    return rows[0]["median_error_hm"] / float(np.mean([r["median_error_hm"] for r in rows[-3:]]))
+
+
+DM_DROP = 1.5  # the default DM loss lowers the training batches' median error at least this much
+
+
+@pytest.fixture(scope="module")
+def synth40(tmp_path_factory) -> Path:
+    from dmpose.data.synthetic import ensure_synthetic
+
+    return ensure_synthetic(tmp_path_factory.mktemp("synth40") / "data", n_train=40, n_val=4, seed=0)
+
+
+def _short_dm_run(root: Path, out: Path, suppliers: str):
+    """32 steps of hrnet_tiny at the default job's 128x96 (32x24 heatmaps), batch 16, Adam 2e-3 held."""
+    messages: list = []
+    cfg = load_config(data=tiny(root, out, **{
+        "loss.dm.suppliers": suppliers, "model.input_wh": [96, 128], "data.synthetic.n_train": 40,
+        "schedule.name": "constant", "schedule.warmup": 5, "train.epochs": 8, "train.batch_size": 16,
+        "val.every": 8, "val.crops": 0}))
+    res = train(cfg, run_dir=out / suppliers, callbacks=[messages.append])
+    return res, _step_rows(res.run_dir), [m.text for m in messages if getattr(m, "level", None) == "warning"]
+
+
+def test_default_dm_loss_lowers_the_median_error_and_relu_dying_is_reported(synth40, tmp_path):
+    """A seeded 32-step run: the default suppliers (softplus) lower the training batches' median
+    localisation error by DM_DROP or more (measured 2.07x) and keep their maps alive (<= 4% dead); the
+    paper-exact relu form's heatmaps die (measured 48% by step 32, 82% by step 40 at batch 32 in
+    docs/dm-training.md) and the run says so in a warning instead of training on silently."""
+    from dmpose.spec import DMLossOptions
+
+    assert DMLossOptions().suppliers == "softplus"  # the default the evidence picked (docs/training.md)
+    res, rows, warns = _short_dm_run(synth40, tmp_path, "softplus")
+    assert res.steps == 32 and all(math.isfinite(r["median_error_hm"]) for r in rows)
+    assert _error_drop(rows) >= DM_DROP, [round(r["median_error_hm"], 2) for r in rows]
+    assert max(r["dead_share"] for r in rows[4:]) < DEAD_WARN_SHARE
+    assert not any("no positive pixel" in w for w in warns)
+
+    res, rows, warns = _short_dm_run(synth40, tmp_path, "relu")
+    assert max(r["dead_share"] for r in rows) >= DEAD_WARN_SHARE
+    assert any("no positive pixel" in w and "'relu'" in w for w in warns), warns
+
+
+def test_default_dm_loss_lowers_the_median_error_on_the_real_coco_sample(coco_sample, tmp_path):
+    cfg = load_config(data={
+        "name": "coco_sample_dm", "model": {"arch": "hrnet_tiny", "input_wh": [48, 64]},
+        "data": {"dataset": "coco", "train_ann": str(coco_sample / "test_coco.json"), "train_images": str(coco_sample),
+                 "val_ann": str(coco_sample / "test_coco.json"), "val_images": str(coco_sample),
+                 "cache_images": True},
+        "optim": {"lr": 2e-3}, "schedule": {"name": "cosine", "unit": "step", "warmup": 2},
+        "train": {"epochs": 12, "batch_size": 4, "threads": 1, "workers": 0, "log_every": 1, "curves": False},
+        "val": {"every": 12, "batch_size": 64, "crops": 0, "boxes": "gt"}})
+    res = train(cfg, run_dir=tmp_path / "coco")
+    rows = _step_rows(res.run_dir)
+    assert res.steps == 36 and _error_drop(rows) >= DM_DROP, [round(r["median_error_hm"], 2) for r in rows]

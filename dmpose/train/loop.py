@@ -40,6 +40,9 @@ from dmpose.train.validate import ValData, heatmap_pass, validate
 __all__ = ["train", "TrainingError", "TrainResult", "build_datasets", "loss_fn"]
 
 
+DEAD_WARN_SHARE = 0.25  # warn when this share of a logged batch's labelled heatmaps has no positive pixel
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a run of non-finite steps); the message names the step."""
 
@@ -449,6 +452,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     smoothed = None
     t_run = time.perf_counter()
     bad_in_row = 0
+    warned_dead = 0  # the last epoch whose dead-heatmap warning was given
     raw.train()
     try:
         while epoch < cfg.train.epochs:
@@ -536,6 +540,12 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                            "skipped": skipped, **diag}
                     if folder is not None:
                         folder.log_step(row)
+                    if diag.get("dead_share", 0.0) >= DEAD_WARN_SHARE and warned_dead < epoch + 1:
+                        warned_dead = epoch + 1  # once per epoch: the failure is reported, never hidden
+                        log(f"step {step}: {diag['dead_share']:.0%} of the labelled heatmaps have no positive "
+                            f"pixel (suppliers {spec.codec.supplier_map!r}); their loss falls back to softmax(H). "
+                            "The paper's relu form dies this way from scratch: see docs/training.md "
+                            "(loss.dm.suppliers: softplus avoids it)", "warning")
                 loss_sum = 0.0
                 emit(StepEnd(epoch + 1, step, total_steps, step_loss_shown, smoothed if smoothed is not None
                              else float("nan"), cur_lr, ips, wait / max(el, 1e-9), eta, skipped, row))
