@@ -119,6 +119,8 @@ def supplier_map(h: torch.Tensor, kind: str, beta: float = 1.0, temp: float | to
     if kind == "softmax":
         z = (h - h.amax(dim=(-2, -1), keepdim=True).detach()) / temp
         return torch.exp(z).clamp_min(1e-30)  # no exact zeros: dm_loss masks the gradient of pixels <= 0
+    if kind == "shift":  # linear: H - min H per map (d M_i / d H_i = 1 on every pixel but the minimum)
+        return (h - h.amin(dim=(-2, -1), keepdim=True)).clamp_min(0) + 1e-30
     if kind == "exp":
         return torch.exp(h.clamp(max=60.0))
     if kind == "ste":
@@ -161,7 +163,12 @@ def diagnostics(h_raw: torch.Tensor, m: torch.Tensor, kp, wts, decode: str) -> d
     err = (coords - kp).norm(dim=-1)[lab]
     dead = (h_raw.detach().amax((-2, -1)) <= 0)[lab]
     hr = h_raw.detach()[lab]
-    return {"dead": dead.float().mean().item(), "mass2": _mass_within(m.detach(), kp)[lab].mean().item(),
+    r = m.detach().float().clamp_min(0)
+    a = r / r.sum((-2, -1), keepdim=True).clamp_min(1e-30)
+    hh, ww = a.shape[-2:]
+    mean_xy = torch.stack([(a.sum(-2) * torch.arange(ww)).sum(-1), (a.sum(-1) * torch.arange(hh)).sum(-1)], -1)
+    err_m = (mean_xy - kp).norm(dim=-1)[lab]
+    return {"err_meandecode": err_m.median().item(), "dead": dead.float().mean().item(), "mass2": _mass_within(m.detach(), kp)[lab].mean().item(),
             "err": err.median().item(), "err_mean": err.mean().item(),
             "h_max": hr.amax((-2, -1)).mean().item(), "h_mean": hr.mean().item(), "h_std": hr.std().item()}
 
@@ -251,7 +258,7 @@ def main(argv=None):
     p.add_argument("--pool", type=Path, default=Path("/tmp/dmr/pool_p8_s0.pt"))
     p.add_argument("--pool-passes", type=int, default=8)
     p.add_argument("--loss", choices=("dm", "mse"), default="dm")
-    p.add_argument("--supplier", choices=("relu", "softplus", "softmax", "exp", "ste"), default="relu")
+    p.add_argument("--supplier", choices=("relu", "softplus", "softmax", "exp", "ste", "shift"), default="relu")
     p.add_argument("--beta", type=float, default=1.0, help="softplus(beta H)/beta")
     p.add_argument("--beta-end", type=float, default=None,
                    help="anneal beta geometrically from --beta to this over the steps (broad -> sharp maps)")
@@ -265,6 +272,8 @@ def main(argv=None):
     p.add_argument("--mse-warm", type=int, default=0, help="MSE for the first N steps, then DM")
     p.add_argument("--bias-init", type=float, default=None, help="final layer bias init (default: library's 0)")
     p.add_argument("--final-std", type=float, default=None, help="final layer weight init std (library: 0.001)")
+    p.add_argument("--cost-cap", type=float, default=None,
+                   help="experiment only: cost min(distance, CAP) instead of the Euclidean distance (far field flattened)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -279,6 +288,11 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     torch.set_num_threads(1)
+    if a.cost_cap is not None:  # the loss's cost matrix, capped (dm_sinkhorn_torch looks the function up at call time)
+        import dmpose.sinkhorn as sk
+
+        _euclid = sk.pixel_demander_cost
+        sk.pixel_demander_cost = lambda h, w, xy: _euclid(h, w, xy).clamp_max(a.cost_cap)
     torch.set_flush_denormal(True)  # precaution for exp/softplus maps (no effect measured on a loaded machine)
     torch.manual_seed(a.seed)
     pool = torch.load(a.pool) if a.pool.exists() else build_pool(a.data, a.pool_passes, 0, a.pool)
@@ -357,7 +371,7 @@ def main(argv=None):
             v = evaluate_val(model, val, decode)
             v["step"] = step + 1
             vlog.append(v)
-            print(f"{name} VAL {step + 1:4d} err {v['err']:.2f} (mean {v['err_mean']:.2f}) mass2 {v['mass2']:.3f} dead {v['dead']:.2f}", flush=True)
+            print(f"{name} VAL {step + 1:4d} err {v['err']:.2f} (mean {v['err_mean']:.2f}, mean-decode {v['err_meandecode']:.2f}) mass2 {v['mass2']:.3f} dead {v['dead']:.2f}", flush=True)
     result = {"name": name, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
               "train_seconds": t_train, "ms_per_step": 1000 * t_train / a.steps, "log": log, "val": vlog,
               "final_val": vlog[-1]}
