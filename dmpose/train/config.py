@@ -70,6 +70,9 @@ class LossConfig(BaseModel):
     mse: MSEOptions = Field(MSEOptions(), description="Options of the MSE baseline.")
     joint_threshold: float | None = Field(None, ge=0, le=1, description="Rescoring joint threshold; null: the "
                                           "decode rule's default.")
+    decode: Literal["2x2", "argmax"] | None = Field(None, description="Decode rule; null: the loss's own (dm: "
+                                                    "2x2, mse: argmax). Set it to cross them (DM + argmax, MSE + "
+                                                    "2x2); the rescoring threshold follows the rule.")
 
 
 class SyntheticConfig(BaseModel):
@@ -198,11 +201,11 @@ class TrainConfig(BaseModel):
     def codec_spec(self) -> CodecSpec:
         if self.loss.name == "dm":
             return CodecSpec(name="dm", supplier_map=self.loss.dm.suppliers, supplier_beta=self.loss.dm.supplier_beta,
-                             joint_threshold=self.loss.joint_threshold)
+                             decode=self.loss.decode, joint_threshold=self.loss.joint_threshold)
         sigma = self.loss.mse.sigma
         if sigma is None:
             sigma = (self.model.input_wh[1] // self.model.output_stride) / 32
-        return CodecSpec(name="gaussian", sigma=sigma, flavour=self.loss.mse.flavour,
+        return CodecSpec(name="gaussian", sigma=sigma, flavour=self.loss.mse.flavour, decode=self.loss.decode,
                          joint_threshold=self.loss.joint_threshold)
 
     def pose_spec(self) -> PoseSpec:

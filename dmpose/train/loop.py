@@ -430,7 +430,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
         module = ema.module if ema is not None else raw
         module.eval()
         metrics, _ = validate(module, spec, val, cfg.val.flip, cfg.val.batch_size, cfg.val.oks_threshold, rank, world)
-        extra, fig = heatmap_pass(module, val.gt_dataset, spec.decode, cfg.loss.dm, cfg.val.batch_size,
+        extra, fig = heatmap_pass(module, val.gt_dataset, spec.codec, cfg.loss.dm, cfg.val.batch_size,
                                   cfg.val.crops if main and folder else 0) if main else ({}, {})
         raw.train()
         metrics.update(extra)
