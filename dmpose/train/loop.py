@@ -230,8 +230,8 @@ def step_diagnostics(hm: torch.Tensor, batch: dict, codec, grad_hm: torch.Tensor
     localisation error (heatmap px), gradient norm reaching the heatmaps, final layer bias mean/grad norm.
     The decoded map is the one the spec's codec reads (`dmpose.suppliers.decoded_map`; relu-normalised
     for the mass share of an MSE model's raw map)."""
-    from dmpose.eval.inference import DECODERS, normalise_heatmaps
-    from dmpose.suppliers import decoded_map
+    from dmpose.eval.inference import DECODERS
+    from dmpose.train.validate import decoded_and_normalised
 
     hm = hm.detach().float()
     kp = batch["keypoints_hm"].to(hm.device)
@@ -240,14 +240,13 @@ def step_diagnostics(hm: torch.Tensor, batch: dict, codec, grad_hm: torch.Tensor
     n = int(lab.sum())
     if n:
         out["dead_share"] = float((hm.amax(dim=(-2, -1)) <= 0)[lab].float().mean())
-        p = normalise_heatmaps(hm) if codec.supplier_map == "raw" else decoded_map(hm, codec.supplier_map,
-                                                                                    codec.supplier_beta)
+        src, p = decoded_and_normalised(hm, codec)
         h, w = hm.shape[-2:]
         ys = torch.arange(h, device=hm.device, dtype=torch.float32).view(1, 1, h, 1)
         xs = torch.arange(w, device=hm.device, dtype=torch.float32).view(1, 1, 1, w)
         near = ((xs - kp[..., 0, None, None]) ** 2 + (ys - kp[..., 1, None, None]) ** 2) <= 4.0
         out["mass_2px"] = float((p * near).sum(dim=(-2, -1))[lab].mean())
-        coords, _ = DECODERS[codec.decode](hm if codec.supplier_map == "raw" else p)
+        coords, _ = DECODERS[codec.decode](src)
         out["median_error_hm"] = float(torch.linalg.vector_norm(coords - kp, dim=-1)[lab].median())
     if grad_hm is not None:
         out["grad_norm_heatmaps"] = float(grad_hm.float().norm())

@@ -82,7 +82,7 @@ def validate(model, spec, val: ValData, flip: bool, batch_size: int, oks_thresho
     return dict(evaluator.compute()), evaluator
 
 
-def _decoded_and_normalised(hm: torch.Tensor, codec) -> tuple[torch.Tensor, torch.Tensor]:
+def decoded_and_normalised(hm: torch.Tensor, codec) -> tuple[torch.Tensor, torch.Tensor]:
     """The map the spec's decode reads (`TopDownPredictor` without the flip test: `decoded_map` of the
     codec's supplier map, the raw H for "raw") and that map normalised to sum 1 per (B, K) map (for
     "raw", relu(H) normalised, softmax(H) where no pixel is positive: the same rule as the training
@@ -101,7 +101,7 @@ def heatmap_metrics(hm: torch.Tensor, kp: torch.Tensor, w: torch.Tensor, codec) 
     at integers) of the decoded prediction ("compactness"), and whether the raw map has no positive value
     ("dead"); plus the decoded coordinates (B, K, 2) and the normalised maps (B, K, H, W) of every joint."""
     hm = hm.float()
-    src, q = _decoded_and_normalised(hm, codec)
+    src, q = decoded_and_normalised(hm, codec)
     coords, _ = DECODERS[codec.decode](src)
     h, w_ = hm.shape[-2:]
     ys = torch.arange(h, device=hm.device, dtype=torch.float32).view(1, 1, h, 1)
