@@ -352,9 +352,19 @@ def is_stale(rec: dict) -> bool | None:
     if arm is None:
         return None
     try:
-        return resolved_dict(arm, rec["seed"], rec.get("extra_overrides")) != rec["config"]
+        now = resolved_dict(arm, rec["seed"], rec.get("extra_overrides"))
     except Exception:  # an override that no longer validates
         return True
+    return _read_by_run(now) != _read_by_run(rec["config"])
+
+
+def _read_by_run(cfg: dict) -> dict:
+    """The config without the section its loss never reads: a DM run does not read `loss.mse` (an MSE run
+    does read `loss.dm`: its validation reports the DM loss value)."""
+    loss = cfg.get("loss", {})
+    if loss.get("name") == "dm":
+        return {**cfg, "loss": {k: v for k, v in loss.items() if k != "mse"}}
+    return cfg
 
 
 def identical_arms() -> dict[str, list[str]]:

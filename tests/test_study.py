@@ -116,6 +116,10 @@ def test_smoke_run_writes_json_skips_rerun_and_reports(study, tmp_path, capsys):
     paths[1].write_text(json.dumps(stale))
     assert study.main(["list", "--results", str(results)]) == 0
     assert "results: s0!stale*" in capsys.readouterr().out
+    dm = json.loads(paths[0].read_text())  # a DM run never reads loss.mse: changing it leaves the run current
+    dm["config"]["loss"]["mse"]["sigma"] = 7.0
+    paths[0].write_text(json.dumps(dm))
+    assert study.is_stale(dm) is False and study.is_stale(stale) is True
 
     assert study.main(["report", "--results", str(results), "--figures", str(figs)]) == 0
     table = (results / "tables.md").read_text()
