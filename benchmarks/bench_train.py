@@ -6,7 +6,7 @@ Rows: hrnet_tiny at the default job's size (128x96 input, batch 32, as configs/s
 at 256x192 (batch --w32-batch), each with the DM loss at the default tolerance, with tol=0 (exactly 1000
 Sinkhorn iterations, the paper's) and with MSE (Gaussian targets), the same batch in one run. Prints the
 median step time and the ratio to MSE. The batch is a real one (synthetic data, augmentation on); the model is
-freshly initialised (HRNet's init), so the DM solver sees early-training heatmaps. Target (CPU, default job): DM <= 1.05 x MSE.
+freshly initialised (HRNet's init), so the DM solver sees early-training heatmaps (`--tiny-weights CKPT`: a trained hrnet_tiny instead). Target (CPU, default job): DM <= 1.05 x MSE.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ def batch_for(input_wh, n: int, seed: int = 0):
     return next(iter(DataLoader(ds, batch_size=n, shuffle=True)))
 
 
-def step_times(arch: str, batch: dict, loss: str, repeats: int, device: str) -> float:
+def step_times(arch: str, batch: dict, loss: str, repeats: int, device: str, weights: str | None = None) -> float:
     from dmpose.loss import dm_loss, mse_loss
-    from dmpose.models import build_model
+    from dmpose.models import build_model, load_model
     from dmpose.spec import DMLossOptions
 
     torch.manual_seed(0)
-    model = build_model(arch, num_joints=17).to(device).train()
+    model = (load_model(weights) if weights else build_model(arch, num_joints=17)).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = batch["image"].to(device)
     kp, w = batch["keypoints_hm"].to(device), batch["weights"].to(device)
@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--w32-batch", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-w32", action="store_true")
+    ap.add_argument("--tiny-weights", default=None,
+                    help="a trained hrnet_tiny checkpoint (e.g. a default job's last.safetensors) for the hrnet_tiny "
+                         "row: the solver then sees trained heatmaps instead of HRNet's initialisation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = [("hrnet_tiny", (96, 128), 32)]
@@ -75,7 +78,8 @@ def main() -> None:
     print(f"{'model':<12} {'input':>8} {'batch':>5} {'MSE s':>8} {'DM s':>8} {'DM/MSE':>7} {'DM tol=0 s':>11} {'tol0/MSE':>8}")
     for arch, wh, n in rows:
         batch = batch_for(wh, n)
-        t = {loss: step_times(arch, batch, loss, args.repeats, args.device) for loss in ("mse", "dm", "dm_tol0")}
+        weights = args.tiny_weights if arch == "hrnet_tiny" else None
+        t = {loss: step_times(arch, batch, loss, args.repeats, args.device, weights) for loss in ("mse", "dm", "dm_tol0")}
         print(f"{arch:<12} {wh[1]}x{wh[0]:<4} {n:>5} {t['mse']:>8.3f} {t['dm']:>8.3f} {t['dm'] / t['mse']:>7.3f} "
               f"{t['dm_tol0']:>11.3f} {t['dm_tol0'] / t['mse']:>8.2f}")
 
