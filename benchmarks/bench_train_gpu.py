@@ -40,13 +40,9 @@ def main() -> int:
     import torch
 
     plan = {"model": args.model, "batch": args.batch, "input": [ih, iw], "steps": args.steps, "arms": arms}
-    if args.dry_run or not torch.cuda.is_available():
-        reason = "dry run" if args.dry_run else "no CUDA device"
-        if not torch.cuda.is_available():
-            print("no CUDA device: GPU stages skipped (training step)")
-        print(f"skipped ({reason}); plan: {plan}")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"skipped": reason, "plan": plan}))
+    from harness import skipped_without_cuda
+
+    if skipped_without_cuda(args.dry_run, "training step", plan, args.json):
         return 0
 
     import numpy as np

@@ -41,18 +41,12 @@ def main() -> int:
     if args.cpu_smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before dmpose's kernel modules are imported
     import torch
-    from harness import markdown_table
+    from harness import markdown_table, skipped_without_cuda
 
     plan = {"shapes": SHAPES, "dtypes": DTYPES, "problems": args.problems, "fixed_iters": args.fixed_iters}
     if args.cpu_smoke:
         device, shapes, dtypes, p, fixed = "cpu", [(9, 7)], ["float32"], 2, 3
-    elif args.dry_run or not torch.cuda.is_available():
-        reason = "dry run" if args.dry_run else "no CUDA device"
-        if not torch.cuda.is_available():
-            print("no CUDA device: GPU stages skipped (correctness)")
-        print(f"skipped ({reason}); plan: {plan}")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"skipped": reason, "plan": plan}))
+    elif skipped_without_cuda(args.dry_run, "correctness", plan, args.json):
         return 0
     else:
         device, shapes, dtypes, p, fixed = "cuda", SHAPES, DTYPES, args.problems, args.fixed_iters

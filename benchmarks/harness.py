@@ -102,3 +102,21 @@ class Table:
 
     def print(self) -> None:
         print(self, flush=True)
+
+
+def skipped_without_cuda(dry_run: bool, stage: str, plan: dict, json_path: str | None) -> bool:
+    """For the GPU scripts: True (after saying why, and writing {"skipped", "plan"} to `json_path`) when this
+    is a dry run or there is no CUDA device; False when the GPU stage should run."""
+    import json
+
+    import torch
+
+    if not dry_run and torch.cuda.is_available():
+        return False
+    reason = "dry run" if dry_run else "no CUDA device"
+    if not torch.cuda.is_available():
+        print(f"no CUDA device: GPU stages skipped ({stage})")
+    print(f"skipped ({reason}); plan: {plan}")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"skipped": reason, "plan": plan}))
+    return True
