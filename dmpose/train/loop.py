@@ -539,10 +539,12 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                            "skipped": skipped, **diag}
                     if folder is not None:
                         folder.log_step(row)
-                    if diag.get("dead_share", 0.0) >= DEAD_WARN_SHARE and warned_dead < epoch + 1:
+                    # only relu maps die: a softplus map of an all-negative H is still a live distribution
+                    if (spec.codec.supplier_map == "relu" and diag.get("dead_share", 0.0) >= DEAD_WARN_SHARE
+                            and warned_dead < epoch + 1):
                         warned_dead = epoch + 1  # once per epoch: the failure is reported, never hidden
                         log(f"step {step}: {diag['dead_share']:.0%} of the labelled heatmaps have no positive "
-                            f"pixel (suppliers {spec.codec.supplier_map!r}); their loss falls back to softmax(H). "
+                            f"pixel (suppliers 'relu'); their loss falls back to softmax(H). "
                             "The paper's relu form dies this way from scratch: see docs/training.md "
                             "(loss.dm.suppliers: softplus avoids it)", "warning")
                 loss_sum = 0.0
