@@ -355,7 +355,24 @@ def is_stale(rec: dict) -> bool | None:
         now = resolved_dict(arm, rec["seed"], rec.get("extra_overrides"))
     except Exception:  # an override that no longer validates
         return True
-    return _read_by_run(now) != _read_by_run(rec["config"])
+    return _read_by_run(now) != _read_by_run(_with_new_keys(rec["config"], now))
+
+
+def _with_new_keys(stored: dict, now: dict, defaults: dict | None = None) -> dict:
+    """`stored` with the keys the schema gained since it was written, at their schema defaults (a key added
+    later cannot have been set by the stored run, which ran with the behaviour its default keeps): a new
+    key makes a run stale only where the arm sets it to something else."""
+    if defaults is None:
+        from dmpose.train.config import TrainConfig, config_to_yaml
+
+        defaults = yaml.safe_load(config_to_yaml(TrainConfig()))
+    out = dict(stored)
+    for k, v in now.items():
+        if k not in stored and isinstance(defaults, dict) and k in defaults:
+            out[k] = defaults[k]
+        elif isinstance(v, dict) and isinstance(stored.get(k), dict):
+            out[k] = _with_new_keys(stored[k], v, defaults.get(k) if isinstance(defaults, dict) else None)
+    return out
 
 
 def _read_by_run(cfg: dict) -> dict:

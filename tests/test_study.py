@@ -129,3 +129,18 @@ def test_smoke_run_writes_json_skips_rerun_and_reports(study, tmp_path, capsys):
     assert "extra overrides" in table
     assert (figs / "study_curves.png").stat().st_size > 0
     assert (figs / "study_compactness.png").stat().st_size > 0
+
+
+def test_a_key_the_schema_gained_later_is_stale_only_where_the_arm_moves_it_off_its_default(study):
+    arm = study.ARMS["dm_default"]
+    now = study.resolved_dict(arm, 0)
+    old = json.loads(json.dumps(now))
+    del old["loss"]["aux_mse"], old["loss"]["aux_mse_until"]  # as if written before the keys existed
+    rec = {"arm": "dm_default", "seed": 0, "config": old}
+    assert study.is_stale(rec) is False
+    moved = study.Arm("tmp_aux", 2, ("loss.aux_mse=10.0",), "test only")
+    study.ARMS["tmp_aux"] = moved
+    try:
+        assert study.is_stale({"arm": "tmp_aux", "seed": 0, "config": old}) is True
+    finally:
+        del study.ARMS["tmp_aux"]

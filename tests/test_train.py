@@ -350,3 +350,33 @@ def test_default_dm_loss_lowers_the_median_error_on_the_real_coco_sample(coco_sa
     res = train(cfg, run_dir=tmp_path / "coco")
     rows = _step_rows(res.run_dir)
     assert res.steps == 36 and _error_drop(rows) >= DM_DROP, [round(r["median_error_hm"], 2) for r in rows]
+
+
+# ---- the auxiliary MSE term (an issue-11 candidate, measured not to help: docs/dm-training.md) -----------
+
+def test_aux_mse_adds_the_mse_loss_with_a_linearly_falling_weight(synth_root, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from dmpose.loss import dm_loss, mse_loss
+    from dmpose.train.loop import aux_targets, build_datasets, loss_fn
+
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_mse": 100.0, "loss.aux_mse_until": 0.5,
+                                                          "loss.mse.sigma": 1.0, "loss.mse.flavour": "unbiased"}))
+    assert [cfg.loss.aux_weight(p) for p in (0.0, 0.25, 0.5, 0.9)] == [100.0, 50.0, 0.0, 0.0]
+    ds, _ = build_datasets(cfg, cfg.pose_spec())
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    hm = torch.randn(4, 17, 16, 12)
+    w = batch["weights"]
+    target = aux_targets(cfg, batch, (12, 16))
+    # the codec's Gaussian rule: peak 1 at a dot on a pixel centre, all-zero maps for unlabelled joints
+    assert target.shape == hm.shape and float(target.amax()) <= 1.0
+    peaks = target.flatten(2).amax(-1)
+    assert bool((peaks[w == 0] == 0).all()) and bool((peaks[w > 0] > 0.3).all())
+    pure = dm_loss(hm, batch["keypoints_hm"], w, cfg.loss.dm)
+    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.25), pure + 50.0 * mse_loss(hm, target, w))
+    assert torch.equal(loss_fn(cfg, hm, batch, "cpu", 0.6), pure)
+
+
+def test_aux_mse_is_refused_for_the_mse_loss(tmp_path):
+    with pytest.raises(ConfigError, match="aux_mse"):
+        load_config(data={"loss": {"name": "mse", "aux_mse": 1.0}})

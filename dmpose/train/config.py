@@ -73,6 +73,23 @@ class LossConfig(BaseModel):
     decode: Literal["2x2", "argmax"] | None = Field(None, description="Decode rule; null: the loss's own (dm: "
                                                     "2x2, mse: argmax). Set it to cross them (DM + argmax, MSE + "
                                                     "2x2); the rescoring threshold follows the rule.")
+    aux_mse: float = Field(0.0, ge=0, allow_inf_nan=False, description="dm only: weight of an auxiliary MSE "
+                           "term on Gaussian targets (loss.mse's sigma and flavour) added to the DM loss; 0: pure "
+                           "DM (docs/training.md).")
+    aux_mse_until: float = Field(1.0, gt=0, le=1, description="Fraction of the training steps over which the "
+                                 "auxiliary MSE weight falls linearly to 0 (1: to the last step; the loss of "
+                                 "the steps after it is pure DM).")
+
+    @model_validator(mode="after")
+    def _aux_only_for_dm(self) -> LossConfig:
+        if self.aux_mse > 0 and self.name != "dm":
+            raise ValueError(f"loss.aux_mse = {self.aux_mse:g} adds MSE to the DM loss; it needs loss.name 'dm', "
+                             f"got {self.name!r}")
+        return self
+
+    def aux_weight(self, progress: float) -> float:
+        """The auxiliary MSE weight at `progress` = step / total steps in [0, 1]."""
+        return self.aux_mse * max(0.0, 1.0 - progress / self.aux_mse_until)
 
 
 class SyntheticConfig(BaseModel):

@@ -60,13 +60,29 @@ class TrainResult:
 
 # ---- pieces -----------------------------------------------------------------------------------------
 
-def loss_fn(cfg: TrainConfig, heatmaps: torch.Tensor, batch: dict, device) -> torch.Tensor:
-    """The training loss in fp32 (outside autocast): DM on the dots, or MSE on Gaussian targets."""
+def aux_targets(cfg: TrainConfig, batch: dict, heatmap_wh: tuple[int, int]) -> torch.Tensor:
+    """(B, K, H, W) Gaussian targets (loss.mse's sigma and flavour, the MSE codec's rule) for the dots of a DM
+    batch, for the auxiliary MSE term."""
+    from dmpose.codec import GaussianCodec
+
+    codec = GaussianCodec(heatmap_wh, sigma=cfg.loss.mse.sigma or heatmap_wh[1] / 32, flavour=cfg.loss.mse.flavour)
+    kp, w = batch["keypoints_hm"].numpy(), batch["weights"].numpy()
+    return torch.from_numpy(np.stack([codec.encode(k, v > 0)["heatmaps"] for k, v in zip(kp, w)]))
+
+
+def loss_fn(cfg: TrainConfig, heatmaps: torch.Tensor, batch: dict, device, progress: float = 0.0) -> torch.Tensor:
+    """The training loss in fp32 (outside autocast): DM on the dots (plus loss.aux_mse's weight at `progress`
+    = step / total steps times MSE on Gaussian targets), or MSE on Gaussian targets."""
     from dmpose.loss import dm_loss, mse_loss
 
     w = batch["weights"].to(device, non_blocking=True)
     if cfg.loss.name == "dm":
-        return dm_loss(heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True), w, cfg.loss.dm)
+        loss = dm_loss(heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True), w, cfg.loss.dm)
+        aux = cfg.loss.aux_weight(progress)
+        if aux > 0:
+            target = aux_targets(cfg, batch, (heatmaps.shape[-1], heatmaps.shape[-2])).to(device, non_blocking=True)
+            loss = loss + aux * mse_loss(heatmaps.float(), target, w)
+        return loss
     return mse_loss(heatmaps.float(), batch["target"]["heatmaps"].to(device, non_blocking=True), w)
 
 
@@ -106,6 +122,13 @@ def choose_threads_workers(cfg: TrainConfig, device: torch.device, world: int) -
                f"data-loader worker(s) ({'auto' if cfg.train.threads == 'auto' else 'set'} threads, "
                f"{'auto' if cfg.train.workers == 'auto' else 'set'} workers)")
     return threads, workers, "; ".join(why)
+
+
+def tune_cpu_process() -> str:
+    """Process-wide CPU setting that the training step was measured faster with (benchmarks/RESULTS.md):
+    denormal floats flushed to zero (a trained model's backward makes them, and every operation on them is
+    slow on x86). Returns what was set, for the log."""
+    return "denormals flushed to zero" if torch.set_flush_denormal(True) else "denormal flushing unsupported"
 
 
 def _amp(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -305,6 +328,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     device = _device(cfg, local_rank)
     threads, workers, why = choose_threads_workers(cfg, device, world)
     torch.set_num_threads(threads)
+    if device.type == "cpu":
+        why = f"{why}; {tune_cpu_process()}"
     log(f"threads/workers: {why}")
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -478,7 +503,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                 grad_hm: list[torch.Tensor] = []
                 if log_now:
                     hm.register_hook(grad_hm.append)  # the gradient reaching the heatmaps
-                loss = loss_fn(cfg, hm, batch, device)
+                loss = loss_fn(cfg, hm, batch, device, step / max(total_steps, 1))
                 sync = contextlib.nullcontext() if (last or world == 1) else model.no_sync()
                 with sync:
                     scaler.scale(loss / accum).backward()
