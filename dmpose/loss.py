@@ -13,6 +13,7 @@ Joints are summed (the paper's Eq. 5), then the batch is reduced.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from dmpose.spec import DMLossOptions, SpecError
 from dmpose.suppliers import supplier_map, supplier_map_derivative
 
 __all__ = ["dm_loss", "DMLoss", "DMLossOptions", "DMLossStats", "DMConvergenceWarning", "check_heatmaps", "demanders",
+           "demander_cross_entropy", "log_supplier_distribution",
            "heatmap_weights", "nonfinite_maps", "mse_loss", "MSELoss"]
 
 
@@ -335,6 +337,45 @@ class DMLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
+
+
+def log_supplier_distribution(heatmaps: Tensor, name: str = "softplus", beta: float = 1.0) -> Tensor:
+    """log(phi(H) / sum phi(H)) over each (..., H, W) map, flattened to (..., H*W), in float32, without
+    underflow: for softplus, log phi(H) = beta H - log beta far below zero (where phi underflows in fp32).
+    Only softplus: a relu map's log is -inf on every non-positive pixel."""
+    if name != "softplus":
+        raise ValueError(f"the log of the supplier distribution needs softplus suppliers, got {name!r} (a relu map "
+                         "has log -inf on every non-positive pixel)")
+    x = heatmaps.float().flatten(-2) * beta
+    log_phi = torch.where(x < -15, x, torch.log(torch.nn.functional.softplus(x).clamp_min(1e-30))) - math.log(beta)
+    return log_phi - torch.logsumexp(log_phi, dim=-1, keepdim=True)
+
+
+def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor | None = None,
+                           options: DMLossOptions | None = None, **kwargs: Any) -> Tensor:
+    """Cross-entropy of the DM supplier distribution S at the demanders: -sum_j b_j log S(y_j) per joint
+    (the demanders and masses of `demanders`, options.demander_mode; demanders outside the heatmap are left
+    out and the others' masses renormalised). Its minimum over a free map is S = b, the same distribution
+    the DM loss's optimum approaches, so it biases nothing; unlike DM's gradient (proportional to the mass
+    already on a pixel) its gradient on the dot's pixels does not vanish when the map is elsewhere.
+    Joints summed and the batch reduced as `dm_loss` (options.reduction). Softplus suppliers only."""
+    opts = resolve_options(options, kwargs, source="demander_cross_entropy")
+    weights = _validate(heatmaps, keypoints, weights)
+    b, k, h, w = heatmaps.shape
+    log_s = log_supplier_distribution(heatmaps, opts.suppliers, opts.supplier_beta)  # (B, K, H*W)
+    labelled = weights > 0
+    xy, mass = demanders(torch.where(labelled[..., None], keypoints.float(), 0.0), opts.demander_mode)
+    ix, iy = xy[..., 0].long(), xy[..., 1].long()  # demanders sit on pixel centres
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h) & (mass > 0)
+    m = torch.where(inside, mass, 0.0)
+    m = m / m.sum(-1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
+    idx = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).reshape(b, k, -1)
+    log_p = log_s.gather(-1, idx)
+    per_joint = -(m * torch.where(inside, log_p, 0.0)).sum(-1) * weights.to(log_s.dtype)
+    if opts.reduction == "none":
+        return per_joint
+    total = per_joint.sum()
+    return total / max(b, 1) if opts.reduction == "mean" else total
 
 
 def mse_loss(heatmaps: Tensor, targets: Tensor, weights: Tensor | None = None, *, reduction: str = "mean") -> Tensor:

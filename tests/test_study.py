@@ -135,7 +135,7 @@ def test_a_key_the_schema_gained_later_is_stale_only_where_the_arm_moves_it_off_
     arm = study.ARMS["dm_default"]
     now = study.resolved_dict(arm, 0)
     old = json.loads(json.dumps(now))
-    del old["loss"]["aux_mse"], old["loss"]["aux_mse_until"]  # as if written before the keys existed
+    del old["loss"]["aux_mse"], old["loss"]["aux_until"]  # as if written before the keys existed
     rec = {"arm": "dm_default", "seed": 0, "config": old}
     assert study.is_stale(rec) is False
     moved = study.Arm("tmp_aux", 2, ("loss.aux_mse=10.0",), "test only")

@@ -360,7 +360,7 @@ def test_aux_mse_adds_the_mse_loss_with_a_linearly_falling_weight(synth_root, tm
     from dmpose.loss import dm_loss, mse_loss
     from dmpose.train.loop import aux_targets, build_datasets, loss_fn
 
-    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_mse": 100.0, "loss.aux_mse_until": 0.5,
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_mse": 100.0, "loss.aux_until": 0.5,
                                                           "loss.mse.sigma": 1.0, "loss.mse.flavour": "unbiased"}))
     assert [cfg.loss.aux_weight(p) for p in (0.0, 0.25, 0.5, 0.9)] == [100.0, 50.0, 0.0, 0.0]
     ds, _ = build_datasets(cfg, cfg.pose_spec())
@@ -375,8 +375,15 @@ def test_aux_mse_adds_the_mse_loss_with_a_linearly_falling_weight(synth_root, tm
     pure = dm_loss(hm, batch["keypoints_hm"], w, cfg.loss.dm)
     assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.25), pure + 50.0 * mse_loss(hm, target, w))
     assert torch.equal(loss_fn(cfg, hm, batch, "cpu", 0.6), pure)
+    from dmpose.loss import demander_cross_entropy
+
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_ce": 2.0}))
+    ce = demander_cross_entropy(hm, batch["keypoints_hm"], w, cfg.loss.dm)
+    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.5), pure + 1.0 * ce)
 
 
-def test_aux_mse_is_refused_for_the_mse_loss(tmp_path):
+def test_aux_terms_are_refused_for_the_mse_loss_and_ce_for_relu_maps(tmp_path):
     with pytest.raises(ConfigError, match="aux_mse"):
         load_config(data={"loss": {"name": "mse", "aux_mse": 1.0}})
+    with pytest.raises(ConfigError, match="aux_ce needs loss.dm.suppliers 'softplus'"):
+        load_config(data={"loss": {"aux_ce": 1.0, "dm": {"suppliers": "relu"}}})

@@ -76,20 +76,27 @@ class LossConfig(BaseModel):
     aux_mse: float = Field(0.0, ge=0, allow_inf_nan=False, description="dm only: weight of an auxiliary MSE "
                            "term on Gaussian targets (loss.mse's sigma and flavour) added to the DM loss; 0: pure "
                            "DM (docs/training.md).")
-    aux_mse_until: float = Field(1.0, gt=0, le=1, description="Fraction of the training steps over which the "
-                                 "auxiliary MSE weight falls linearly to 0 (1: to the last step; the loss of "
-                                 "the steps after it is pure DM).")
+    aux_ce: float = Field(0.0, ge=0, allow_inf_nan=False, description="dm only (softplus suppliers): weight of "
+                          "an auxiliary cross-entropy of the supplier distribution at the demanders "
+                          "(dmpose.loss.demander_cross_entropy) added to the DM loss; 0: pure DM.")
+    aux_until: float = Field(1.0, gt=0, le=1, description="Fraction of the training steps over which the "
+                             "auxiliary weights (aux_mse, aux_ce) fall linearly to 0 (1: to the last step; the "
+                             "loss of the steps after it is pure DM).")
 
     @model_validator(mode="after")
     def _aux_only_for_dm(self) -> LossConfig:
-        if self.aux_mse > 0 and self.name != "dm":
-            raise ValueError(f"loss.aux_mse = {self.aux_mse:g} adds MSE to the DM loss; it needs loss.name 'dm', "
-                             f"got {self.name!r}")
+        for key in ("aux_mse", "aux_ce"):
+            if getattr(self, key) > 0 and self.name != "dm":
+                raise ValueError(f"loss.{key} = {getattr(self, key):g} adds a term to the DM loss; it needs "
+                                 f"loss.name 'dm', got {self.name!r}")
+        if self.aux_ce > 0 and self.dm.suppliers != "softplus":
+            raise ValueError(f"loss.aux_ce needs loss.dm.suppliers 'softplus', got {self.dm.suppliers!r} (the log "
+                             "of a relu map is -inf on its non-positive pixels)")
         return self
 
-    def aux_weight(self, progress: float) -> float:
-        """The auxiliary MSE weight at `progress` = step / total steps in [0, 1]."""
-        return self.aux_mse * max(0.0, 1.0 - progress / self.aux_mse_until)
+    def aux_weight(self, progress: float, key: str = "aux_mse") -> float:
+        """The auxiliary weight `key` (aux_mse or aux_ce) at `progress` = step / total steps in [0, 1]."""
+        return getattr(self, key) * max(0.0, 1.0 - progress / self.aux_until)
 
 
 class SyntheticConfig(BaseModel):

@@ -71,17 +71,22 @@ def aux_targets(cfg: TrainConfig, batch: dict, heatmap_wh: tuple[int, int]) -> t
 
 
 def loss_fn(cfg: TrainConfig, heatmaps: torch.Tensor, batch: dict, device, progress: float = 0.0) -> torch.Tensor:
-    """The training loss in fp32 (outside autocast): DM on the dots (plus loss.aux_mse's weight at `progress`
-    = step / total steps times MSE on Gaussian targets), or MSE on Gaussian targets."""
-    from dmpose.loss import dm_loss, mse_loss
+    """The training loss in fp32 (outside autocast): DM on the dots (plus, at `progress` = step / total steps,
+    loss.aux_mse's weight times MSE on Gaussian targets and loss.aux_ce's times the demander cross-entropy),
+    or MSE on Gaussian targets."""
+    from dmpose.loss import demander_cross_entropy, dm_loss, mse_loss
 
     w = batch["weights"].to(device, non_blocking=True)
     if cfg.loss.name == "dm":
         loss = dm_loss(heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True), w, cfg.loss.dm)
-        aux = cfg.loss.aux_weight(progress)
+        aux = cfg.loss.aux_weight(progress, "aux_mse")
         if aux > 0:
             target = aux_targets(cfg, batch, (heatmaps.shape[-1], heatmaps.shape[-2])).to(device, non_blocking=True)
             loss = loss + aux * mse_loss(heatmaps.float(), target, w)
+        aux = cfg.loss.aux_weight(progress, "aux_ce")
+        if aux > 0:
+            kp = batch["keypoints_hm"].to(device, non_blocking=True)
+            loss = loss + aux * demander_cross_entropy(heatmaps.float(), kp, w, cfg.loss.dm)
         return loss
     return mse_loss(heatmaps.float(), batch["target"]["heatmaps"].to(device, non_blocking=True), w)
 
