@@ -72,7 +72,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "crossed pair: unbiased MSE model read by the DM 2x2 decode (removing quantisation without DM)",
         "base budget; about as long as dm_default"),
     Arm("dm_default", 1, (),
-        "DM with the library defaults (loss.dm.*: supplier map, eps 1, tol 1e-5, 1000 iterations at most, "
+        "DM at the study's base options (the library defaults when the study was run: softplus beta 1 supplier "
+        "map, pinned in the base config; eps 1, tol 1e-5, 1000 iterations at most, "
         "sub-pixel demanders, exact gradient), 2x2 decode", same_as=("dm_eps1", "dm_subpixel")),
     Arm("dm_default_argmax", 1, ("loss.decode=argmax",),
         "crossed pair: the DM model (default options) read by the argmax decode"),
@@ -82,6 +83,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "softplus(H), the default job's supplier map (docs/dm-training.md)"),
     Arm("dm_softplus_b4", 2, ("loss.dm.suppliers=softplus", "loss.dm.supplier_beta=4.0"),
         "softplus(4H)/4, the sharper candidate measured in docs/dm-training.md"),
+    Arm("dm_softplus_b8", 2, ("loss.dm.suppliers=softplus", "loss.dm.supplier_beta=8.0"),
+        "softplus(8H)/8: a given contrast of the normalised map from an 8x smaller range of H (fourth session)"),
+    Arm("dm_softplus_b16", 2, ("loss.dm.suppliers=softplus", "loss.dm.supplier_beta=16.0"),
+        "softplus(16H)/16, nearer relu"),
     # 3. sub-pixel vs naive demanders at two heatmap resolutions (32x24 and 16x12... here 12x16: 64x48 input)
     Arm("dm_naive", 3, ("loss.dm.demander_mode=naive",),
         "one demander at the rounded dot instead of four bilinear ones (Table 4), 32x24 heatmaps; "

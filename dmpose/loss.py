@@ -256,7 +256,7 @@ def dm_loss(
         demander_mode: "subpixel" (four bilinear demanders, the paper's) or "naive" (one, for ablation).
         suppliers: the supplier map phi whose normalisation phi(H) / sum phi(H) is transported
             (`dmpose.suppliers`): "softplus" (the default: softplus(beta H) / beta with beta =
-            supplier_beta; never dies in training) or "relu" (the paper's exact form, whose maps die
+            supplier_beta, default 8; never dies in training) or "relu" (the paper's exact form, whose maps die
             when a network is trained from scratch: docs/training.md). A DM model's decode reads
             the same map (`dmpose.suppliers.decoded_map`, named in the spec's codec). Only relu is
             scale-invariant. cost: reserved, "l2" only (the Euclidean distance in heatmap pixels).

@@ -346,19 +346,19 @@ def test_demander_cross_entropy_matches_the_direct_formula_and_its_optimum_is_th
     first = -(0.7 * 0.3 * s[0, 0, 4, 2].log() + 0.3 * 0.3 * s[0, 0, 4, 3].log()
               + 0.7 * 0.7 * s[0, 0, 5, 2].log() + 0.3 * 0.7 * s[0, 0, 5, 3].log())
     second = -s[0, 1, 7, 5].log()  # only (5, 7) is inside: its mass renormalised to 1
-    got = demander_cross_entropy(hm, kp, reduction="none")
+    got = demander_cross_entropy(hm, kp, reduction="none", supplier_beta=1.0)
     assert torch.allclose(got[0], torch.stack([first, second]).float(), rtol=1e-5)
     # no underflow far below zero: log S = H - logsumexp there, finite where softplus(H) itself is 0 in fp32
     deep = torch.full((1, 1, 4, 4), -200.0)
     deep[0, 0, 1, 1] = -100.0
     assert torch.isfinite(log_supplier_distribution(deep)).all()
-    assert float(demander_cross_entropy(deep, torch.tensor([[[1.0, 1.0]]]))) < 1e-6
+    assert float(demander_cross_entropy(deep, torch.tensor([[[1.0, 1.0]]]), supplier_beta=1.0)) < 1e-6
     # minimised over a free map at S = b: the gradient vanishes there
     b_map = torch.zeros(1, 1, 8, 6, dtype=torch.float64)
     b_map[0, 0, 4, 2], b_map[0, 0, 4, 3], b_map[0, 0, 5, 2], b_map[0, 0, 5, 3] = 0.21, 0.09, 0.49, 0.21
     # the inverse softplus of b where b > 0 (so softplus(H) = b), far below zero elsewhere
     x = torch.where(b_map > 0, torch.expm1(b_map).log(), torch.full_like(b_map, -600.0)).requires_grad_()
-    ce = demander_cross_entropy(x, kp[:, :1])
+    ce = demander_cross_entropy(x, kp[:, :1], supplier_beta=1.0)
     ce.backward()
     assert float(x.grad.abs().max()) < 1e-3
     with pytest.raises(ValueError, match="softplus"):

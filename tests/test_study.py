@@ -30,8 +30,9 @@ def study():
 def test_base_config_ships_in_the_package(study):
     assert packaged_configs()["study/base"] == study.BASE_CONFIG
     cfg = load_config("study/base")
-    # the base config leaves the DM options to the library defaults
-    assert cfg.loss.dm == type(cfg.loss.dm)()
+    # the base config pins the supplier map the study was run with (softplus beta 1) and leaves every other
+    # DM option to the library defaults
+    assert cfg.loss.dm == type(cfg.loss.dm)(suppliers="softplus", supplier_beta=1.0)
     assert cfg.val.every == 1 and cfg.schedule.unit == "step"
 
 
