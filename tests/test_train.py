@@ -201,7 +201,8 @@ def test_non_finite_steps_are_skipped_then_stop_naming_the_step(synth_root, tmp_
     import dmpose.train.loop as loop
 
     real = loop.loss_fn
-    monkeypatch.setattr(loop, "loss_fn", lambda cfg, hm, batch, dev: real(cfg, hm, batch, dev) * float("nan"))
+    monkeypatch.setattr(loop, "loss_fn", lambda cfg, hm, batch, dev, *progress: real(cfg, hm, batch, dev, *progress)
+                        * float("nan"))
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"train.max_bad_steps": 2, "train.epochs": 3}))
     with pytest.raises(TrainingError, match=r"2 non-finite steps in a row, the last at step 2"):
         train(cfg, run_dir=tmp_path / "nan")
