@@ -226,11 +226,14 @@ class TrainConfig(BaseModel):
         if self.loss.name == "dm":
             return CodecSpec(name="dm", supplier_map=self.loss.dm.suppliers, supplier_beta=self.loss.dm.supplier_beta,
                              decode=self.loss.decode, joint_threshold=self.loss.joint_threshold)
-        sigma = self.loss.mse.sigma
-        if sigma is None:
-            sigma = (self.model.input_wh[1] // self.model.output_stride) / 32
-        return CodecSpec(name="gaussian", sigma=sigma, flavour=self.loss.mse.flavour, decode=self.loss.decode,
-                         joint_threshold=self.loss.joint_threshold)
+        return CodecSpec(name="gaussian", sigma=self.mse_sigma(), flavour=self.loss.mse.flavour,
+                         decode=self.loss.decode, joint_threshold=self.loss.joint_threshold)
+
+    def mse_sigma(self) -> float:
+        """The Gaussian targets' sigma in heatmap px: loss.mse.sigma, or heatmap height / 32 (HRNet's recipes)."""
+        if self.loss.mse.sigma is not None:
+            return self.loss.mse.sigma
+        return (self.model.input_wh[1] // self.model.output_stride) / 32
 
     def pose_spec(self) -> PoseSpec:
         """The spec of the trained model (validated by PoseSpec itself)."""

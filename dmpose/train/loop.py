@@ -65,7 +65,7 @@ def aux_targets(cfg: TrainConfig, batch: dict, heatmap_wh: tuple[int, int]) -> t
     batch, for the auxiliary MSE term."""
     from dmpose.codec import GaussianCodec
 
-    codec = GaussianCodec(heatmap_wh, sigma=cfg.loss.mse.sigma or heatmap_wh[1] / 32, flavour=cfg.loss.mse.flavour)
+    codec = GaussianCodec(heatmap_wh, sigma=cfg.mse_sigma(), flavour=cfg.loss.mse.flavour)
     kp, w = batch["keypoints_hm"].numpy(), batch["weights"].numpy()
     return torch.from_numpy(np.stack([codec.encode(k, v > 0)["heatmaps"] for k, v in zip(kp, w)]))
 
