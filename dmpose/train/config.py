@@ -88,7 +88,7 @@ class LossConfig(BaseModel):
         for key in ("aux_mse", "aux_ce"):
             if getattr(self, key) > 0 and self.name != "dm":
                 raise ValueError(f"loss.{key} = {getattr(self, key):g} adds a term to the DM loss; it needs "
-                                 f"loss.name 'dm', got {self.name!r}")
+                                 f"loss.name 'dm', got {self.name!r} (set loss.{key}=0 as well)")
         if self.aux_ce > 0 and self.dm.suppliers != "softplus":
             raise ValueError(f"loss.aux_ce needs loss.dm.suppliers 'softplus', got {self.dm.suppliers!r} (the log "
                              "of a relu map is -inf on its non-positive pixels)")
