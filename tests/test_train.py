@@ -309,14 +309,14 @@ def synth40(tmp_path_factory) -> Path:
     return ensure_synthetic(tmp_path_factory.mktemp("synth40") / "data", n_train=40, n_val=4, seed=0)
 
 
-def _short_dm_run(root: Path, out: Path, suppliers: str):
+def _short_dm_run(root: Path, out: Path, suppliers: str, name: str | None = None, **over):
     """32 steps of hrnet_tiny at the default job's 128x96 (32x24 heatmaps), batch 16, Adam 2e-3 held."""
     messages: list = []
     cfg = load_config(data=tiny(root, out, **{
         "loss.dm.suppliers": suppliers, "model.input_wh": [96, 128], "data.synthetic.n_train": 40,
         "schedule.name": "constant", "schedule.warmup": 5, "train.epochs": 8, "train.batch_size": 16,
-        "val.every": 8, "val.crops": 0}))
-    res = train(cfg, run_dir=out / suppliers, callbacks=[messages.append])
+        "val.every": 8, "val.crops": 0, **over}))
+    res = train(cfg, run_dir=out / (name or suppliers), callbacks=[messages.append])
     return res, _step_rows(res.run_dir), [m.text for m in messages if getattr(m, "level", None) == "warning"]
 
 
@@ -337,6 +337,18 @@ def test_default_dm_loss_lowers_the_median_error_and_relu_dying_is_reported(synt
     res, rows, warns = _short_dm_run(synth40, tmp_path, "relu")
     assert max(r["dead_share"] for r in rows) >= DEAD_WARN_SHARE
     assert any("no positive pixel" in w and "'relu'" in w for w in warns), warns
+
+
+def test_the_default_jobs_loss_lowers_the_median_error(synth40, tmp_path):
+    """The shipped default job's loss (configs/synthetic.yaml: DM + loss.aux_ce x the demander cross-entropy on
+    its supplier map) on the same seeded 32-step run lowers the training batches' median error by DM_DROP or
+    more (measured 2.22x; DM alone 2.09x: the two part only later, as in the default job's 3 seeds, AP 0.320
+    vs 0.005, docs/training.md)."""
+    job = load_config("synthetic").loss
+    assert job.aux_ce > 0 and job.dm.suppliers == "softplus"
+    res, rows, _ = _short_dm_run(synth40, tmp_path, "softplus", "shipped", **{
+        "loss.dm.supplier_beta": job.dm.supplier_beta, "loss.aux_ce": job.aux_ce})
+    assert res.steps == 32 and _error_drop(rows) >= DM_DROP, [round(r["median_error_hm"], 2) for r in rows]
 
 
 def test_default_dm_loss_lowers_the_median_error_on_the_real_coco_sample(coco_sample, tmp_path):
