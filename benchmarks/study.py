@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -363,14 +364,20 @@ def is_stale(rec: dict) -> bool | None:
     return _read_by_run(now) != _read_by_run(_with_new_keys(rec["config"], now))
 
 
+@functools.lru_cache(maxsize=1)
+def _schema_defaults() -> dict:
+    """The trainer config's defaults as a resolved dict (read once per process)."""
+    from dmpose.train.config import TrainConfig, config_to_yaml
+
+    return yaml.safe_load(config_to_yaml(TrainConfig()))
+
+
 def _with_new_keys(stored: dict, now: dict, defaults: dict | None = None) -> dict:
     """`stored` with the keys the schema gained since it was written, at their schema defaults (a key added
     later cannot have been set by the stored run, which ran with the behaviour its default keeps): a new
     key makes a run stale only where the arm sets it to something else."""
     if defaults is None:
-        from dmpose.train.config import TrainConfig, config_to_yaml
-
-        defaults = yaml.safe_load(config_to_yaml(TrainConfig()))
+        defaults = _schema_defaults()
     out = dict(stored)
     for k, v in now.items():
         if k not in stored and isinstance(defaults, dict) and k in defaults:

@@ -13,7 +13,6 @@ Joints are summed (the paper's Eq. 5), then the batch is reduced.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from dmpose.codec import heatmap_weights  # noqa: F401  (public here too: dmpose
 from dmpose.kernels import select_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
 from dmpose.spec import DMLossOptions, SpecError
-from dmpose.suppliers import supplier_map, supplier_map_derivative
+from dmpose.suppliers import log_supplier_distribution, supplier_map, supplier_map_derivative
 
 __all__ = ["dm_loss", "DMLoss", "DMLossOptions", "DMLossStats", "DMConvergenceWarning", "check_heatmaps", "demanders",
            "demander_cross_entropy", "log_supplier_distribution",
@@ -337,18 +336,6 @@ class DMLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
-
-
-def log_supplier_distribution(heatmaps: Tensor, name: str = "softplus", beta: float = 1.0) -> Tensor:
-    """log(phi(H) / sum phi(H)) over each (..., H, W) map, flattened to (..., H*W), in float32, without
-    underflow: for softplus, log phi(H) = beta H - log beta far below zero (where phi underflows in fp32).
-    Only softplus: a relu map's log is -inf on every non-positive pixel."""
-    if name != "softplus":
-        raise ValueError(f"the log of the supplier distribution needs softplus suppliers, got {name!r} (a relu map "
-                         "has log -inf on every non-positive pixel)")
-    x = heatmaps.float().flatten(-2) * beta
-    log_phi = torch.where(x < -15, x, torch.log(torch.nn.functional.softplus(x).clamp_min(1e-30))) - math.log(beta)
-    return log_phi - torch.logsumexp(log_phi, dim=-1, keepdim=True)
 
 
 def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor | None = None,

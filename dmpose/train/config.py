@@ -94,7 +94,7 @@ class LossConfig(BaseModel):
                              "of a relu map is -inf on its non-positive pixels)")
         return self
 
-    def aux_weight(self, progress: float, key: str = "aux_mse") -> float:
+    def aux_weight(self, progress: float, key: str) -> float:
         """The auxiliary weight `key` (aux_mse or aux_ce) at `progress` = step / total steps in [0, 1]."""
         return getattr(self, key) * max(0.0, 1.0 - progress / self.aux_until)
 

@@ -78,15 +78,15 @@ def loss_fn(cfg: TrainConfig, heatmaps: torch.Tensor, batch: dict, device, progr
 
     w = batch["weights"].to(device, non_blocking=True)
     if cfg.loss.name == "dm":
-        loss = dm_loss(heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True), w, cfg.loss.dm)
+        hm, kp = heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True)
+        loss = dm_loss(hm, kp, w, cfg.loss.dm)
         aux = cfg.loss.aux_weight(progress, "aux_mse")
         if aux > 0:
-            target = aux_targets(cfg, batch, (heatmaps.shape[-1], heatmaps.shape[-2])).to(device, non_blocking=True)
-            loss = loss + aux * mse_loss(heatmaps.float(), target, w)
+            target = aux_targets(cfg, batch, (hm.shape[-1], hm.shape[-2])).to(device, non_blocking=True)
+            loss = loss + aux * mse_loss(hm, target, w)
         aux = cfg.loss.aux_weight(progress, "aux_ce")
         if aux > 0:
-            kp = batch["keypoints_hm"].to(device, non_blocking=True)
-            loss = loss + aux * demander_cross_entropy(heatmaps.float(), kp, w, cfg.loss.dm)
+            loss = loss + aux * demander_cross_entropy(hm, kp, w, cfg.loss.dm)
         return loss
     return mse_loss(heatmaps.float(), batch["target"]["heatmaps"].to(device, non_blocking=True), w)
 
