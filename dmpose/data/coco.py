@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from dmpose.data.image import read_image
@@ -188,6 +187,16 @@ class CocoKeypoints(Dataset):
             image = self._cache[file_name] = read_image(self.image_dir / file_name)
         return image
 
+    def warm_cache(self) -> int:
+        """Decode every record's image into the cache now; returns how many are cached. Called before
+        data-loader workers fork, so that they share one cache instead of each decoding its own every epoch
+        (a no-op without `cache_images`)."""
+        if self._cache is None:
+            return 0
+        for rec in self.records:
+            self.read_image(rec.file_name)
+        return len(self._cache)
+
     def _load_images(self, images) -> dict[int, dict]:
         path = self.ann_file
         if not isinstance(images, list):
@@ -275,10 +284,7 @@ class CocoKeypoints(Dataset):
         rec = self.records[index]
         image = self.read_image(rec.file_name)
         center, size = self.center_size(index)
-        rng = None
-        if self.transform.augment is not None:
-            # drawn from torch's generator so torch.manual_seed and DataLoader worker seeding fix it
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        rng = self.transform.rng_for(index)
         meta = {"image_id": rec.image_id, "annotation_id": rec.annotation_id, "score": rec.score,
                 "keypoints": rec.keypoints.copy()}
         return self.transform(image, center, size, rec.keypoints[:, :2], rec.keypoints[:, 2], rng, meta)

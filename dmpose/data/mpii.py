@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from dmpose.data.image import read_image
@@ -103,9 +102,7 @@ class MpiiKeypoints(Dataset):
         rec = self.records[index]
         image = read_image(self.image_dir / rec.image)
         size = fix_aspect_ratio(rec.size, self.transform.aspect_ratio)
-        rng = None
-        if self.transform.augment is not None:
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        rng = self.transform.rng_for(index)
         meta = {"image": rec.image, "index": rec.index, "keypoints": rec.keypoints.copy()}
         return self.transform(image, rec.center, size, rec.keypoints[:, :2], rec.keypoints[:, 2], rng, meta)
 

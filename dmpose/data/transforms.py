@@ -101,6 +101,11 @@ class TopDownTransform:
         keypoint_set: for flip pairs and the half-body split.
         augment: AugmentConfig for training, None for evaluation (no randomness).
         padding: box padding used by `box_to_center_scale` callers (kept here so datasets read one value).
+
+    Randomness: `rng_for(index)` is each sample's generator. When `augment_seed` is set (the trainer sets
+    (train seed, epoch) every epoch) it is fixed by (augment_seed, index), so a sample's augmentation is the
+    same with any number of data-loader workers and after a resume; otherwise it is drawn from torch's
+    generator (torch.manual_seed and the DataLoader's worker seeding fix it).
     """
 
     def __init__(self, input_size, heatmap_size, codec: DMCodec | GaussianCodec, keypoint_set: KeypointSet,
@@ -114,6 +119,7 @@ class TopDownTransform:
         self.keypoint_set = keypoint_set
         self.augment = augment
         self.padding = float(padding)
+        self.augment_seed: tuple[int, ...] | None = None
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be RGB or BGR, got {channel_order!r}")
         self.channels = (0, 1, 2) if channel_order == "RGB" else (2, 1, 0)  # network channel -> RGB channel
@@ -121,6 +127,14 @@ class TopDownTransform:
         # normalised = pixel * scale + offset, per channel (pixel in 0..255)
         self.scale = (1.0 / (np.asarray(std, dtype=np.float64) * 255.0)).astype(np.float32)
         self.offset = (-np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(np.float32)
+
+    def rng_for(self, index: int) -> np.random.Generator | None:
+        """The augmentation generator of sample `index` (None without augmentation; see the class doc)."""
+        if self.augment is None:
+            return None
+        if self.augment_seed is not None:
+            return np.random.default_rng([*self.augment_seed, int(index)])
+        return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
 
     @classmethod
     def from_spec(cls, spec: PoseSpec, *, encode_targets: bool = False, augment: AugmentConfig | None = None,
