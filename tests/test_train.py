@@ -176,8 +176,10 @@ def test_resume_is_exact_keeps_best_and_extends(synth_root, tmp_path):
     assert more.best["value"] >= full.best["value"]
 
 
-def test_ctrl_c_saves_a_resumable_state_mid_epoch(synth_root, tmp_path):
-    full = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "full")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_ctrl_c_saves_a_resumable_state_mid_epoch(workers, synth_root, tmp_path):
+    over = {"train.workers": workers}
+    full = train(load_config(data=tiny(synth_root, tmp_path, **over)), run_dir=tmp_path / "full")
 
     at = full.plan["steps_per_epoch"] + 1  # the first step of epoch 2: mid-epoch
     assert full.plan["steps_per_epoch"] >= 2
@@ -186,15 +188,50 @@ def test_ctrl_c_saves_a_resumable_state_mid_epoch(synth_root, tmp_path):
         if isinstance(event, StepEnd) and event.step == at:
             raise KeyboardInterrupt
 
-    cut = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "cut", callbacks=[interrupt])
+    cut = train(load_config(data=tiny(synth_root, tmp_path, **over)), run_dir=tmp_path / "cut", callbacks=[interrupt])
     assert cut.status == "interrupted" and cut.steps == at
     state = torch.load(cut.run_dir / "last.state.pt", weights_only=True)
     assert state["step"] == at and state["step_in_epoch"] == 1 and state["epoch"] == 1
-    done = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=cut.run_dir, resume=cut.run_dir)
+    done = train(load_config(data=tiny(synth_root, tmp_path, **over)), run_dir=cut.run_dir, resume=cut.run_dir)
     assert done.status == "finished" and done.steps == full.steps
-    # workers 0 on the CPU: a mid-epoch resume is exact too
+    # on the CPU a mid-epoch resume is exact too, with or without a data-loader worker (each sample's
+    # augmentation is fixed by (seed, epoch, index))
     assert same_weights(weights(full.run_dir), weights(done.run_dir))
     assert metric_rows(full.run_dir, "metrics.jsonl") == metric_rows(done.run_dir, "metrics.jsonl")
+
+
+def test_training_crops_do_not_depend_on_workers_or_torch_rng(synth_root):
+    from torch.utils.data import DataLoader
+
+    from dmpose.train.loop import build_datasets
+
+    cfg = load_config(data=tiny(synth_root, synth_root.parent))
+    ds, _ = build_datasets(cfg, cfg.pose_spec())
+    ds.transform.augment_seed = (0, 3)
+    order = [5, 0, 7, 2]
+    batches = {}
+    for workers in (0, 1):
+        torch.manual_seed(workers)  # a different torch generator: the crops must not follow it
+        batches[workers] = next(iter(DataLoader(ds, batch_size=4, sampler=order, num_workers=workers)))
+    assert torch.equal(batches[0]["image"], batches[1]["image"])
+    assert torch.equal(batches[0]["keypoints_hm"], batches[1]["keypoints_hm"])
+    ds.transform.augment_seed = (0, 4)  # the next epoch draws other crops
+    assert not torch.equal(next(iter(DataLoader(ds, batch_size=4, sampler=order)))["image"], batches[0]["image"])
+
+
+def test_cpu_threads_workers_and_amp_are_chosen_for_the_machine(monkeypatch):
+    import dmpose.train.loop as loop
+
+    cfg = load_config(data={"train": {"threads": "auto", "workers": "auto"}})
+    cpu = torch.device("cpu")
+    for cores, expected in ((1, (1, 0)), (2, (1, 1)), (8, (6, 2))):
+        monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert loop.choose_threads_workers(cfg, cpu, 1)[:2] == expected
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda v=native: v)
+        assert loop._amp(cfg, cpu) == (expected, False)
+    off = load_config(data={"train": {"amp": "off"}})
+    assert loop._amp(off, cpu) == (None, False)
 
 
 def test_non_finite_steps_are_skipped_then_stop_naming_the_step(synth_root, tmp_path, monkeypatch):

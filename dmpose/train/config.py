@@ -170,7 +170,8 @@ class TrainLoopConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="Images per device per step.")
     accum_steps: int = Field(1, ge=1, description="Gradient accumulation: micro-batches per optimiser step.")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 where the GPU supports it, "
-                                                        "else fp16 with a scaler; off on CPU. The DM loss is fp32.")
+                                                        "else fp16 with a scaler; on the CPU bf16 where it is "
+                                                        "native (AVX512-BF16/AMX), else off. The losses are fp32.")
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights; null: off. With EMA, best is "
                               "chosen on the EMA weights.")
     seed: int = Field(0, ge=0, description="Seed of every RNG.")

@@ -111,12 +111,15 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 def choose_threads_workers(cfg: TrainConfig, device: torch.device, world: int) -> tuple[int, int, str]:
     """CPU: data-loader workers and torch threads share the cores, and a loss step was measured 10-25x
-    slower with 2 torch threads while a worker was busy; so on the CPU 0 workers and one thread per
-    two cores (1 on a 2-core machine). GPU: workers for the data, torch threads left alone."""
+    slower with 2 torch threads while a worker was busy (and 2x slower with another process on the second
+    core); so on the CPU one worker per four cores (at least one from 2 cores up) and the other cores' worth
+    of torch threads: 1 thread + 1 worker on a 2-core machine, where the worker hides the augmentation
+    (benchmarks/RESULTS.md). With `train.workers: 0` one thread per two cores. GPU: workers for the data,
+    torch threads left alone."""
     cores = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // world)
     why = []
     if device.type == "cpu":
-        workers = 0 if cfg.train.workers == "auto" else cfg.train.workers
+        workers = (max(1, cores // 4) if cores >= 2 else 0) if cfg.train.workers == "auto" else cfg.train.workers
         threads = max(1, cores // 2) if cfg.train.threads == "auto" else cfg.train.threads
         if cfg.train.threads == "auto" and workers > 0:
             threads = max(1, cores - workers)
@@ -136,9 +139,21 @@ def tune_cpu_process() -> str:
     return "denormals flushed to zero" if torch.set_flush_denormal(True) else "denormal flushing unsupported"
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX), where oneDNN's bf16
+    convolutions are faster than fp32 (measured 1.6x for hrnet_tiny's step, 2.2x with channels_last); without
+    it bf16 is emulated and slower."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
 def _amp(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a grad scaler)."""
+    """(autocast dtype or None, use a grad scaler). auto: bf16 on a GPU that supports it (fp16 with the
+    scaler otherwise), bf16 on a CPU with native bf16, fp32 on other CPUs."""
     mode = cfg.train.amp
+    if mode == "auto" and device.type == "cpu":
+        mode = "bf16" if cpu_has_native_bf16() else "off"
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None, False
     if mode == "auto":
@@ -352,6 +367,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     train_ds, val = build_datasets(cfg, spec)
     if train_ds.transform.keypoint_set.num_keypoints != spec.num_joints:
         raise ValueError(f"dataset has {train_ds.transform.keypoint_set.num_keypoints} joints, model {spec.num_joints}")
+    if workers > 0 and hasattr(train_ds, "warm_cache"):
+        cached = train_ds.warm_cache()  # before the workers fork: they share it
+        if cached:
+            log(f"{cached} decoded training images cached in memory")
     bs, accum = cfg.train.batch_size, cfg.train.accum_steps
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed,
                                  drop_last=True)
@@ -486,6 +505,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     try:
         while epoch < cfg.train.epochs:
             sampler.set_epoch(epoch)
+            train_ds.transform.augment_seed = (cfg.train.seed, epoch)  # the same crops with any workers
             loader_gen.manual_seed(cfg.train.seed * 1_000_003 + epoch)
             skip = step_in_epoch * bs * accum
             loader = DataLoader(train_ds, batch_size=bs, sampler=_SkipSampler(sampler, skip) if skip else sampler,
