@@ -430,6 +430,11 @@ def test_aux_mse_adds_the_mse_loss_with_a_linearly_falling_weight(synth_root, tm
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_ce": 2.0}))
     ce = demander_cross_entropy(hm, batch["keypoints_hm"], w, cfg.loss.dm)
     assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.5), pure + 1.0 * ce)
+    # loss.dm_weight weights the DM term; 0 leaves the cross-entropy alone (the ablation of what DM adds)
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_ce": 2.0, "loss.dm_weight": 0.5}))
+    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.5), 0.5 * pure + 1.0 * ce)
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_ce": 2.0, "loss.dm_weight": 0.0}))
+    assert torch.equal(loss_fn(cfg, hm, batch, "cpu", 0.5), 1.0 * ce)
 
 
 def test_aux_terms_are_refused_for_the_mse_loss_and_ce_for_relu_maps(tmp_path):
@@ -437,3 +442,7 @@ def test_aux_terms_are_refused_for_the_mse_loss_and_ce_for_relu_maps(tmp_path):
         load_config(data={"loss": {"name": "mse", "aux_mse": 1.0}})
     with pytest.raises(ConfigError, match="aux_ce needs loss.dm.suppliers 'softplus'"):
         load_config(data={"loss": {"aux_ce": 1.0, "dm": {"suppliers": "relu"}}})
+    with pytest.raises(ConfigError, match="leaves nothing to train on"):
+        load_config(data={"loss": {"dm_weight": 0.0}})
+    with pytest.raises(ConfigError, match="dm_weight = 2 weights the DM term; it needs loss.name 'dm'"):
+        load_config(data={"loss": {"name": "mse", "dm_weight": 2.0}})

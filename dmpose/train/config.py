@@ -73,6 +73,8 @@ class LossConfig(BaseModel):
     decode: Literal["2x2", "argmax"] | None = Field(None, description="Decode rule; null: the loss's own (dm: "
                                                     "2x2, mse: argmax). Set it to cross them (DM + argmax, MSE + "
                                                     "2x2); the rescoring threshold follows the rule.")
+    dm_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="dm only: weight of the DM term itself; "
+                             "0 with an auxiliary term trains on that term alone (the ablation of what DM adds).")
     aux_mse: float = Field(0.0, ge=0, allow_inf_nan=False, description="dm only: weight of an auxiliary MSE "
                            "term on Gaussian targets (loss.mse's sigma and flavour) added to the DM loss; 0: pure "
                            "DM (docs/training.md).")
@@ -89,6 +91,12 @@ class LossConfig(BaseModel):
             if getattr(self, key) > 0 and self.name != "dm":
                 raise ValueError(f"loss.{key} = {getattr(self, key):g} adds a term to the DM loss; it needs "
                                  f"loss.name 'dm', got {self.name!r} (set loss.{key}=0 as well)")
+        if self.dm_weight != 1 and self.name != "dm":
+            raise ValueError(f"loss.dm_weight = {self.dm_weight:g} weights the DM term; it needs loss.name 'dm', got "
+                             f"{self.name!r}")
+        if self.dm_weight == 0 and self.aux_mse == 0 and self.aux_ce == 0:
+            raise ValueError("loss.dm_weight = 0 with no auxiliary term (loss.aux_mse, loss.aux_ce) leaves nothing "
+                             "to train on")
         if self.aux_ce > 0 and self.dm.suppliers != "softplus":
             raise ValueError(f"loss.aux_ce needs loss.dm.suppliers 'softplus', got {self.dm.suppliers!r} (the log "
                              "of a relu map is -inf on its non-positive pixels)")

@@ -71,15 +71,16 @@ def aux_targets(cfg: TrainConfig, batch: dict, heatmap_wh: tuple[int, int]) -> t
 
 
 def loss_fn(cfg: TrainConfig, heatmaps: torch.Tensor, batch: dict, device, progress: float = 0.0) -> torch.Tensor:
-    """The training loss in fp32 (outside autocast): DM on the dots (plus, at `progress` = step / total steps,
-    loss.aux_mse's weight times MSE on Gaussian targets and loss.aux_ce's times the demander cross-entropy),
-    or MSE on Gaussian targets."""
+    """The training loss in fp32 (outside autocast): loss.dm_weight times DM on the dots (plus, at `progress` =
+    step / total steps, loss.aux_mse's weight times MSE on Gaussian targets and loss.aux_ce's times the demander
+    cross-entropy), or MSE on Gaussian targets."""
     from dmpose.loss import demander_cross_entropy, dm_loss, mse_loss
 
     w = batch["weights"].to(device, non_blocking=True)
     if cfg.loss.name == "dm":
         hm, kp = heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True)
-        loss = dm_loss(hm, kp, w, cfg.loss.dm)
+        dm_w = cfg.loss.dm_weight
+        loss = dm_w * dm_loss(hm, kp, w, cfg.loss.dm) if dm_w > 0 else hm.new_zeros(())
         aux = cfg.loss.aux_weight(progress, "aux_mse")
         if aux > 0:
             target = aux_targets(cfg, batch, (hm.shape[-1], hm.shape[-2])).to(device, non_blocking=True)
