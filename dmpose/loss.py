@@ -338,6 +338,34 @@ class DMLoss(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
 
 
+class _DemanderCEFunction(torch.autograd.Function):
+    """-sum_j m_j log S(y_j) of the selected maps, S = softplus(beta H) / sum softplus(beta H), with its
+    gradient in closed form: d/dH_p = beta * w * (S_p sum_j m_j - [p = y_j] m_j) * dlogphi_p, dlogphi =
+    sigmoid(x) / softplus(x) at x = beta H (1 where log phi = x, far below zero). One elementwise pass
+    each way instead of autograd's chain through log, softplus and logsumexp."""
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, pix: Tensor, m: Tensor, w: Tensor, beta: float) -> Tensor:
+        x = flat * beta  # (n, H*W)
+        deep = x < -15  # log softplus(x) = x to rounding there, and softplus itself may underflow
+        sp = torch.nn.functional.softplus(x)
+        log_phi = torch.where(deep, x, sp.clamp_min(1e-30).log())  # log(beta phi): the shift cancels in S
+        lse = torch.logsumexp(log_phi, dim=-1, keepdim=True)
+        per = -(m * (log_phi.gather(-1, pix) - lse)).sum(-1) * w
+        if flat.requires_grad:
+            ctx.save_for_backward(x, sp, log_phi.sub_(lse), pix, m, w)  # log_phi - lse = log S
+            ctx.beta = beta
+        return per
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, sp, log_s, pix, m, w = ctx.saved_tensors
+        g = log_s.exp().mul_(m.sum(-1, keepdim=True))  # S * sum_j m_j (the saved tensors stay as they are)
+        g.scatter_add_(-1, pix, -m)
+        dlog = torch.where(x < -15, torch.ones_like(x), torch.sigmoid(x) / sp.clamp_min(1e-30))
+        return g.mul_(dlog).mul_((ctx.beta * w * grad_out)[:, None]), None, None, None, None
+
+
 def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor | None = None,
                            options: DMLossOptions | None = None, **kwargs: Any) -> Tensor:
     """Cross-entropy of the DM supplier distribution S at the demanders: -sum_j b_j log S(y_j) per joint
@@ -345,20 +373,26 @@ def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor 
     out and the others' masses renormalised). Its minimum over a free map is S = b, the same distribution
     the DM loss's optimum approaches, so it biases nothing; unlike DM's gradient (proportional to the mass
     already on a pixel) its gradient on the dot's pixels does not vanish when the map is elsewhere.
-    Joints summed and the batch reduced as `dm_loss` (options.reduction). Softplus suppliers only."""
+    Joints summed and the batch reduced as `dm_loss` (options.reduction). Softplus suppliers only; only
+    labelled joints are computed (fp32, fp64 for fp64 input; log S as `log_supplier_distribution`)."""
     opts = resolve_options(options, kwargs, source="demander_cross_entropy")
     weights = _validate(heatmaps, keypoints, weights)
+    if opts.suppliers != "softplus":
+        log_supplier_distribution(heatmaps[:0], opts.suppliers)  # its error: the log of a relu map is -inf
     b, k, h, w = heatmaps.shape
-    log_s = log_supplier_distribution(heatmaps, opts.suppliers, opts.supplier_beta)  # (B, K, H*W)
-    labelled = weights > 0
-    xy, mass = demanders(torch.where(labelled[..., None], keypoints.float(), 0.0), opts.demander_mode)
+    dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+    flat_w = weights.reshape(-1).to(dtype)
+    idx = (flat_w != 0).nonzero().squeeze(-1)  # only labelled joints
+    xy, mass = demanders(keypoints.reshape(-1, 2)[idx].to(dtype), opts.demander_mode)
     ix, iy = xy[..., 0].long(), xy[..., 1].long()  # demanders sit on pixel centres
     inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h) & (mass > 0)
     m = torch.where(inside, mass, 0.0)
     m = m / m.sum(-1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
-    idx = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).reshape(b, k, -1)
-    log_p = log_s.gather(-1, idx)
-    per_joint = -(m * torch.where(inside, log_p, 0.0)).sum(-1) * weights.to(log_s.dtype)
+    pix = iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)
+    flat = heatmaps.reshape(b * k, h * w)[idx].to(dtype)
+    per_joint = torch.zeros(b * k, dtype=dtype, device=heatmaps.device)
+    per_joint = per_joint.index_put((idx,), _DemanderCEFunction.apply(flat, pix, m, flat_w[idx], opts.supplier_beta))
+    per_joint = per_joint.reshape(b, k)
     if opts.reduction == "none":
         return per_joint
     total = per_joint.sum()

@@ -74,12 +74,13 @@ def decoded_map(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Tens
 
 
 def log_supplier_distribution(heatmaps: Tensor, name: str = "softplus", beta: float = 1.0) -> Tensor:
-    """log(phi(H) / sum phi(H)) over each (..., H, W) map, flattened to (..., H*W), in float32, without
+    """log(phi(H) / sum phi(H)) over each (..., H, W) map, flattened to (..., H*W), in float32 (float64 for
+    float64 input), without
     underflow: for softplus, log phi(H) = beta H - log beta far below zero (where phi underflows in fp32).
     Only softplus: a relu map's log is -inf on every non-positive pixel."""
     if name != "softplus":
         raise ValueError(f"the log of the supplier distribution needs softplus suppliers, got {name!r} (a relu map "
                          "has log -inf on every non-positive pixel)")
-    x = heatmaps.float().flatten(-2) * beta
+    x = heatmaps.to(torch.float64 if heatmaps.dtype == torch.float64 else torch.float32).flatten(-2) * beta
     log_phi = torch.where(x < -15, x, torch.log(torch.nn.functional.softplus(x).clamp_min(1e-30))) - math.log(beta)
     return log_phi - torch.logsumexp(log_phi, dim=-1, keepdim=True)
