@@ -1,13 +1,17 @@
 """Training-step cost, data excluded: forward + loss + backward + Adam step on one fixed batch.
 
 Usage: python benchmarks/bench_train.py [--threads 1] [--repeats 5] [--w32-batch 8] [--device cpu] [--no-cpu-tuning]
+       [--amp auto|bf16|fp16|off] [--contiguous]
 
 Rows: hrnet_tiny at the default job's size (128x96 input, batch 32, as configs/synthetic.yaml) and HRNet-W32
-at 256x192 (batch --w32-batch), each with the DM loss at the default tolerance, with tol=0 (exactly 1000
-Sinkhorn iterations, the paper's) and with MSE (Gaussian targets), the same batch in one run. Prints the
-median step time and the ratio to MSE; the three losses' steps are interleaved, and on the CPU the process
-is tuned as the trainer tunes it (`dmpose.train.loop.tune_cpu_process`; `--no-cpu-tuning` leaves it alone). The batch is a real one (synthetic data, augmentation on); the model is
-freshly initialised (HRNet's init), so the DM solver sees early-training heatmaps (`--tiny-weights CKPT`: a trained hrnet_tiny instead). Target (CPU, default job): DM <= 1.05 x MSE.
+at 256x192 (batch --w32-batch), each with the DM loss at the default tolerance, the default job's loss (DM +
+its cross-entropy term), DM with tol=0 (exactly 1000 Sinkhorn iterations, the paper's) and MSE (Gaussian
+targets), the same batch in one run. Prints the median step time and the ratio to MSE; the losses' steps are
+interleaved. The model runs as the trainer runs it: autocast as train.amp (auto: bf16 on a CPU with native
+bf16), channels_last as the default job, and on the CPU the process tuned as the trainer tunes it
+(`dmpose.train.loop.tune_cpu_process`; `--no-cpu-tuning` leaves it alone). The batch is a real one (synthetic
+data, augmentation on); the model is freshly initialised (HRNet's init), so the DM solver sees early-training
+heatmaps (`--tiny-weights CKPT`: a trained hrnet_tiny instead). Target (CPU, default job): DM <= 1.05 x MSE.
 """
 
 from __future__ import annotations
@@ -34,28 +38,44 @@ def batch_for(input_wh, n: int, seed: int = 0):
 
 
 def step_times(arch: str, batch: dict, losses: tuple[str, ...], repeats: int, device: str,
-               weights: str | None = None) -> dict[str, float]:
+               weights: str | None = None, amp_dtype: torch.dtype | None = None,
+               channels_last: bool = False) -> dict[str, float]:
     """Median step time per loss, the losses' steps interleaved (one step of each in turn), so that a change
-    in the machine's load falls on all of them alike. Each loss trains its own copy of the same model."""
-    from dmpose.loss import dm_loss, mse_loss
+    in the machine's load falls on all of them alike. Each loss trains its own copy of the same model, under
+    autocast to `amp_dtype` (None: fp32) and in channels_last when asked, as the trainer does; the losses are
+    fp32. "dm_job" is the default job's loss (configs/synthetic.yaml: DM + loss.aux_ce x the demander
+    cross-entropy)."""
+    from dmpose.loss import demander_cross_entropy, dm_loss, mse_loss
     from dmpose.models import build_model, load_model
     from dmpose.spec import DMLossOptions
+    from dmpose.train import load_config
 
-    x = batch["image"].to(device)
+    job = load_config("synthetic").loss
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = batch["image"].to(device).contiguous(memory_format=fmt)
     kp, w = batch["keypoints_hm"].to(device), batch["weights"].to(device)
     tgt = batch["target"]["heatmaps"].to(device)
     runs = {}
     for loss in losses:
         torch.manual_seed(0)
         model = (load_model(weights) if weights else build_model(arch, num_joints=17)).to(device).train()
-        opts = {"dm": DMLossOptions(), "dm_tol0": DMLossOptions(tol=0.0)}.get(loss)
+        model = model.to(memory_format=fmt)
+        opts = {"dm": DMLossOptions(), "dm_tol0": DMLossOptions(tol=0.0), "dm_job": job.dm}.get(loss)
         runs[loss] = (model, torch.optim.Adam(model.parameters(), lr=1e-3), opts)
+
+    def loss_value(loss: str, hm: torch.Tensor, opts) -> torch.Tensor:
+        if loss == "mse":
+            return mse_loss(hm, tgt, w)
+        value = dm_loss(hm, kp, w, opts)
+        return value + job.aux_ce * demander_cross_entropy(hm, kp, w, opts) if loss == "dm_job" else value
+
     times: dict[str, list[float]] = {loss: [] for loss in losses}
     for i in range(repeats + 1):
         for loss, (model, opt, opts) in runs.items():
             t0 = time.perf_counter()
-            hm = model(x).float()
-            value = mse_loss(hm, tgt, w) if loss == "mse" else dm_loss(hm, kp, w, opts)
+            with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                hm = model(x)
+            value = loss_value(loss, hm.float(), opts)
             value.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -78,8 +98,17 @@ def main() -> None:
                          "row: the solver then sees trained heatmaps instead of HRNet's initialisation")
     ap.add_argument("--no-cpu-tuning", action="store_true",
                     help="leave denormals and the allocator as they are (the trainer tunes them on the CPU)")
+    ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                    help="autocast of the model as the trainer's train.amp (auto: bf16 on a CPU with native bf16)")
+    ap.add_argument("--contiguous", action="store_true",
+                    help="the default NCHW memory format instead of the default job's channels_last")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from dmpose.train import load_config
+    from dmpose.train.loop import _amp
+
+    amp_dtype = _amp(load_config(data={"train": {"amp": args.amp}}), torch.device(args.device))[0]
+    channels_last = not args.contiguous and load_config("synthetic").model.channels_last
     tuning = "untuned"
     if args.device == "cpu" and not args.no_cpu_tuning:
         from dmpose.train.loop import tune_cpu_process
@@ -88,15 +117,19 @@ def main() -> None:
     rows = [("hrnet_tiny", (96, 128), 32)]
     if not args.skip_w32:
         rows.append(("hrnet_w32", (192, 256), args.w32_batch))
-    print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device} ({tuning}), median of "
-          f"{args.repeats} steps, the losses' steps interleaved")
-    print(f"{'model':<12} {'input':>8} {'batch':>5} {'MSE s':>8} {'DM s':>8} {'DM/MSE':>7} {'DM tol=0 s':>11} {'tol0/MSE':>8}")
+    amp = str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32"
+    print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device} ({tuning}), model {amp}"
+          f"{', channels_last' if channels_last else ''}, median of {args.repeats} steps, the losses' steps "
+          "interleaved; DM+CE: the default job's loss")
+    print(f"{'model':<12} {'input':>8} {'batch':>5} {'MSE s':>8} {'DM s':>8} {'DM/MSE':>7} {'DM+CE s':>8} "
+          f"{'/MSE':>6} {'DM tol=0 s':>11} {'tol0/MSE':>8}")
     for arch, wh, n in rows:
         batch = batch_for(wh, n)
         weights = args.tiny_weights if arch == "hrnet_tiny" else None
-        t = step_times(arch, batch, ("mse", "dm", "dm_tol0"), args.repeats, args.device, weights)
+        t = step_times(arch, batch, ("mse", "dm", "dm_job", "dm_tol0"), args.repeats, args.device, weights,
+                       amp_dtype, channels_last)
         print(f"{arch:<12} {wh[1]}x{wh[0]:<4} {n:>5} {t['mse']:>8.3f} {t['dm']:>8.3f} {t['dm'] / t['mse']:>7.3f} "
-              f"{t['dm_tol0']:>11.3f} {t['dm_tol0'] / t['mse']:>8.2f}")
+              f"{t['dm_job']:>8.3f} {t['dm_job'] / t['mse']:>6.3f} {t['dm_tol0']:>11.3f} {t['dm_tol0'] / t['mse']:>8.2f}")
 
 
 if __name__ == "__main__":
