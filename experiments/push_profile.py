@@ -5,8 +5,10 @@ freshly initialised hrnet_tiny (seed 0), 128x96 input, 32x24 heatmaps. For each 
 -dL/dH of every labelled joint's map is normalised by that map's mean |dL/dH| and averaged per 1-px ring of
 distance from the dot. "share up within 2 px": the share of the map's total upward push (sum of the positive
 part of -dL/dH) that lands within 2 px of the dot. Output: a table (stdout) and docs/dm_push_profile.png.
+`--weights CKPT` profiles a trained hrnet_tiny's heatmaps instead (e.g. a DM-alone run's last.safetensors, where
+DM has stalled at a few px; no plot then).
 
-  python experiments/push_profile.py
+  python experiments/push_profile.py [--weights CKPT] [--no-plot]
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 import dmpose
 from dmpose.codec import GaussianCodec
-from dmpose.loss import dm_loss, mse_loss
+from dmpose.loss import demander_cross_entropy, dm_loss, mse_loss
 
 ROOT = Path(__file__).resolve().parent
 
@@ -41,13 +43,17 @@ def main():
     pool = torch.load("/tmp/dmr/pool_p8_s0.pt")
     x, kp, w = pool["images"][:32].float(), pool["keypoints"][:32], pool["weights"][:32]
     torch.manual_seed(0)
-    net = dmpose.build_model("hrnet_tiny")
-    h = net(x).detach()
+    weights = sys.argv[sys.argv.index("--weights") + 1] if "--weights" in sys.argv else None
+    net = dmpose.load_model(weights).eval() if weights else dmpose.build_model("hrnet_tiny")
+    with torch.no_grad():
+        h = net(x)
     codec = GaussianCodec((24, 32), sigma=1.0, flavour="unbiased")
     tgt = torch.from_numpy(np.stack([codec.encode(k.numpy(), (ww > 0).numpy().astype(np.float32) * 2)["heatmaps"]
                                      for k, ww in zip(kp, w)]))
     arms = {"MSE (Gaussian sigma 1)": lambda hh: mse_loss(hh, tgt, w),
-            "DM softplus (default)": lambda hh: dm_loss(hh, kp, w, suppliers="softplus"),
+            "DM softplus beta 1": lambda hh: dm_loss(hh, kp, w, suppliers="softplus", supplier_beta=1.0),
+            "DM softplus beta 8 (default)": lambda hh: dm_loss(hh, kp, w, suppliers="softplus", supplier_beta=8.0),
+            "cross-entropy, beta 8 (loss.aux_ce)": lambda hh: demander_cross_entropy(hh, kp, w, supplier_beta=8.0),
             "DM relu (paper)": lambda hh: dm_loss(hh, kp, w, suppliers="relu")}
     res = {}
     for name, fn in arms.items():
@@ -59,7 +65,7 @@ def main():
     for name, (rings, share) in res.items():
         print(f"| {name} | {rings[0]:+.2f} | {rings[1]:+.2f} | {rings[2]:+.2f} | {rings[3]:+.2f} | "
               f"{np.mean(rings[4:6]):+.2f} | {np.mean(rings[8:10]):+.2f} | {share:.3f} |")
-    if "--no-plot" not in sys.argv:
+    if "--no-plot" not in sys.argv and weights is None:
         import matplotlib
 
         matplotlib.use("Agg")
