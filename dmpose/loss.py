@@ -24,7 +24,14 @@ from dmpose.codec import heatmap_weights  # noqa: F401  (public here too: dmpose
 from dmpose.kernels import select_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
 from dmpose.spec import DMLossOptions, SpecError
-from dmpose.suppliers import log_supplier_distribution, supplier_map, supplier_map_derivative
+from dmpose.suppliers import (
+    log_softplus,
+    log_softplus_derivative,
+    log_supplier_distribution,
+    require_log_map,
+    supplier_map,
+    supplier_map_derivative,
+)
 
 __all__ = ["dm_loss", "DMLoss", "DMLossOptions", "DMLossStats", "DMConvergenceWarning", "check_heatmaps", "demanders",
            "demander_cross_entropy", "log_supplier_distribution",
@@ -341,15 +348,13 @@ class DMLoss(nn.Module):
 class _DemanderCEFunction(torch.autograd.Function):
     """-sum_j m_j log S(y_j) of the selected maps, S = softplus(beta H) / sum softplus(beta H), with its
     gradient in closed form: d/dH_p = beta * w * (S_p sum_j m_j - [p = y_j] m_j) * dlogphi_p, dlogphi =
-    sigmoid(x) / softplus(x) at x = beta H (1 where log phi = x, far below zero). One elementwise pass
+    sigmoid(x) / softplus(x) at x = beta H (`log_softplus_derivative`). One elementwise pass
     each way instead of autograd's chain through log, softplus and logsumexp."""
 
     @staticmethod
     def forward(ctx, flat: Tensor, pix: Tensor, m: Tensor, w: Tensor, beta: float) -> Tensor:
         x = flat * beta  # (n, H*W)
-        deep = x < -15  # log softplus(x) = x to rounding there, and softplus itself may underflow
-        sp = torch.nn.functional.softplus(x)
-        log_phi = torch.where(deep, x, sp.clamp_min(1e-30).log())  # log(beta phi): the shift cancels in S
+        log_phi, sp = log_softplus(x)  # log(beta phi): the shift by log beta cancels in S
         lse = torch.logsumexp(log_phi, dim=-1, keepdim=True)
         per = -(m * (log_phi.gather(-1, pix) - lse)).sum(-1) * w
         if flat.requires_grad:
@@ -362,8 +367,7 @@ class _DemanderCEFunction(torch.autograd.Function):
         x, sp, log_s, pix, m, w = ctx.saved_tensors
         g = log_s.exp().mul_(m.sum(-1, keepdim=True))  # S * sum_j m_j (the saved tensors stay as they are)
         g.scatter_add_(-1, pix, -m)
-        dlog = torch.where(x < -15, torch.ones_like(x), torch.sigmoid(x) / sp.clamp_min(1e-30))
-        return g.mul_(dlog).mul_((ctx.beta * w * grad_out)[:, None]), None, None, None, None
+        return g.mul_(log_softplus_derivative(x, sp)).mul_((ctx.beta * w * grad_out)[:, None]), None, None, None, None
 
 
 def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor | None = None,
@@ -377,8 +381,7 @@ def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor 
     labelled joints are computed (fp32, fp64 for fp64 input; log S as `log_supplier_distribution`)."""
     opts = resolve_options(options, kwargs, source="demander_cross_entropy")
     weights = _validate(heatmaps, keypoints, weights)
-    if opts.suppliers != "softplus":
-        log_supplier_distribution(heatmaps[:0], opts.suppliers)  # its error: the log of a relu map is -inf
+    require_log_map(opts.suppliers)
     b, k, h, w = heatmaps.shape
     dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
     flat_w = weights.reshape(-1).to(dtype)

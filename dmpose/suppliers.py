@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["SUPPLIER_MAPS", "DECODE_MAPS", "supplier_map", "supplier_map_derivative", "decoded_map",
-           "log_supplier_distribution"]
+           "log_supplier_distribution", "log_softplus", "log_softplus_derivative", "require_log_map"]
 
 SUPPLIER_MAPS = ("relu", "softplus")
 DECODE_MAPS = (*SUPPLIER_MAPS, "raw")
@@ -73,14 +73,33 @@ def decoded_map(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Tens
     return torch.where(dead, fallback, normalised).reshape(h.shape)
 
 
-def log_supplier_distribution(heatmaps: Tensor, name: str = "softplus", beta: float = 1.0) -> Tensor:
-    """log(phi(H) / sum phi(H)) over each (..., H, W) map, flattened to (..., H*W), in float32 (float64 for
-    float64 input), without
-    underflow: for softplus, log phi(H) = beta H - log beta far below zero (where phi underflows in fp32).
-    Only softplus: a relu map's log is -inf on every non-positive pixel."""
+def require_log_map(name: str) -> None:
+    """The supplier maps whose log is finite everywhere: softplus only (a relu map's log is -inf on every
+    non-positive pixel)."""
     if name != "softplus":
         raise ValueError(f"the log of the supplier distribution needs softplus suppliers, got {name!r} (a relu map "
                          "has log -inf on every non-positive pixel)")
+
+
+_LINEAR_BELOW = -15.0  # log softplus(x) = x to fp32 rounding below this, where softplus itself may underflow
+
+
+def log_softplus(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(log softplus(x), softplus(x)) without underflow: log softplus(x) = x to rounding below x = -15, where
+    softplus itself may underflow in fp32. log phi(H) = log_softplus(beta H) - log beta for softplus maps."""
+    sp = torch.nn.functional.softplus(x)
+    return torch.where(x < _LINEAR_BELOW, x, sp.clamp_min(1e-30).log()), sp
+
+
+def log_softplus_derivative(x: Tensor, sp: Tensor) -> Tensor:
+    """d log_softplus(x) / dx = sigmoid(x) / softplus(x) (1 where `log_softplus` is x); sp = softplus(x)."""
+    return torch.where(x < _LINEAR_BELOW, torch.ones_like(x), torch.sigmoid(x) / sp.clamp_min(1e-30))
+
+
+def log_supplier_distribution(heatmaps: Tensor, name: str = "softplus", beta: float = 1.0) -> Tensor:
+    """log(phi(H) / sum phi(H)) over each (..., H, W) map, flattened to (..., H*W), in float32 (float64 for
+    float64 input), without underflow (`log_softplus`). Only softplus (`require_log_map`)."""
+    require_log_map(name)
     x = heatmaps.to(torch.float64 if heatmaps.dtype == torch.float64 else torch.float32).flatten(-2) * beta
-    log_phi = torch.where(x < -15, x, torch.log(torch.nn.functional.softplus(x).clamp_min(1e-30))) - math.log(beta)
+    log_phi = log_softplus(x)[0] - math.log(beta)
     return log_phi - torch.logsumexp(log_phi, dim=-1, keepdim=True)
