@@ -414,6 +414,8 @@ def test_aux_mse_adds_the_mse_loss_with_a_linearly_falling_weight(synth_root, tm
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_mse": 100.0, "loss.aux_until": 0.5,
                                                           "loss.mse.sigma": 1.0, "loss.mse.flavour": "unbiased"}))
     assert [cfg.loss.aux_weight(p, "aux_mse") for p in (0.0, 0.25, 0.5, 0.9)] == [100.0, 50.0, 0.0, 0.0]
+    constant = load_config(data={"loss": {"aux_ce": 10.0, "aux_until": None}}).loss  # null: never falls
+    assert [constant.aux_weight(p, "aux_ce") for p in (0.0, 0.5, 1.0)] == [10.0, 10.0, 10.0]
     ds, _ = build_datasets(cfg, cfg.pose_spec())
     batch = next(iter(DataLoader(ds, batch_size=4)))
     hm = torch.randn(4, 17, 16, 12)

@@ -81,9 +81,9 @@ class LossConfig(BaseModel):
     aux_ce: float = Field(0.0, ge=0, allow_inf_nan=False, description="dm only (softplus suppliers): weight of "
                           "an auxiliary cross-entropy of the supplier distribution at the demanders "
                           "(dmpose.loss.demander_cross_entropy) added to the DM loss; 0: pure DM.")
-    aux_until: float = Field(1.0, gt=0, le=1, description="Fraction of the training steps over which the "
-                             "auxiliary weights (aux_mse, aux_ce) fall linearly to 0 (1: to the last step; the "
-                             "loss of the steps after it is pure DM).")
+    aux_until: float | None = Field(1.0, gt=0, le=1, description="Fraction of the training steps over which "
+                                    "the auxiliary weights (aux_mse, aux_ce) fall linearly to 0 (1: to the last "
+                                    "step; the loss of the steps after it is pure DM); null: they stay constant.")
 
     @model_validator(mode="after")
     def _aux_only_for_dm(self) -> LossConfig:
@@ -104,6 +104,8 @@ class LossConfig(BaseModel):
 
     def aux_weight(self, progress: float, key: str) -> float:
         """The auxiliary weight `key` (aux_mse or aux_ce) at `progress` = step / total steps in [0, 1]."""
+        if self.aux_until is None:
+            return getattr(self, key)
         return getattr(self, key) * max(0.0, 1.0 - progress / self.aux_until)
 
 
