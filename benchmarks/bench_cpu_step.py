@@ -13,9 +13,7 @@ AMX), where the trainer's `train.amp: auto` picks it.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import batch_for  # noqa: E402
-from harness import header, markdown_table  # noqa: E402
+from harness import header, interleaved_medians, markdown_table  # noqa: E402
 
 
 def main() -> None:
@@ -46,22 +44,21 @@ def main() -> None:
         fmt = torch.channels_last if arm[1] else torch.contiguous_format
         model = build_model("hrnet_tiny", num_joints=17).train().to(memory_format=fmt)
         runs[arm] = (model, torch.optim.Adam(model.parameters(), lr=1e-3), x.contiguous(memory_format=fmt))
-    times: dict[tuple, list[float]] = {arm: [] for arm in arms}
-    for i in range(args.repeats + 1):
-        for arm, (model, opt, xx) in runs.items():
-            torch.set_num_threads(arm[0])
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=arm[2]):
-                out = model(xx)
-            mse_loss(out.float(), tgt, w).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i:  # the first step warms up allocators and caches
-                times[arm].append(time.perf_counter() - t0)
-    base = statistics.median(times[(1, False, False)])
+
+    def step(arm: tuple) -> None:
+        model, opt, xx = runs[arm]
+        torch.set_num_threads(arm[0])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=arm[2]):
+            out = model(xx)
+        mse_loss(out.float(), tgt, w).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    medians = interleaved_medians({arm: (lambda arm=arm: step(arm)) for arm in arms}, args.repeats)
+    base = medians[(1, False, False)]
     rows = []
     for arm in arms:
-        t = statistics.median(times[arm])
+        t = medians[arm]
         rows.append((arm[0], "channels_last" if arm[1] else "NCHW", "bf16 autocast" if arm[2] else "fp32",
                      f"{t:.3f}", f"{base / t:.2f}x"))
     print(markdown_table(("threads", "memory format", "precision", "s/step", "vs 1 thread fp32 NCHW"), rows))

@@ -17,10 +17,14 @@ heatmaps (`--tiny-weights CKPT`: a trained hrnet_tiny instead). Target (CPU, def
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import interleaved_medians  # noqa: E402
 
 
 def batch_for(input_wh, n: int, seed: int = 0):
@@ -69,21 +73,17 @@ def step_times(arch: str, batch: dict, losses: tuple[str, ...], repeats: int, de
         value = dm_loss(hm, kp, w, opts)
         return value + job.aux_ce * demander_cross_entropy(hm, kp, w, opts) if loss == "dm_job" else value
 
-    times: dict[str, list[float]] = {loss: [] for loss in losses}
-    for i in range(repeats + 1):
-        for loss, (model, opt, opts) in runs.items():
-            t0 = time.perf_counter()
-            with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                hm = model(x)
-            value = loss_value(loss, hm.float(), opts)
-            value.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if i:  # the first step warms up allocators and caches
-                times[loss].append(time.perf_counter() - t0)
-    return {loss: statistics.median(v) for loss, v in times.items()}
+    def step(loss: str) -> None:
+        model, opt, opts = runs[loss]
+        with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            hm = model(x)
+        loss_value(loss, hm.float(), opts).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return interleaved_medians({loss: (lambda loss=loss: step(loss)) for loss in losses}, repeats)
 
 
 def main() -> None:

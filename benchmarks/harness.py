@@ -12,7 +12,7 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-__all__ = ["Table", "device_name", "header", "markdown_table", "versions"]
+__all__ = ["Table", "device_name", "header", "interleaved_medians", "markdown_table", "versions"]
 
 
 def _version(name: str) -> str:
@@ -56,6 +56,23 @@ def device_name(device: str | None = None) -> str:
     except OSError:
         pass
     return f"cpu ({cpu}, {os.cpu_count()} cores)"
+
+
+def interleaved_medians(steps: dict[Any, Callable[[], None]], repeats: int) -> dict[Any, float]:
+    """Median seconds of each named step over `repeats` runs, the steps interleaved (one of each in turn, so
+    that a change in the machine's load falls on all alike); the first round only warms allocators and caches.
+    A step must finish its own work (synchronise a GPU) before it returns."""
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(repeats + 1):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def header(title: str, device: str | None = None, **settings: Any) -> str:

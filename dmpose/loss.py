@@ -25,6 +25,7 @@ from dmpose.kernels import select_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
 from dmpose.spec import DMLossOptions, SpecError
 from dmpose.suppliers import (
+    compute_dtype,
     log_softplus,
     log_softplus_derivative,
     log_supplier_distribution,
@@ -178,7 +179,7 @@ class _DMLossFunction(torch.autograd.Function):
     def forward(ctx, heatmaps: Tensor, keypoints: Tensor, weights: Tensor, opts: DMLossOptions, backend: str,
                 need_grad: bool, record: dict) -> Tensor:
         b, k, h, w = heatmaps.shape
-        out_dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+        out_dtype = compute_dtype(heatmaps)
         flat_w = weights.reshape(-1).to(out_dtype)
         labelled = flat_w != 0
         everything = bool(labelled.all())
@@ -383,7 +384,7 @@ def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor 
     weights = _validate(heatmaps, keypoints, weights)
     require_log_map(opts.suppliers)
     b, k, h, w = heatmaps.shape
-    dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(heatmaps)
     flat_w = weights.reshape(-1).to(dtype)
     idx = (flat_w != 0).nonzero().squeeze(-1)  # only labelled joints
     xy, mass = demanders(keypoints.reshape(-1, 2)[idx].to(dtype), opts.demander_mode)

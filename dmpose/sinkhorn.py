@@ -46,7 +46,7 @@ __all__ = [
 
 #: Below this eps the row-shifted kernel may underflow in fp32; ``method="auto"`` switches to log-sum-exp.
 from dmpose.constants import SHIFTED_MIN_EPS  # noqa: E402  (the one definition, shared with the kernels)
-from dmpose.suppliers import supplier_map, supplier_map_derivative  # noqa: E402
+from dmpose.suppliers import compute_dtype, supplier_map, supplier_map_derivative  # noqa: E402
 
 
 @dataclass
@@ -341,7 +341,7 @@ def dm_sinkhorn_torch(
         cost (P,) = <C, P>; grad_heatmaps (P, H, W) = d cost / d heatmaps (through the suppliers'
         normalisation, or the softmax fallback; None for grad="none"); marginal_error (P,); iterations (P,) int32.
     """
-    dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(heatmaps)
     p, h, w = heatmaps.shape
     raw = heatmaps.to(dtype)
     hm = raw if supplier == "relu" else supplier_map(raw, supplier, beta)  # > 0: the relu below is the identity

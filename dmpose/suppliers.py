@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["SUPPLIER_MAPS", "DECODE_MAPS", "supplier_map", "supplier_map_derivative", "decoded_map",
-           "log_supplier_distribution", "log_softplus", "log_softplus_derivative", "require_log_map"]
+           "log_supplier_distribution", "log_softplus", "log_softplus_derivative", "require_log_map",
+           "compute_dtype"]
 
 SUPPLIER_MAPS = ("relu", "softplus")
 DECODE_MAPS = (*SUPPLIER_MAPS, "raw")
@@ -73,6 +74,12 @@ def decoded_map(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Tens
     return torch.where(dead, fallback, normalised).reshape(h.shape)
 
 
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """The dtype the maps' arithmetic runs in (the losses, the solver, the log map): float64 for float64
+    input, float32 for every other float dtype (bf16/fp16 heatmaps included)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def require_log_map(name: str) -> None:
     """The supplier maps whose log is finite everywhere: softplus only (a relu map's log is -inf on every
     non-positive pixel)."""
@@ -100,6 +107,6 @@ def log_supplier_distribution(heatmaps: Tensor, name: str = "softplus", beta: fl
     """log(phi(H) / sum phi(H)) over each (..., H, W) map, flattened to (..., H*W), in float32 (float64 for
     float64 input), without underflow (`log_softplus`). Only softplus (`require_log_map`)."""
     require_log_map(name)
-    x = heatmaps.to(torch.float64 if heatmaps.dtype == torch.float64 else torch.float32).flatten(-2) * beta
+    x = heatmaps.to(compute_dtype(heatmaps)).flatten(-2) * beta
     log_phi = log_softplus(x)[0] - math.log(beta)
     return log_phi - torch.logsumexp(log_phi, dim=-1, keepdim=True)
