@@ -48,7 +48,8 @@ def step_times(arch: str, batch: dict, losses: tuple[str, ...], repeats: int, de
     in the machine's load falls on all of them alike. Each loss trains its own copy of the same model, under
     autocast to `amp_dtype` (None: fp32) and in channels_last when asked, as the trainer does; the losses are
     fp32. "dm_job" is the default job's loss (configs/synthetic.yaml: DM + loss.aux_ce x the demander
-    cross-entropy)."""
+    cross-entropy), "dm_job_torch" the same on the torch path (backend="torch"; the others take backend "auto":
+    the compiled C kernel on the CPU where it compiles)."""
     from dmpose.loss import demander_cross_entropy, dm_loss, mse_loss
     from dmpose.models import build_model, load_model
     from dmpose.spec import DMLossOptions
@@ -64,14 +65,15 @@ def step_times(arch: str, batch: dict, losses: tuple[str, ...], repeats: int, de
         torch.manual_seed(0)
         model = (load_model(weights) if weights else build_model(arch, num_joints=17)).to(device).train()
         model = model.to(memory_format=fmt)
-        opts = {"dm": DMLossOptions(), "dm_tol0": DMLossOptions(tol=0.0), "dm_job": job.dm}.get(loss)
+        opts = {"dm": DMLossOptions(), "dm_tol0": DMLossOptions(tol=0.0), "dm_job": job.dm,
+                "dm_job_torch": job.dm.model_copy(update={"backend": "torch"})}.get(loss)
         runs[loss] = (model, torch.optim.Adam(model.parameters(), lr=1e-3), opts)
 
     def loss_value(loss: str, hm: torch.Tensor, opts) -> torch.Tensor:
         if loss == "mse":
             return mse_loss(hm, tgt, w)
         value = dm_loss(hm, kp, w, opts)
-        return value + job.aux_ce * demander_cross_entropy(hm, kp, w, opts) if loss == "dm_job" else value
+        return value + job.aux_ce * demander_cross_entropy(hm, kp, w, opts) if loss.startswith("dm_job") else value
 
     def step(loss: str) -> None:
         model, opt, opts = runs[loss]
@@ -121,15 +123,21 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device} ({tuning}), model {amp}"
           f"{', channels_last' if channels_last else ''}, median of {args.repeats} steps, the losses' steps "
           "interleaved; DM+CE: the default job's loss")
+    if args.device == "cpu":
+        from dmpose.kernels.cpu import cpu_kernel_status
+
+        ok, why = cpu_kernel_status()
+        print(f"DM backend auto on the CPU: {'the compiled C kernel' if ok else 'torch'} ({why})")
     print(f"{'model':<12} {'input':>8} {'batch':>5} {'MSE s':>8} {'DM s':>8} {'DM/MSE':>7} {'DM+CE s':>8} "
-          f"{'/MSE':>6} {'DM tol=0 s':>11} {'tol0/MSE':>8}")
+          f"{'/MSE':>6} {'DM+CE torch s':>13} {'/MSE':>6} {'DM tol=0 s':>11} {'tol0/MSE':>8}")
     for arch, wh, n in rows:
         batch = batch_for(wh, n)
         weights = args.tiny_weights if arch == "hrnet_tiny" else None
-        t = step_times(arch, batch, ("mse", "dm", "dm_job", "dm_tol0"), args.repeats, args.device, weights,
-                       amp_dtype, channels_last)
+        t = step_times(arch, batch, ("mse", "dm", "dm_job", "dm_job_torch", "dm_tol0"), args.repeats, args.device,
+                       weights, amp_dtype, channels_last)
         print(f"{arch:<12} {wh[1]}x{wh[0]:<4} {n:>5} {t['mse']:>8.3f} {t['dm']:>8.3f} {t['dm'] / t['mse']:>7.3f} "
-              f"{t['dm_job']:>8.3f} {t['dm_job'] / t['mse']:>6.3f} {t['dm_tol0']:>11.3f} {t['dm_tol0'] / t['mse']:>8.2f}")
+              f"{t['dm_job']:>8.3f} {t['dm_job'] / t['mse']:>6.3f} {t['dm_job_torch']:>13.3f} "
+              f"{t['dm_job_torch'] / t['mse']:>6.3f} {t['dm_tol0']:>11.3f} {t['dm_tol0'] / t['mse']:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["BACKENDS", "DEFAULT_BLOCK", "DEFAULT_WARPS", "GRAD_MODES", "HEATMAP_DTYPE_NAMES", "MAX_BLOCK",
-           "SHIFTED_MIN_EPS", "triton_interpret"]
+__all__ = ["BACKENDS", "LOSS_BACKENDS", "DEFAULT_BLOCK", "DEFAULT_WARPS", "GRAD_MODES", "HEATMAP_DTYPE_NAMES",
+           "MAX_BLOCK", "SHIFTED_MIN_EPS", "triton_interpret"]
 
 #: Below this eps the row-shifted kernel (entries >= exp(-sqrt(2)/eps)) may underflow in fp32: the torch
 #: solver's ``method="auto"`` and the Triton kernel switch to the log domain there.
 SHIFTED_MIN_EPS = 0.05
 #: Gradient modes of the DM loss and of both solvers.
 GRAD_MODES = ("exact", "envelope")
-#: Loss backends: "auto" (Triton for CUDA tensors, torch otherwise), "torch", "triton".
+#: Kernel backends (decode and loss): "auto" (Triton for CUDA tensors, torch otherwise), "torch", "triton".
 BACKENDS = ("auto", "torch", "triton")
+#: The losses' backends add "cpu", the compiled C kernel for CPU tensors (`dmpose.kernels.cpu`), which "auto"
+#: picks on the CPU where it compiles.
+LOSS_BACKENDS = (*BACKENDS, "cpu")
 #: The heatmap dtypes the Triton kernels take (names of torch dtypes; float64 goes to the torch path).
 HEATMAP_DTYPE_NAMES = ("float16", "bfloat16", "float32")
 #: The most pixels per streamed Triton block (4096 spills on sm_90).

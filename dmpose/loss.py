@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from dmpose.codec import heatmap_weights  # noqa: F401  (public here too: dmpose.loss.heatmap_weights)
-from dmpose.kernels import select_backend
+from dmpose.kernels import select_loss_backend
 from dmpose.sinkhorn import dm_sinkhorn_torch
 from dmpose.spec import DMLossOptions, SpecError
 from dmpose.suppliers import (
@@ -191,6 +191,23 @@ class _DMLossFunction(torch.autograd.Function):
         if everything or idx.numel() > 0:
             xy, mass = demanders(select(keypoints.reshape(-1, 2)).to(out_dtype), opts.demander_mode)
             solve, grad_mode = dm_sinkhorn_torch, opts.grad if need_grad else "none"
+            if backend == "cpu":
+                from dmpose.kernels.cpu import cpu_kernel_skip_reason, dm_sinkhorn_cpu
+
+                reason = cpu_kernel_skip_reason(heatmaps, xy, opts.eps)
+                if reason is not None and opts.backend == "cpu":
+                    raise ValueError(f"backend='cpu' cannot take these heatmaps: {reason}")
+                if reason is None:  # the kernel reads the labelled rows in place and writes w * gradient there
+                    rows = torch.arange(b * k) if everything else idx
+                    cost, grad, record["marginal_error"], record["iterations"] = dm_sinkhorn_cpu(
+                        heatmaps.reshape(-1, h, w), xy, mass, eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol,
+                        grad=grad_mode, supplier=opts.suppliers, beta=opts.supplier_beta, rows=rows,
+                        grad_out=grad, grad_weight=select(flat_w))
+                    values[rows] = cost * select(flat_w)
+                    if need_grad:
+                        ctx.save_for_backward(grad)
+                    ctx.heatmap_dtype = heatmaps.dtype
+                    return values.reshape(b, k)
             if backend == "triton":
                 from dmpose.kernels.sinkhorn import dm_sinkhorn_triton as solve
 
@@ -272,7 +289,9 @@ def dm_loss(
             plan blurs), at eps 0.25 on it. "envelope": cheaper, but the gradient of a different
             objective, <C, P> + eps KL(P || a x b), whose optimum concentrates the mass on the nearest
             pixel (bias up to 0.27 px): it brings quantisation back. The value is <C, P> in both modes.
-        backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch" or "triton".
+        backend: "auto" (Triton for CUDA tensors; on the CPU the compiled C kernel `dmpose.kernels.cpu`
+            where it compiles, else torch; float64 heatmaps always take the torch path), "torch", "triton"
+            or "cpu" (the C kernel, or ValueError with the reason it cannot run).
         reduction: "mean" (sum over joints, mean over the batch; an empty batch gives 0, not NaN),
             "sum", or "none" -> (B, K).
         nonfinite: "raise" (default): a heatmap holding NaN/Inf is a ValueError naming its (batch, joint);
@@ -287,13 +306,15 @@ def dm_loss(
     """
     opts = resolve_options(options, kwargs)
     weights = _validate(heatmaps, keypoints, weights)
-    bad = nonfinite_maps(heatmaps.detach())
-    n_bad = int(bad.sum())
+    # one summing pass answers for all-finite maps (the usual case); the per-map check only when it is not finite
+    finite = bool(torch.isfinite(heatmaps.detach().sum()))
+    bad = None if finite else nonfinite_maps(heatmaps.detach())
+    n_bad = 0 if finite else int(bad.sum())
     if n_bad:
         if opts.nonfinite == "raise":
             raise _nonfinite_error(bad, "heatmaps")
         weights = weights.masked_fill(bad, 0)
-    backend = select_backend(opts.backend, heatmaps.device)
+    backend = select_loss_backend(opts.backend, heatmaps.device)
     need_grad = torch.is_grad_enabled() and heatmaps.requires_grad
     record: dict = {}
     per_joint = _DMLossFunction.apply(heatmaps, keypoints.detach(), weights.detach(), opts, backend, need_grad,
@@ -371,6 +392,27 @@ class _DemanderCEFunction(torch.autograd.Function):
         return g.mul_(log_softplus_derivative(x, sp)).mul_((ctx.beta * w * grad_out)[:, None]), None, None, None, None
 
 
+class _DemanderCECPUFunction(torch.autograd.Function):
+    """`_DemanderCEFunction` on the compiled CPU kernel (`dmpose.kernels.cpu.demander_ce_cpu`, in double), for the
+    maps flat[rows] read in place: the value of every row of flat (0 on rows not named) and, when it will be
+    needed, the gradient, computed in the forward; backward scales it."""
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, pix: Tensor, m: Tensor, w: Tensor, beta: float, rows: Tensor) -> Tensor:
+        from dmpose.kernels.cpu import demander_ce_cpu
+
+        per, grad = demander_ce_cpu(flat, pix, m, w, beta, need_grad=ctx.needs_input_grad[0], rows=rows)
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        ctx.heatmap_dtype = flat.dtype
+        return flat.new_zeros(flat.shape[0], dtype=torch.float32).index_put_((rows,), per)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_out[:, None]).to(ctx.heatmap_dtype), None, None, None, None, None
+
+
 def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor | None = None,
                            options: DMLossOptions | None = None, **kwargs: Any) -> Tensor:
     """Cross-entropy of the DM supplier distribution S at the demanders: -sum_j b_j log S(y_j) per joint
@@ -379,7 +421,8 @@ def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor 
     the DM loss's optimum approaches, so it biases nothing; unlike DM's gradient (proportional to the mass
     already on a pixel) its gradient on the dot's pixels does not vanish when the map is elsewhere.
     Joints summed and the batch reduced as `dm_loss` (options.reduction). Softplus suppliers only; only
-    labelled joints are computed (fp32, fp64 for fp64 input; log S as `log_supplier_distribution`)."""
+    labelled joints are computed (fp32, fp64 for fp64 input; log S as `log_supplier_distribution`), on the
+    backend options.backend names (auto: the compiled C kernel, in double, for fp32 CPU tensors where it compiles)."""
     opts = resolve_options(options, kwargs, source="demander_cross_entropy")
     weights = _validate(heatmaps, keypoints, weights)
     require_log_map(opts.suppliers)
@@ -393,9 +436,15 @@ def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor 
     m = torch.where(inside, mass, 0.0)
     m = m / m.sum(-1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
     pix = iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)
-    flat = heatmaps.reshape(b * k, h * w)[idx].to(dtype)
-    per_joint = torch.zeros(b * k, dtype=dtype, device=heatmaps.device)
-    per_joint = per_joint.index_put((idx,), _DemanderCEFunction.apply(flat, pix, m, flat_w[idx], opts.supplier_beta))
+    on_cpu_kernel = select_loss_backend(opts.backend, heatmaps.device) == "cpu" and dtype == torch.float32
+    if opts.backend == "cpu" and not on_cpu_kernel:
+        raise ValueError("backend='cpu' cannot take these heatmaps: float64 heatmaps use the torch path")
+    flat = heatmaps.reshape(b * k, h * w)
+    if on_cpu_kernel:  # reads the labelled rows in place; the gradient comes back for all rows (zero elsewhere)
+        per_joint = _DemanderCECPUFunction.apply(flat, pix, m, flat_w[idx], opts.supplier_beta, idx)
+    else:
+        per_joint = torch.zeros(b * k, dtype=dtype, device=heatmaps.device).index_put(
+            (idx,), _DemanderCEFunction.apply(flat[idx].to(dtype), pix, m, flat_w[idx], opts.supplier_beta))
     per_joint = per_joint.reshape(b, k)
     if opts.reduction == "none":
         return per_joint

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dmpose.constants import BACKENDS, GRAD_MODES
+from dmpose.constants import GRAD_MODES, LOSS_BACKENDS
 
 __all__ = [
     "DECODE_RULES",
@@ -328,7 +328,7 @@ _LOSS_CHOICES = {
     "suppliers": ("relu", "softplus"),
     "cost": ("l2",),
     "grad": GRAD_MODES,
-    "backend": BACKENDS,
+    "backend": LOSS_BACKENDS,
     "reduction": ("mean", "sum", "none"),
     "nonfinite": ("raise", "mask"),
 }
@@ -354,7 +354,7 @@ class DMLossOptions(BaseModel):
     supplier_beta: float = Field(default=8.0, gt=0.0, allow_inf_nan=False)
     cost: Literal["l2"] = "l2"
     grad: Literal["exact", "envelope"] = "exact"
-    backend: Literal["auto", "torch", "triton"] = "auto"
+    backend: Literal["auto", "torch", "triton", "cpu"] = "auto"
     reduction: Literal["mean", "sum", "none"] = "mean"
     nonfinite: Literal["raise", "mask"] = "raise"
 

@@ -404,10 +404,9 @@ def default_synthetic_root() -> Path:
     """The cache folder of the default synthetic datasets: $DMPOSE_CACHE/synthetic-coco, where DMPOSE_CACHE
     defaults to $XDG_CACHE_HOME/dmpose (~/.cache/dmpose). Each dataset lives in its own subfolder
     (see `ensure_synthetic`)."""
-    cache = os.environ.get("DMPOSE_CACHE")
-    if not cache:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dmpose"
-    return Path(cache) / "synthetic-coco"
+    from dmpose.cache import cache_root
+
+    return cache_root() / "synthetic-coco"
 
 
 def synthetic_cache_key(n_train: int, n_val: int, seed: int, cfg: SynthConfig = SynthConfig()) -> str:

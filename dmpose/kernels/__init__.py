@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from dmpose.constants import BACKENDS, triton_interpret
+from dmpose.constants import BACKENDS, LOSS_BACKENDS, triton_interpret
 
-__all__ = ["triton_status", "select_backend", "KERNEL_MODULES"]
+__all__ = ["triton_status", "select_backend", "select_loss_backend", "KERNEL_MODULES"]
 
 logger = logging.getLogger(__name__)
 _WARNED: set[str] = set()
@@ -75,3 +75,31 @@ def select_backend(backend: str, device: torch.device | str) -> str:
             _WARNED.add(reason)
             logger.warning("backend='auto': Triton cannot run on %s (%s); using the torch path", dev, reason)
     return "torch"
+
+
+def select_loss_backend(backend: str, device: torch.device | str) -> str:
+    """Resolve a loss's ``backend`` (`LOSS_BACKENDS`) for tensors on ``device`` to "torch", "triton" or "cpu".
+
+    As `select_backend`, plus "cpu": the compiled C kernel for CPU tensors (`dmpose.kernels.cpu`, compiled on
+    first use). auto picks it on the CPU where it compiles, else torch (the reason logged once); asking for
+    "cpu" where it cannot run raises ``ValueError`` with the reason.
+    """
+    if backend not in LOSS_BACKENDS:
+        raise ValueError(f"backend must be one of {LOSS_BACKENDS}, got {backend!r}")
+    dev = torch.device(device)
+    if backend in ("auto", "cpu") and dev.type == "cpu":
+        from dmpose.kernels.cpu import cpu_kernel_status
+
+        ok, reason = cpu_kernel_status()
+        if ok:
+            return "cpu"
+        if backend == "cpu":
+            raise ValueError(f"backend='cpu' cannot run: {reason}")
+        if reason not in _WARNED:
+            _WARNED.add(reason)
+            logger.warning("backend='auto': the compiled CPU kernel is not available (%s); using the torch path",
+                           reason)
+        return "torch"
+    if backend == "cpu":
+        raise ValueError(f"backend='cpu' takes CPU tensors, got tensors on {dev}")
+    return select_backend(backend, dev)

@@ -34,7 +34,8 @@ _DM_HELP = {
     "supplier_beta": "beta of the softplus supplier map.",
     "cost": "Euclidean distance in heatmap pixels (the only cost).",
     "grad": "exact: gradient of <C, P*> (implicit differentiation); envelope: cheaper, biased.",
-    "backend": "auto: Triton for CUDA tensors, torch otherwise.",
+    "backend": "auto: Triton for CUDA tensors; on the CPU the compiled C kernel (dmpose.kernels.cpu) where it "
+               "compiles, else torch. cpu: that kernel or an error.",
     "reduction": "The trainer always uses mean (sum over joints, mean over the batch).",
 }
 

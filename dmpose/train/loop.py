@@ -325,6 +325,21 @@ def step_diagnostics(hm: torch.Tensor, batch: dict, codec, grad_hm: torch.Tensor
     return out
 
 
+def loss_backend_note(cfg: TrainConfig, device: torch.device) -> str | None:
+    """Which backend the DM loss (and its cross-entropy term) runs on for this config and device, and why (None
+    for the MSE loss): e.g. "cpu (compiled C kernel dm_cpu-....so)" or "torch (no C compiler found ...)"."""
+    if cfg.loss.name != "dm":
+        return None
+    from dmpose.kernels import select_loss_backend
+
+    chosen = select_loss_backend(cfg.loss.dm.backend, device)
+    if device.type == "cpu" and cfg.loss.dm.backend in ("auto", "cpu"):
+        from dmpose.kernels.cpu import cpu_kernel_status
+
+        return f"{chosen} ({cpu_kernel_status()[1]})"
+    return f"{chosen} (loss.dm.backend: {cfg.loss.dm.backend})"
+
+
 def _git_commit() -> str | None:
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(dmpose.__file__).parent, capture_output=True,
@@ -376,6 +391,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     if device.type == "cpu":
         why = f"{why}; {tune_cpu_process()}"
     log(f"threads/workers: {why}")
+    loss_backend = loss_backend_note(cfg, device)
+    if loss_backend:
+        log(f"DM loss backend: {loss_backend}")
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -466,7 +484,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     if main and not dry_run:
         folder = RunFolder(Path(run_dir) if run_dir is not None else Path(cfg.out_root) / cfg.name)
         folder.write_text("config.yaml", config_to_yaml(cfg))
-        folder.write_json("env.json", {**_env(cfg, device, world, threads, workers, amp_dtype, why), "plan": plan})
+        folder.write_json("env.json", {**_env(cfg, device, world, threads, workers, amp_dtype, why),
+                                       "loss_backend": loss_backend, "plan": plan})
         if resume is not None:
             folder.load_metrics(step, epoch)
     emit(RunStart(folder.path if folder else None, plan))
