@@ -12,6 +12,7 @@ resumed run is bit for bit the uninterrupted one on the CPU, mid-epoch included 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import platform
@@ -63,11 +64,16 @@ class TrainResult:
 def aux_targets(cfg: TrainConfig, batch: dict, heatmap_wh: tuple[int, int]) -> torch.Tensor:
     """(B, K, H, W) Gaussian targets (loss.mse's sigma and flavour, the MSE codec's rule) for the dots of a DM
     batch, for the auxiliary MSE term."""
-    from dmpose.codec import GaussianCodec
-
-    codec = GaussianCodec(heatmap_wh, sigma=cfg.mse_sigma(), flavour=cfg.loss.mse.flavour)
+    codec = _gaussian_codec(tuple(heatmap_wh), cfg.mse_sigma(), cfg.loss.mse.flavour)
     kp, w = batch["keypoints_hm"].numpy(), batch["weights"].numpy()
     return torch.from_numpy(np.stack([codec.encode(k, v > 0)["heatmaps"] for k, v in zip(kp, w)]))
+
+
+@functools.lru_cache(maxsize=4)
+def _gaussian_codec(heatmap_wh: tuple[int, int], sigma: float, flavour: str):
+    from dmpose.codec import GaussianCodec
+
+    return GaussianCodec(heatmap_wh, sigma=sigma, flavour=flavour)  # built once per run, not per step
 
 
 def loss_fn(cfg: TrainConfig, heatmaps: torch.Tensor, batch: dict, device, progress: float = 0.0) -> torch.Tensor:
