@@ -137,6 +137,10 @@ def test_one_epoch_smoke_and_run_folder(loss, synth_root, tmp_path):
     assert best["metric"] == "AP" and best["epoch"] == 1 and "detections" in best["boxes"]
     env = json.loads((run / "env.json").read_text())
     assert env["world_size"] == 1 and env["torch_threads"] == 1 and env["seed"] == 0
+    from dmpose.kernels.cpu import cpu_kernel_status
+
+    ok, why = cpu_kernel_status()  # the loss backend the run got, and why
+    assert env["loss_backend"] == (None if loss == "mse" else f"{'cpu' if ok else 'torch'} ({why})")
     from dmpose.models.checkpoint import read_checkpoint_meta
 
     meta = read_checkpoint_meta(run / "best.safetensors")
