@@ -71,8 +71,7 @@ def _compile(cc: str, out: Path) -> tuple[bool, str]:
             if r.returncode == 0:
                 os.replace(tmp, out)
                 return True, ""
-            msg = (r.stderr or r.stdout).strip().splitlines()[:3]
-            msg = " / ".join(msg)
+            msg = " / ".join((r.stderr or r.stdout).strip().splitlines()[:3])  # the last attempt's first lines
         return False, msg
     finally:
         if os.path.exists(tmp):
