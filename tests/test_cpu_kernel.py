@@ -165,6 +165,11 @@ def test_a_missing_compiler_falls_back_to_torch_with_the_reason(monkeypatch, tmp
         with pytest.raises(ValueError, match="backend='cpu' cannot run: no C compiler"):
             dm_loss(torch.randn(1, 1, 5, 5), torch.tensor([[[2.0, 2.0]]]), backend="cpu")
         assert torch.isfinite(dm_loss(torch.randn(1, 1, 5, 5), torch.tensor([[[2.0, 2.0]]])))
+        monkeypatch.setenv("CC", "false")  # a compiler that fails: its exit status is the reason
+        cpu_kernel._library.cache_clear()
+        ok, why = cpu_kernel.cpu_kernel_status()
+        assert not ok and "failed: exit status 1" in why
+        assert not list((tmp_path / "cache" / "kernels").glob("*"))  # nothing half-written left behind
         monkeypatch.delenv("CC")
         monkeypatch.setenv("DMPOSE_CPU_KERNEL", "0")
         cpu_kernel._library.cache_clear()

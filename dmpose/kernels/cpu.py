@@ -71,7 +71,8 @@ def _compile(cc: str, out: Path) -> tuple[bool, str]:
             if r.returncode == 0:
                 os.replace(tmp, out)
                 return True, ""
-            msg = " / ".join((r.stderr or r.stdout).strip().splitlines()[:3])  # the last attempt's first lines
+            out_lines = (r.stderr or r.stdout).strip().splitlines()[:3]  # the last attempt's first lines
+            msg = " / ".join(out_lines) or f"exit status {r.returncode}, no output"
         return False, msg
     finally:
         if os.path.exists(tmp):
