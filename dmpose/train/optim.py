@@ -56,7 +56,9 @@ def build_scheduler(opt, sched, steps_per_epoch: int, total_steps: int, base_lr:
 
 
 class ModelEMA:
-    """Exponential moving average of the weights (buffers copied). `module` is a full model in eval mode."""
+    """Exponential moving average of the model's state: floating-point parameters and buffers (BN running
+    statistics) are averaged with `decay`, integer buffers copied; no decay warm-up, so early on the average still
+    holds decay^steps of the initial weights. `module` is a full model in eval mode."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval()
