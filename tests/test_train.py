@@ -249,6 +249,40 @@ def test_non_finite_steps_are_skipped_then_stop_naming_the_step(synth_root, tmp_
         train(cfg, run_dir=tmp_path / "nan")
 
 
+def test_ema_decay_is_warmed_up_and_follows_the_step():
+    from torch import nn
+
+    from dmpose.train.optim import ModelEMA
+
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    ema = ModelEMA(model, 0.995)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10_000) == 0.995
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, 0)  # the first update keeps only 10% of the initial weights
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 0.9))
+    for step in range(1, 330):
+        ema.update(model, step)
+    assert float(ema.module.weight.max()) > 1 - 1e-3  # with a constant 0.995: 1 - 0.995^330 = 0.81
+
+
+def test_resume_with_ema_continues_the_same_average(synth_root, tmp_path):
+    over = {"train.ema": 0.9}
+    full = train(load_config(data=tiny(synth_root, tmp_path, **over)), run_dir=tmp_path / "full")
+
+    def stop_after_epoch_1(event):
+        if isinstance(event, EpochEnd) and event.epoch == 1:
+            raise KeyboardInterrupt
+
+    half = train(load_config(data=tiny(synth_root, tmp_path, **over)), run_dir=tmp_path / "half",
+                 callbacks=[stop_after_epoch_1])
+    resumed = train(load_config(data=tiny(synth_root, tmp_path, **over)), run_dir=half.run_dir, resume=half.run_dir)
+    assert resumed.steps == full.steps
+    assert same_weights(weights(full.run_dir, "last_ema.safetensors"), weights(resumed.run_dir, "last_ema.safetensors"))
+
+
 def test_ema_best_is_on_the_ema_weights(synth_root, tmp_path):
     res = train(load_config(data=tiny(synth_root, tmp_path, **{"train.ema": 0.9, "train.epochs": 1})),
                 run_dir=tmp_path / "ema")

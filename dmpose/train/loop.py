@@ -603,7 +603,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                     scaler.step(opt)  # the fp16 scaler itself skips a step with inf/NaN gradients
                     bad_in_row = 0
                     if ema is not None:
-                        ema.update(raw)
+                        ema.update(raw, step)
                 else:
                     skipped += 1
                     bad_in_row += 1

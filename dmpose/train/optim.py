@@ -57,8 +57,10 @@ def build_scheduler(opt, sched, steps_per_epoch: int, total_steps: int, base_lr:
 
 class ModelEMA:
     """Exponential moving average of the model's state: floating-point parameters and buffers (BN running
-    statistics) are averaged with `decay`, integer buffers copied; no decay warm-up, so early on the average still
-    holds decay^steps of the initial weights. `module` is a full model in eval mode."""
+    statistics) are averaged, integer buffers copied. The decay is warmed up as timm's and YOLOv5's,
+    min(decay, (1 + t) / (10 + t)) at optimiser step t, so the average forgets the initial weights (without it,
+    decay 0.995 left 19% of them in at step 330 and the EMA's AP was 0 where the raw weights' was 0.17).
+    `module` is a full model in eval mode."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval()
@@ -66,13 +68,20 @@ class ModelEMA:
             p.requires_grad_(False)
         self.decay = decay
 
+    def decay_at(self, step: int) -> float:
+        """The decay used by the update after optimiser step `step` (0-based)."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        """Fold in `model`'s state after optimiser step `step` (0-based: the trainer's step count before it
+        increments, so a resumed run continues the same sequence of decays)."""
+        d = self.decay_at(step)
         src = model.state_dict()
         for k, v in self.module.state_dict().items():
             s = src[k].detach()
             if v.dtype.is_floating_point:
-                v.lerp_(s.to(v.dtype), 1 - self.decay)
+                v.lerp_(s.to(v.dtype), 1 - d)
             else:
                 v.copy_(s)
 
