@@ -184,8 +184,8 @@ class TrainLoopConfig(BaseModel):
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 where the GPU supports it, "
                                                         "else fp16 with a scaler; on the CPU bf16 where it is "
                                                         "native (AVX512-BF16/AMX), else off. The losses are fp32.")
-    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights; null: off. With EMA, best is "
-                              "chosen on the EMA weights.")
+    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, warmed up as min(decay, "
+                              "(1 + t) / (10 + t)) at step t; null: off. With EMA, best is chosen on the EMA weights.")
     seed: int = Field(0, ge=0, description="Seed of every RNG.")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (slower on GPU).")
     threads: int | Literal["auto"] = Field("auto", description="torch CPU threads; auto: chosen and logged.")
