@@ -172,6 +172,61 @@ def resolve_options(options: DMLossOptions | None, kwargs: dict[str, Any], sourc
         raise SpecError(str(e).replace("demander_mode", "demanders")) if renamed else e from None
 
 
+def _solve_labelled(heatmaps: Tensor, keypoints: Tensor, flat_w: Tensor, idx: Tensor | None, opts: DMLossOptions,
+                    backend: str, need_grad: bool, record: dict, values: Tensor, grad: Tensor | None
+                    ) -> tuple[Tensor, Tensor | None]:
+    """Solve the labelled problems (all when idx is None) on `backend`: the weighted values into `values` (B*K,)
+    and, when need_grad, the weighted gradient into the zeroed `grad` (B*K, H, W); returns both."""
+    b, k, h, w = heatmaps.shape
+    out_dtype, everything = values.dtype, idx is None
+    select = (lambda t: t) if everything else (lambda t: t[idx])
+    xy, mass = demanders(select(keypoints.reshape(-1, 2)).to(out_dtype), opts.demander_mode)
+    solve, grad_mode = dm_sinkhorn_torch, opts.grad if need_grad else "none"
+    if backend == "cpu":
+        from dmpose.kernels.cpu import cpu_kernel_skip_reason, dm_sinkhorn_cpu
+
+        reason = cpu_kernel_skip_reason(heatmaps, xy, opts.eps)
+        if reason is not None and opts.backend == "cpu":
+            raise ValueError(f"backend='cpu' cannot take these heatmaps: {reason}")
+        if reason is None:  # the kernel reads the labelled rows in place and writes w * gradient there
+            rows = torch.arange(b * k) if everything else idx
+            cost, grad, record["marginal_error"], record["iterations"] = dm_sinkhorn_cpu(
+                heatmaps.reshape(-1, h, w), xy, mass, eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol,
+                grad=grad_mode, supplier=opts.suppliers, beta=opts.supplier_beta, rows=rows,
+                grad_out=grad, grad_weight=select(flat_w))
+            values[rows] = cost * select(flat_w)
+            return values, grad
+    if backend == "triton":
+        from dmpose.kernels.sinkhorn import dm_sinkhorn_triton as solve
+
+        xy, mass = xy.float(), mass.float()  # the kernels take fp32 coordinates and masses
+        grad_mode = opts.grad  # one launch gives value and gradient
+    hm_sel = select(heatmaps.reshape(-1, h, w))
+    common = dict(eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol, grad=grad_mode)
+    sup, beta = opts.suppliers, opts.supplier_beta
+    if backend == "triton" and sup != "relu":
+        # the kernel normalises relu(X): give it the (positive) supplier map and chain the gradient
+        # through the map here, in torch (one elementwise pass each way)
+        cost, g, record["marginal_error"], record["iterations"] = solve(
+            supplier_map(hm_sel.float(), sup, beta), xy, mass, **common)
+        g = g * supplier_map_derivative(hm_sel.float(), sup, beta)
+    elif backend == "triton":
+        cost, g, record["marginal_error"], record["iterations"] = solve(hm_sel, xy, mass, **common)
+    else:
+        cost, g, record["marginal_error"], record["iterations"] = solve(
+            hm_sel, xy, mass, supplier=sup, beta=beta, **common)
+    w_sel = select(flat_w)
+    if everything:
+        values = cost.to(out_dtype) * w_sel
+        if need_grad:
+            grad = g.to(out_dtype).mul_(w_sel[:, None, None])
+    else:
+        values[idx] = cost.to(out_dtype) * w_sel
+        if need_grad:
+            grad[idx] = g.to(out_dtype) * w_sel[:, None, None]
+    return values, grad
+
+
 class _DMLossFunction(torch.autograd.Function):
     """Forward solves the selected problems and saves the weighted gradient; backward scales it."""
 
@@ -187,55 +242,9 @@ class _DMLossFunction(torch.autograd.Function):
         values = torch.zeros(b * k, dtype=out_dtype, device=heatmaps.device)
         # no gradient wanted (torch.no_grad(), or heatmaps that do not require grad): none is computed
         grad = torch.zeros(b * k, h, w, dtype=out_dtype, device=heatmaps.device) if need_grad else None
-        select = (lambda t: t) if everything else (lambda t: t[idx])
         if everything or idx.numel() > 0:
-            xy, mass = demanders(select(keypoints.reshape(-1, 2)).to(out_dtype), opts.demander_mode)
-            solve, grad_mode = dm_sinkhorn_torch, opts.grad if need_grad else "none"
-            if backend == "cpu":
-                from dmpose.kernels.cpu import cpu_kernel_skip_reason, dm_sinkhorn_cpu
-
-                reason = cpu_kernel_skip_reason(heatmaps, xy, opts.eps)
-                if reason is not None and opts.backend == "cpu":
-                    raise ValueError(f"backend='cpu' cannot take these heatmaps: {reason}")
-                if reason is None:  # the kernel reads the labelled rows in place and writes w * gradient there
-                    rows = torch.arange(b * k) if everything else idx
-                    cost, grad, record["marginal_error"], record["iterations"] = dm_sinkhorn_cpu(
-                        heatmaps.reshape(-1, h, w), xy, mass, eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol,
-                        grad=grad_mode, supplier=opts.suppliers, beta=opts.supplier_beta, rows=rows,
-                        grad_out=grad, grad_weight=select(flat_w))
-                    values[rows] = cost * select(flat_w)
-                    if need_grad:
-                        ctx.save_for_backward(grad)
-                    ctx.heatmap_dtype = heatmaps.dtype
-                    return values.reshape(b, k)
-            if backend == "triton":
-                from dmpose.kernels.sinkhorn import dm_sinkhorn_triton as solve
-
-                xy, mass = xy.float(), mass.float()  # the kernels take fp32 coordinates and masses
-                grad_mode = opts.grad  # one launch gives value and gradient
-            hm_sel = select(heatmaps.reshape(-1, h, w))
-            common = dict(eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol, grad=grad_mode)
-            sup, beta = opts.suppliers, opts.supplier_beta
-            if backend == "triton" and sup != "relu":
-                # the kernel normalises relu(X): give it the (positive) supplier map and chain the gradient
-                # through the map here, in torch (one elementwise pass each way)
-                cost, g, record["marginal_error"], record["iterations"] = solve(
-                    supplier_map(hm_sel.float(), sup, beta), xy, mass, **common)
-                g = g * supplier_map_derivative(hm_sel.float(), sup, beta)
-            elif backend == "triton":
-                cost, g, record["marginal_error"], record["iterations"] = solve(hm_sel, xy, mass, **common)
-            else:
-                cost, g, record["marginal_error"], record["iterations"] = solve(
-                    hm_sel, xy, mass, supplier=sup, beta=beta, **common)
-            w_sel = select(flat_w)
-            if everything:
-                values = cost.to(out_dtype) * w_sel
-                if need_grad:
-                    grad = g.to(out_dtype).mul_(w_sel[:, None, None])
-            else:
-                values[idx] = cost.to(out_dtype) * w_sel
-                if need_grad:
-                    grad[idx] = g.to(out_dtype) * w_sel[:, None, None]
+            values, grad = _solve_labelled(heatmaps, keypoints, flat_w, idx, opts, backend, need_grad, record,
+                                           values, grad)
         if need_grad:
             ctx.save_for_backward(grad)
         ctx.heatmap_dtype = heatmaps.dtype
