@@ -445,9 +445,14 @@ def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor 
     m = torch.where(inside, mass, 0.0)
     m = m / m.sum(-1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
     pix = iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)
-    on_cpu_kernel = select_loss_backend(opts.backend, heatmaps.device) == "cpu" and dtype == torch.float32
-    if opts.backend == "cpu" and not on_cpu_kernel:
-        raise ValueError("backend='cpu' cannot take these heatmaps: float64 heatmaps use the torch path")
+    on_cpu_kernel = select_loss_backend(opts.backend, heatmaps.device) == "cpu"
+    if on_cpu_kernel:
+        from dmpose.kernels.cpu import cpu_tensor_skip_reason
+
+        reason = cpu_tensor_skip_reason(heatmaps)
+        if reason is not None and opts.backend == "cpu":
+            raise ValueError(f"backend='cpu' cannot take these heatmaps: {reason}")
+        on_cpu_kernel = reason is None
     flat = heatmaps.reshape(b * k, h * w)
     if on_cpu_kernel:  # reads the labelled rows in place; the gradient comes back for all rows (zero elsewhere)
         per_joint = _DemanderCECPUFunction.apply(flat, pix, m, flat_w[idx], opts.supplier_beta, idx)

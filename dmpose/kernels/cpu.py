@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["cpu_kernel_status", "cpu_kernel_skip_reason", "dm_sinkhorn_cpu", "demander_ce_cpu", "SOURCE", "FLAGS"]
+__all__ = ["cpu_kernel_status", "cpu_kernel_skip_reason", "cpu_tensor_skip_reason", "dm_sinkhorn_cpu",
+           "demander_ce_cpu", "SOURCE", "FLAGS"]
 
 SOURCE = Path(__file__).with_name("dm_cpu.c")
 #: -fopenmp-simd: vectorise the marked reductions without -ffast-math (which would change NaN/inf rules)
@@ -128,13 +129,22 @@ def _table_extent(demander_xy: Tensor, height: int, width: int) -> tuple[int, in
     return ty, tx
 
 
-def cpu_kernel_skip_reason(heatmaps: Tensor, demander_xy: Tensor, eps: float) -> str | None:
-    """Why the CPU kernel cannot take these problems (None: it can): CPU float32/16/bf16 heatmaps (float64
-    goes to the torch path, the reference), demanders on pixel centres, exp(-d / eps) representable."""
+def cpu_tensor_skip_reason(heatmaps: Tensor) -> str | None:
+    """Why the CPU kernels cannot read these heatmaps (None: they can): CPU float32/16/bf16 only (float64 goes
+    to the torch path, the reference)."""
     if heatmaps.device.type != "cpu":
         return f"heatmaps are on {heatmaps.device}"
     if heatmaps.dtype == torch.float64:
         return "float64 heatmaps use the torch path"
+    return None
+
+
+def cpu_kernel_skip_reason(heatmaps: Tensor, demander_xy: Tensor, eps: float) -> str | None:
+    """Why the CPU kernel cannot take these problems (None: it can): CPU float32/16/bf16 heatmaps (float64
+    goes to the torch path, the reference), demanders on pixel centres, exp(-d / eps) representable."""
+    reason = cpu_tensor_skip_reason(heatmaps)
+    if reason is not None:
+        return reason
     if demander_xy.numel() and not bool((demander_xy == demander_xy.floor()).all()):
         return "demanders off pixel centres"
     if demander_xy.numel():
