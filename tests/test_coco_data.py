@@ -77,7 +77,7 @@ def blob_image(shape_hw, point, sigma):
 def test_augmented_crops_keep_keypoints_on_their_pixels(coco_sample):
     """Render a Gaussian marker at each labelled joint in the image, warp it with the sample's affine,
     and check the marker's centroid in the crop lands where keypoints_hm says (with the left/right swap)."""
-    aug = AugmentConfig(rotation_prob=1.0, flip_prob=0.5, half_body_prob=0.3)
+    aug = AugmentConfig(rotation_prob=1.0, flip_prob=0.5, half_body_prob=0.3, shift_factor=0.16, shift_prob=0.5)
     ds = CocoKeypoints(coco_sample / "test_coco.json", coco_sample, make_transform(aug))
     torch.manual_seed(0)
     flips, checked = set(), 0
@@ -188,3 +188,28 @@ def test_standard_layout(coco_sample, tmp_path):
     shutil.copy(coco_sample / "test_coco.json", tmp_path / "annotations" / "person_keypoints_val2017.json")
     ann, img = coco_paths(tmp_path, "val2017")
     assert ann.is_file() and img.is_dir()
+
+
+def test_box_shift_moves_the_centre_within_its_factor_and_only_when_enabled():
+    kp, vis = np.zeros((17, 2)), np.zeros(17)
+    center, size = np.array([100.0, 120.0]), np.array([60.0, 80.0])
+    base = dict(scale_factor=0.0, rotation_prob=0.0, flip_prob=0.0, half_body_prob=0.0)
+    shifted = make_transform(AugmentConfig(**base, shift_factor=0.16, shift_prob=1.0))
+    offsets = np.array([(shifted.draw(center, size, kp, vis, np.random.default_rng(i)).center - center) / size
+                        for i in range(400)])
+    assert np.abs(offsets).max() <= 0.16 and np.abs(offsets).max() > 0.15  # U(-f, f) of the size, per axis
+    assert (offsets < 0).any(axis=0).all() and (offsets > 0).any(axis=0).all()
+    half = make_transform(AugmentConfig(**base, shift_factor=0.16, shift_prob=0.5))
+    moved = [not np.array_equal(half.draw(center, size, kp, vis, np.random.default_rng(i)).center, center)
+             for i in range(400)]
+    assert 0.4 < np.mean(moved) < 0.6
+    # off (the default, HRNet's recipe): no draw is taken, so the other augmentations keep their random stream
+    hrnet, off = make_transform(AugmentConfig()), make_transform(AugmentConfig(shift_factor=0.16, shift_prob=0.0))
+    for i in range(20):
+        a, b = (t.draw(center, size, kp, vis, np.random.default_rng(i)) for t in (hrnet, off))
+        assert np.array_equal(a.center, b.center) and np.array_equal(a.size, b.size)
+        assert (a.rotation, a.flip) == (b.rotation, b.flip)
+    with pytest.raises(ValueError, match="shift_prob"):
+        AugmentConfig(shift_prob=2.0)
+    with pytest.raises(ValueError, match="shift_factor"):
+        AugmentConfig(shift_factor=-0.1)

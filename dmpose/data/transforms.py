@@ -11,6 +11,9 @@ The HRNet recipe, with its defaults for COCO:
   scale: size x clip(1 + N(0,1) * 0.35, 0.65, 1.35);
   rotation (prob 0.6): clip(N(0,1) * 45, -90, 90) degrees;
   horizontal flip (prob 0.5): mirrored in the affine, left/right joints swapped.
+Beyond it, off by default (HRNet has none): box shift (prob shift_prob): the centre moves by
+  U(-1, 1) * shift_factor * size on each axis, as MMPose's RandomBBoxTransform (0.16, prob 0.3 there) —
+  training on the jitter of a detector's boxes.
 """
 
 from __future__ import annotations
@@ -41,16 +44,20 @@ class AugmentConfig:
     half_body_prob: float = 0.3
     half_body_min_joints: int = 8
     half_body_padding: float = 1.5
+    shift_factor: float = 0.0
+    shift_prob: float = 0.0
 
     # read by pydantic when a config schema embeds this dataclass (dmpose.train.config): unknown keys are errors
     __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self):
-        for name in ("rotation_prob", "flip_prob", "half_body_prob"):
+        for name in ("rotation_prob", "flip_prob", "half_body_prob", "shift_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.scale_factor < 1.0:
             raise ValueError(f"augment.scale_factor must be in [0, 1), got {self.scale_factor}")
+        if not 0.0 <= self.shift_factor <= 1.0:
+            raise ValueError(f"augment.shift_factor must be in [0, 1], got {self.shift_factor}")
         if self.rotation_factor < 0 or self.half_body_padding <= 0:
             raise ValueError("augment.rotation_factor must be >= 0 and augment.half_body_padding > 0")
 
@@ -166,6 +173,9 @@ class TopDownTransform:
         if rng.random() < cfg.rotation_prob:
             d.rotation = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf))
         d.flip = bool(rng.random() < cfg.flip_prob)
+        # drawn only when enabled, so that configs without it keep their random stream
+        if cfg.shift_prob > 0 and cfg.shift_factor > 0 and rng.random() < cfg.shift_prob:
+            d.center = d.center + rng.uniform(-1.0, 1.0, 2) * cfg.shift_factor * d.size
         return d
 
     def __call__(self, image: np.ndarray, center, size, keypoints, visible,

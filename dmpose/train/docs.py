@@ -21,6 +21,8 @@ _AUGMENT_HELP = {
     "half_body_prob": "Probability of the half-body crop.",
     "half_body_min_joints": "Half-body needs more labelled joints than this.",
     "half_body_padding": "Half-body box enlargement.",
+    "shift_factor": "Box shift: the centre moves by U(-1, 1) x f x size per axis (MMPose's 0.16; HRNet: none).",
+    "shift_prob": "Probability of the box shift (0: off, the HRNet recipe; MMPose 0.3).",
 }
 
 
@@ -64,6 +66,10 @@ def _type_name(ann) -> str:
     if origin in (list, tuple):
         args = [a for a in typing.get_args(ann) if a is not Ellipsis]
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if origin is typing.Annotated:  # a constrained item type: float (> 0, finite)
+        base, *meta = typing.get_args(ann)
+        limits = _limits([m for field in meta for m in getattr(field, "metadata", [field])])
+        return f"{_type_name(base)}{f' ({limits})' if limits else ''}"
     if ann is type(None):
         return "null"
     return getattr(ann, "__name__", str(ann))
