@@ -487,3 +487,36 @@ def test_aux_terms_are_refused_for_the_mse_loss_and_ce_for_relu_maps(tmp_path):
         load_config(data={"loss": {"dm_weight": 0.0}})
     with pytest.raises(ConfigError, match="dm_weight = 2 weights the DM term; it needs loss.name 'dm'"):
         load_config(data={"loss": {"name": "mse", "dm_weight": 2.0}})
+
+
+def test_joint_weights_multiply_the_visibility_weights_of_every_training_loss(synth_root, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from dmpose.data.keypoints import load_keypoint_set
+    from dmpose.loss import demander_cross_entropy, dm_loss, mse_loss
+    from dmpose.train.loop import build_datasets, loss_fn
+
+    sigmas = np.array(load_keypoint_set("coco17").sigmas)
+    oks = load_config(data={"loss": {"joint_weights": "oks"}}).joint_weights()
+    np.testing.assert_allclose(oks, (1 / sigmas) / (1 / sigmas).mean())  # 1 / sigma, mean 1: the face weighs most
+    assert load_config(data={}).joint_weights() is None
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_ce": 2.0, "loss.aux_until": None,
+                                                          "loss.joint_weights": "oks"}))
+    ds, _ = build_datasets(cfg, cfg.pose_spec())
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    hm, kp = torch.randn(4, 17, 16, 12), batch["keypoints_hm"]
+    w = batch["weights"] * torch.tensor(oks, dtype=torch.float32)
+    expected = dm_loss(hm, kp, w, cfg.loss.dm) + 2.0 * demander_cross_entropy(hm, kp, w, cfg.loss.dm)
+    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.5), expected)
+    assert not torch.allclose(expected, dm_loss(hm, kp, batch["weights"], cfg.loss.dm)
+                              + 2.0 * demander_cross_entropy(hm, kp, batch["weights"], cfg.loss.dm))
+    listed = [float(v) for v in range(1, 18)]
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.name": "mse", "loss.joint_weights": listed}))
+    ds, _ = build_datasets(cfg, cfg.pose_spec())
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    w = batch["weights"] * torch.tensor(listed)
+    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu"), mse_loss(hm, batch["target"]["heatmaps"], w))
+    with pytest.raises(ConfigError, match="loss.joint_weights lists 3 weights; keypoint set 'coco17' has 17"):
+        load_config(data={"loss": {"joint_weights": [1.0, 2.0, 3.0]}})
+    with pytest.raises(ConfigError, match="greater than 0"):
+        load_config(data={"loss": {"joint_weights": [1.0] * 16 + [0.0]}})

@@ -16,8 +16,9 @@ any machine; `check_paths` checks them before training and names the missing pat
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -81,6 +82,11 @@ class LossConfig(BaseModel):
     aux_ce: float = Field(0.0, ge=0, allow_inf_nan=False, description="dm only (softplus suppliers): weight of "
                           "an auxiliary cross-entropy of the supplier distribution at the demanders "
                           "(dmpose.loss.demander_cross_entropy) added to the DM loss; 0: pure DM.")
+    joint_weights: Literal["oks"] | list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
+        None, description="Per-joint weights of the training loss, multiplying the visibility weights (as "
+        "MMPose's dataset joint_weights): one positive number per joint of model.keypoints, or 'oks': 1 / sigma_j from "
+        "the keypoint set's OKS sigmas, scaled to mean 1 (the face's small tolerance weighs more); null: all 1. MSE "
+        "squares them with the residual (HRNet's use_target_weight); validation losses stay unweighted.")
     aux_until: float | None = Field(1.0, gt=0, le=1, description="Fraction of the training steps over which "
                                     "the auxiliary weights (aux_mse, aux_ce) fall linearly to 0 (1: to the last "
                                     "step; the loss of the steps after it is pure DM); null: they stay constant.")
@@ -211,6 +217,23 @@ class ValConfig(BaseModel):
     crops: int = Field(8, ge=0, description="Validation crops drawn in val_epochNNN.jpg.")
 
 
+@functools.lru_cache(maxsize=8)
+def resolve_joint_weights(keypoints: str, value: str | tuple[float, ...]) -> tuple[float, ...]:
+    """loss.joint_weights for the keypoint set `keypoints`: 'oks' gives 1 / sigma_j from its OKS sigmas,
+    scaled to mean 1; a tuple must hold one weight per joint."""
+    kps = KeypointSpec.builtin(keypoints)
+    if value == "oks":
+        if kps.sigmas is None:
+            raise ValueError(f"loss.joint_weights 'oks' needs OKS sigmas, and keypoint set {kps.name!r} has none "
+                             "(give one weight per joint instead)")
+        inverse = [1.0 / s for s in kps.sigmas]
+        return tuple(v * len(inverse) / sum(inverse) for v in inverse)
+    if len(value) != len(kps.names):
+        raise ValueError(f"loss.joint_weights lists {len(value)} weights; keypoint set {kps.name!r} has "
+                         f"{len(kps.names)} joints")
+    return tuple(float(v) for v in value)
+
+
 class TrainConfig(BaseModel):
     """A training run: `dmpose train CONFIG.yaml`."""
 
@@ -233,7 +256,13 @@ class TrainConfig(BaseModel):
                              f"batch); got {self.loss.dm.reduction!r}")
         if self.data.dataset == "mpii" and self.model.keypoints == "coco17":
             raise ValueError("data.dataset mpii needs model.keypoints mpii16")
+        self.joint_weights()
         return self
+
+    def joint_weights(self) -> tuple[float, ...] | None:
+        """loss.joint_weights resolved for model.keypoints (None: all 1)."""
+        jw = self.loss.joint_weights
+        return None if jw is None else resolve_joint_weights(self.model.keypoints, jw if jw == "oks" else tuple(jw))
 
     def codec_spec(self) -> CodecSpec:
         if self.loss.name == "dm":

@@ -77,12 +77,16 @@ def _gaussian_codec(heatmap_wh: tuple[int, int], sigma: float, flavour: str):
 
 
 def loss_fn(cfg: TrainConfig, heatmaps: torch.Tensor, batch: dict, device, progress: float = 0.0) -> torch.Tensor:
-    """The training loss in fp32 (outside autocast): loss.dm_weight times DM on the dots (plus, at `progress` =
+    """The training loss in fp32 (outside autocast), each joint weighted by its visibility weight times
+    loss.joint_weights: loss.dm_weight times DM on the dots (plus, at `progress` =
     step / total steps, loss.aux_mse's weight times MSE on Gaussian targets and loss.aux_ce's times the demander
     cross-entropy), or MSE on Gaussian targets."""
     from dmpose.loss import demander_cross_entropy, dm_loss, mse_loss
 
     w = batch["weights"].to(device, non_blocking=True)
+    joint_w = cfg.joint_weights()
+    if joint_w is not None:  # loss.joint_weights times the visibility weights
+        w = w * torch.tensor(joint_w, dtype=w.dtype, device=w.device)
     if cfg.loss.name == "dm":
         hm, kp = heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True)
         dm_w = cfg.loss.dm_weight
