@@ -18,6 +18,7 @@ from dmpose.train.config import check_paths, packaged_configs
 from dmpose.train.events import EpochEnd, StepEnd
 from dmpose.train.loop import DEAD_WARN_SHARE
 from dmpose.train.run_folder import RUN_FILES
+from dmpose.train.state import load_state
 
 TIMING = ("images_per_second", "data_wait", "epoch_time_s", "val_time_s", "eta_s")
 
@@ -247,6 +248,36 @@ def test_non_finite_steps_are_skipped_then_stop_naming_the_step(synth_root, tmp_
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"train.max_bad_steps": 2, "train.epochs": 3}))
     with pytest.raises(TrainingError, match=r"2 non-finite steps in a row, the last at step 2"):
         train(cfg, run_dir=tmp_path / "nan")
+
+
+def test_non_finite_heatmaps_skip_the_step_and_leave_the_model_as_it_was(synth_root, tmp_path, monkeypatch):
+    import dmpose.train.loop as loop
+
+    real_build, calls = loop.build_model, {"train": 0}
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+
+        def nan_at_second_training_forward(module, inputs, out):
+            if not module.training:
+                return out
+            calls["train"] += 1
+            return out * float("nan") if calls["train"] == 2 else out
+
+        # at the first convolution, so that every batch norm sees NaN (and its running statistics with it)
+        first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        first_conv.register_forward_hook(nan_at_second_training_forward)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build)
+    messages = []
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"train.epochs": 1}))
+    result = train(cfg, run_dir=tmp_path / "nanhm", callbacks=[lambda e: messages.append(getattr(e, "text", ""))])
+    assert result.status == "finished"
+    assert any("step 2: non-finite heatmaps; step skipped (1 so far)" in m for m in messages)
+    assert metric_rows(tmp_path / "nanhm", "metrics.csv")[-1]["skipped"] == "1"
+    state = load_state(tmp_path / "nanhm" / "last.state.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())  # BN statistics too
 
 
 def test_ema_decay_is_warmed_up_and_follows_the_step():

@@ -459,6 +459,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     fwd = torch.compile(model) if cfg.model.compile else model
     final = _final_layer(raw, spec.num_joints)
+    # a skipped step must leave the model as it was: its forward pass has already moved the batch-norm
+    # running statistics (NaN ones, when the heatmaps were not finite), so they are put back
+    buffers = list(raw.buffers())
+    buffers_before = [b.clone() for b in buffers]
     main_metric = "PCKh@0.5" if val.kind == "mpii" else "AP"
 
     # state
@@ -567,6 +571,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                                 generator=loader_gen, persistent_workers=False)
             t_epoch, wait, seen = time.perf_counter(), 0.0, 0
             loss_sum, epoch_losses = 0.0, []
+            bad_heatmaps = False  # a micro-batch of this optimiser step had non-finite heatmaps
             micro_target = (steps_per_epoch - step_in_epoch) * accum
             it = iter(loader)
             for micro in range(micro_target):
@@ -576,13 +581,19 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                 last = (micro + 1) % accum == 0
                 log_now = last and (step + 1) % cfg.train.log_every == 0
                 x = batch["image"].to(device, non_blocking=True).to(memory_format=fmt)
+                if micro % accum == 0 and buffers:
+                    torch._foreach_copy_(buffers_before, buffers)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     hm = fwd(x)
                 hm = hm.float()
                 grad_hm: list[torch.Tensor] = []
                 if log_now:
                     hm.register_hook(grad_hm.append)  # the gradient reaching the heatmaps
-                loss = loss_fn(cfg, hm, batch, device, step / max(total_steps, 1))
+                if bool(torch.isfinite(hm).all()):
+                    loss = loss_fn(cfg, hm, batch, device, step / max(total_steps, 1))
+                else:  # a NaN loss with zero gradients: the step is skipped and counted (DDP still all-reduces)
+                    bad_heatmaps = True
+                    loss = hm.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0 + float("nan")
                 sync = contextlib.nullcontext() if (last or world == 1) else model.no_sync()
                 with sync:
                     scaler.scale(loss / accum).backward()
@@ -602,7 +613,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                     step_loss = float(mean_loss) / world
                 loss_ok, grad_ok = bool(flags[0]), bool(flags[1])
                 diag = step_diagnostics(hm, batch, spec.codec, grad_hm[0] if grad_hm else None, final) \
-                    if log_now else {}
+                    if log_now and not bad_heatmaps else {}
                 if loss_ok and (grad_ok or use_scaler):
                     scaler.step(opt)  # the fp16 scaler itself skips a step with inf/NaN gradients
                     bad_in_row = 0
@@ -611,14 +622,17 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                 else:
                     skipped += 1
                     bad_in_row += 1
-                    log(f"step {step + 1}: non-finite {'loss' if not loss_ok else 'gradient'}; step skipped "
-                        f"({skipped} so far)", "warning")
+                    if buffers:
+                        torch._foreach_copy_(buffers, buffers_before)
+                    what = "heatmaps" if bad_heatmaps else "loss" if not loss_ok else "gradient"
+                    log(f"step {step + 1}: non-finite {what}; step skipped ({skipped} so far)", "warning")
                     if bad_in_row >= cfg.train.max_bad_steps:
                         raise TrainingError(f"{bad_in_row} non-finite steps in a row, the last at step {step + 1} "
                                             f"(epoch {epoch + 1}): training stopped (lower optim.lr, set "
                                             "optim.grad_clip, or train.amp=off)")
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
+                bad_heatmaps = False
                 cur_lr = opt.param_groups[0]["lr"]
                 with warnings.catch_warnings():  # a skipped step still advances the schedule (steps are counted)
                     warnings.simplefilter("ignore", UserWarning)
