@@ -280,6 +280,27 @@ def test_non_finite_heatmaps_skip_the_step_and_leave_the_model_as_it_was(synth_r
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())  # BN statistics too
 
 
+def test_metrics_jsonl_is_appended_and_a_torn_last_line_is_dropped_on_resume(tmp_path):
+    from dmpose.train.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    for s in (1, 2, 3):
+        folder.log_step({"step": s, "loss": float(s)})
+    path = folder.file("metrics.jsonl")
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    with open(path, "a") as f:
+        f.write('{"step": 4, "lo')  # a crash in the middle of an append
+    resumed = RunFolder(tmp_path / "run")
+    resumed.load_metrics(upto_step=2, upto_epoch=0)  # the state was saved at step 2
+    resumed.log_step({"step": 3, "loss": 30.0})  # the first write of the process rewrites what is kept
+    resumed.log_step({"step": 4, "loss": 40.0})
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 30.0}, {"step": 4, "loss": 40.0}]
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')  # torn anywhere but the end: refused, named
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not JSON"):
+        RunFolder(tmp_path / "run").load_metrics(upto_step=2, upto_epoch=0)
+
+
 def test_ema_decay_is_warmed_up_and_follows_the_step():
     from torch import nn
 

@@ -3,7 +3,9 @@
 config.yaml (resolved), env.json, metrics.csv (one row per epoch), metrics.jsonl (one row per logged
 step), last.safetensors / best.safetensors (+ best.json), last.state.pt (resume state), optional
 epoch_NNN.safetensors, curves.png, val_epochNNN.jpg. Every file is written atomically (dmpose.atomic):
-the whole file is rewritten into a temporary file and renamed, so a crash never leaves a torn file.
+the whole file is rewritten into a temporary file and renamed, so a crash never leaves a torn file — except
+metrics.jsonl, which is appended one line per logged step (rewritten atomically once per process); a crash
+can tear only its last line, which resuming drops.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         self.steps: list[dict[str, Any]] = []
         self.epochs: list[dict[str, Any]] = []
+        self._steps_on_disk = False  # metrics.jsonl holds self.steps (then log_step appends)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -70,7 +73,17 @@ class RunFolder:
         """On resume: keep the rows the resumed state had written (later rows came after the state)."""
         jl = self.file("metrics.jsonl")
         if jl.is_file():
-            rows = [json.loads(line) for line in jl.read_text().splitlines() if line.strip()]
+            rows = []
+            lines = jl.read_text().splitlines()
+            for n, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if n == len(lines) - 1:  # torn by a crash while appending: that step is after the state
+                        break
+                    raise ValueError(f"{jl}: line {n + 1} is not JSON") from None
             self.steps = [r for r in rows if r["step"] <= upto_step]
         mc = self.file("metrics.csv")
         if mc.is_file():
@@ -79,8 +92,17 @@ class RunFolder:
             self.epochs = [{k: _num(v) for k, v in r.items()} for r in rows if int(r["epoch"]) <= upto_epoch]
 
     def log_step(self, row: dict[str, Any]) -> None:
+        """One line per logged step. The first call of a process rewrites the file atomically with the rows
+        kept so far (on resume: the resumed state's), later calls append one line each, so a run's writes
+        stay linear in its length; a crash can tear only the last line, which `load_metrics` drops."""
         self.steps.append(row)
-        self.write_text("metrics.jsonl", "".join(json.dumps(r, default=_json_default) + "\n" for r in self.steps))
+        line = json.dumps(row, default=_json_default) + "\n"
+        if not self._steps_on_disk:
+            self.write_text("metrics.jsonl", "".join(json.dumps(r, default=_json_default) + "\n" for r in self.steps))
+            self._steps_on_disk = True
+        else:
+            with open(self.file("metrics.jsonl"), "a") as f:
+                f.write(line)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         self.epochs.append(row)
