@@ -203,6 +203,69 @@ def test_ctrl_c_saves_a_resumable_state_mid_epoch(workers, synth_root, tmp_path)
     # augmentation is fixed by (seed, epoch, index))
     assert same_weights(weights(full.run_dir), weights(done.run_dir))
     assert metric_rows(full.run_dir, "metrics.jsonl") == metric_rows(done.run_dir, "metrics.jsonl")
+    assert metric_rows(full.run_dir, "metrics.csv") == metric_rows(done.run_dir, "metrics.csv")  # train_loss too
+
+
+def test_a_real_sigint_stops_at_a_safe_point_and_resumes_exactly(synth_root, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import dmpose.train.loop as loop
+
+    full = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "full")
+    at = full.plan["steps_per_epoch"] + 1
+
+    def sigint_inside_a_step(event):  # the callback runs inside the step: the stop waits for a safe point
+        if isinstance(event, StepEnd) and event.step == at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    messages = []
+    cut = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "cut",
+                callbacks=[sigint_inside_a_step, lambda e: messages.append(getattr(e, "text", ""))])
+    assert cut.status == "interrupted" and cut.steps == at
+    assert any(f"interrupted: saved the state of step {at}" in m for m in messages)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    done = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=cut.run_dir, resume=cut.run_dir)
+    assert same_weights(weights(full.run_dir), weights(done.run_dir))
+    assert metric_rows(full.run_dir, "metrics.csv") == metric_rows(done.run_dir, "metrics.csv")
+
+    # during the validation at the end of epoch 1 the state is consistent: it stops at once, and the resumed
+    # run starts with that validation (the epoch's steps are all done)
+    real_validate, calls = loop.validate, {"n": 0}
+
+    def validate_interrupted_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_validate(*args, **kwargs)
+
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"val.every": 1}))
+    every = train(cfg, run_dir=tmp_path / "every_full")
+    monkeypatch.setattr(loop, "validate", validate_interrupted_once)
+    cut = train(cfg, run_dir=tmp_path / "every_cut")
+    state = torch.load(cut.run_dir / "last.state.pt", weights_only=True)
+    assert cut.status == "interrupted" and state["epoch"] == 0
+    assert state["step_in_epoch"] == full.plan["steps_per_epoch"]
+    done = train(cfg, run_dir=cut.run_dir, resume=cut.run_dir)
+    assert same_weights(weights(every.run_dir), weights(done.run_dir))
+    assert metric_rows(every.run_dir, "metrics.csv") == metric_rows(done.run_dir, "metrics.csv")
+
+
+def test_a_second_sigint_stops_at_once_without_saving(synth_root, tmp_path):
+    import os
+    import signal
+
+    def two_sigints(event):
+        if isinstance(event, StepEnd) and event.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    messages = []
+    cut = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "forced",
+                callbacks=[two_sigints, lambda e: messages.append(getattr(e, "text", ""))])
+    assert cut.status == "interrupted" and not (cut.run_dir / "last.state.pt").exists()
+    assert any("nothing saved" in m for m in messages)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_training_crops_do_not_depend_on_workers_or_torch_rng(synth_root):

@@ -3,8 +3,9 @@ and writes the run folder. One function to read top to bottom, in the style of n
 PyTorch ImageNet example; the pieces it calls live in config.py, optim.py, state.py, run_folder.py and
 validate.py. Progress goes out as typed events (events.py) to the callbacks; nothing here prints.
 
-Resume: the state is written at the end of every epoch and when the run is interrupted (KeyboardInterrupt
-from Ctrl-C or from a callback), with the RNG states of the last completed step. Resuming re-creates the
+Resume: the state is written at the end of every epoch and when the run is interrupted (Ctrl-C, handled
+by dmpose.train.interrupt so that it stops at a safe point, or a KeyboardInterrupt from a callback), with the
+RNG states and the epoch's step losses of the last completed step. Resuming re-creates the
 epoch's sampler order (seed + epoch) and skips the samples already used, so with `train.workers: 0` a
 resumed run is bit for bit the uninterrupted one on the CPU, mid-epoch included (docs/training.md).
 """
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 import dmpose
 from dmpose.train.config import TrainConfig, check_paths, config_to_yaml
 from dmpose.train.events import EpochEnd, Message, RunEnd, RunStart, StepEnd, ValidationEnd
+from dmpose.train.interrupt import InterruptGuard
 from dmpose.train.optim import ModelEMA, build_optimizer, build_scheduler, effective_lr
 from dmpose.train.run_folder import RunFolder
 from dmpose.train.state import load_state, rng_state, save_state, set_rng_state
@@ -470,6 +472,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     best: dict[str, Any] = {"metric": main_metric, "value": None, "epoch": None,
                             "weights": "ema" if ema else "raw", "boxes": val.boxes}
     skipped = 0
+    resumed_losses: list[float] = []  # the losses of the resumed epoch's steps done before the state was saved
     if resume is not None:
         path = Path(resume)
         path = path / "last.state.pt" if path.is_dir() else path
@@ -482,6 +485,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
             ema.load_state_dict(st["ema"])
         epoch, step, step_in_epoch = st["epoch"], st["step"], st["step_in_epoch"]
         best, skipped = st["best"], st["skipped"]
+        resumed_losses = list(st.get("epoch_losses", []))
         set_rng_state(st["rng"][rank] if isinstance(st["rng"], list) else st["rng"], loader_gen)
         log(f"resumed from {path}: epoch {epoch}, step {step}" + (f" (+{step_in_epoch} in the epoch)"
                                                                    if step_in_epoch else ""))
@@ -530,7 +534,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
         save_state(folder.file("last.state.pt"), {
             "model": raw.state_dict(), "ema": ema.state_dict() if ema else None, "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": ep, "step": step,
-            "step_in_epoch": in_epoch, "best": best, "skipped": skipped, "rng": rngs, "config": config_yaml})
+            "step_in_epoch": in_epoch, "epoch_losses": list(epoch_losses) if in_epoch else [], "best": best,
+            "skipped": skipped, "rng": rngs, "config": config_yaml})
 
     def run_validation(ep: int) -> dict[str, Any]:
         module = ema.module if ema is not None else raw
@@ -560,6 +565,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     bad_in_row = 0
     warned_dead = 0  # the last epoch whose dead-heatmap warning was given
     raw.train()
+    epoch_losses: list[float] = []  # the logged loss of each step of the epoch so far (metrics.csv train_loss)
+    guard = InterruptGuard().__enter__()  # Ctrl-C stops at a safe point (dmpose.train.interrupt)
     try:
         while epoch < cfg.train.epochs:
             sampler.set_epoch(epoch)
@@ -570,13 +577,15 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                                 num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
                                 generator=loader_gen, persistent_workers=False)
             t_epoch, wait, seen = time.perf_counter(), 0.0, 0
-            loss_sum, epoch_losses = 0.0, []
+            loss_sum = 0.0
+            epoch_losses = resumed_losses if step_in_epoch else []
             bad_heatmaps = False  # a micro-batch of this optimiser step had non-finite heatmaps
             micro_target = (steps_per_epoch - step_in_epoch) * accum
             it = iter(loader)
             for micro in range(micro_target):
                 t0 = time.perf_counter()
-                batch = next(it)
+                with guard.safe():
+                    batch = next(it)
                 wait += time.perf_counter() - t0
                 last = (micro + 1) % accum == 0
                 log_now = last and (step + 1) % cfg.train.log_every == 0
@@ -668,49 +677,58 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                 loss_sum = 0.0
                 emit(StepEnd(epoch + 1, step, total_steps, step_loss_shown, smoothed if smoothed is not None
                              else float("nan"), cur_lr, ips, wait / max(el, 1e-9), eta, skipped, row))
-            # end of epoch
+            # end of epoch (`epoch` counts completed epochs: it moves on once this one's validation is done, so
+            # a state saved during the validation resumes into it)
             el = time.perf_counter() - t_epoch
             losses = [v for v in epoch_losses if math.isfinite(v)]
-            epoch += 1
-            step_in_epoch = 0
-            row = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            done = epoch + 1
+            row = {"epoch": done, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                    "lr": opt.param_groups[0]["lr"], "images_per_second": seen * world / max(el, 1e-9),
                    "data_wait": wait / max(el, 1e-9), "epoch_time_s": el, "skipped": skipped}
-            if epoch % cfg.val.every == 0 or epoch == cfg.train.epochs:
+            if done % cfg.val.every == 0 or done == cfg.train.epochs:
                 t_val = time.perf_counter()
-                metrics = run_validation(epoch)
+                with guard.safe():
+                    metrics = run_validation(done)
                 if main:
                     value = metrics.get(main_metric)
                     is_best = value is not None and (best["value"] is None or value > best["value"])
                     if is_best:
-                        best.update(value=value, epoch=epoch)
+                        best.update(value=value, epoch=done)
                         save_model(ema.module if ema else raw, "best.safetensors",
-                                   {"epoch": epoch, main_metric: value})
+                                   {"epoch": done, main_metric: value})
                         folder.write_json("best.json", best)
                     row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                     row["val_time_s"] = time.perf_counter() - t_val
                     last_metrics = metrics
-                    emit(ValidationEnd(epoch, val.boxes, metrics, main_metric, is_best, dict(best)))
+                    emit(ValidationEnd(done, val.boxes, metrics, main_metric, is_best, dict(best)))
                 if world > 1:
                     obj = [best]
                     dist.broadcast_object_list(obj, src=0)
                     best = obj[0]
             if main and folder is not None:
                 folder.log_epoch(row)
-                if cfg.train.checkpoint_every and epoch % cfg.train.checkpoint_every == 0:
-                    save_model(ema.module if ema else raw, f"epoch_{epoch:03d}.safetensors", {"epoch": epoch})
+                if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0:
+                    save_model(ema.module if ema else raw, f"epoch_{done:03d}.safetensors", {"epoch": done})
             last_rng[0] = rng_state(loader_gen)  # after validation, whose loaders draw from the torch RNG
+            epoch, step_in_epoch = done, 0
             save_resume(epoch, 0)
             if main and folder is not None and cfg.train.curves and ("val_time_s" in row or epoch == cfg.train.epochs):
-                folder.plot_curves(main_metric)  # at each validation and at the end (a figure costs ~1 s)
+                with guard.safe():
+                    folder.plot_curves(main_metric)  # at each validation and at the end (a figure costs ~1 s)
             emit(EpochEnd(epoch, row))
+            guard.check()
     except KeyboardInterrupt:
         status = "interrupted"
-        save_resume(epoch, step_in_epoch)
-        if main and folder is not None and cfg.train.curves:
-            folder.plot_curves(main_metric)
-        log(f"interrupted: saved the state of step {step} (resume with --resume)", "warning")
+        if guard.forced:
+            log(f"stopped at once (a second Ctrl-C) during step {step + 1}: nothing saved; the run folder keeps "
+                "the state of the last completed epoch, if any (resume with --resume)", "warning")
+        else:
+            save_resume(epoch, step_in_epoch)
+            if main and folder is not None and cfg.train.curves:
+                folder.plot_curves(main_metric)
+            log(f"interrupted: saved the state of step {step} (resume with --resume)", "warning")
     finally:
+        guard.__exit__(None, None, None)
         if world > 1 and status != "interrupted":
             dist.barrier()
     wall = time.perf_counter() - t_run
