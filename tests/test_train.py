@@ -152,6 +152,7 @@ def test_one_epoch_smoke_and_run_folder(loss, synth_root, tmp_path):
         assert math.isfinite(step[key]), key
     row = metric_rows(run, "metrics.csv")[0]
     assert {"train_loss", "lr", "AP", "val_loc_error_hm", "val_dm_loss"} <= set(row)
+    assert row["val_boxes"].startswith("detections (")  # the boxes are named in every output
     state = torch.load(run / "last.state.pt", weights_only=True)
     assert state["epoch"] == 1 and state["step"] == res.steps
     assert {"python", "numpy", "torch", "loader"} <= set(state["rng"])

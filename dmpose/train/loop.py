@@ -698,6 +698,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
                                    {"epoch": done, main_metric: value})
                         folder.write_json("best.json", best)
                     row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                    row["val_boxes"] = val.boxes  # what AP/PCKh was measured on (the val_* heatmap metrics: GT boxes)
                     row["val_time_s"] = time.perf_counter() - t_val
                     last_metrics = metrics
                     emit(ValidationEnd(done, val.boxes, metrics, main_metric, is_best, dict(best)))
@@ -714,7 +715,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
             save_resume(epoch, 0)
             if main and folder is not None and cfg.train.curves and ("val_time_s" in row or epoch == cfg.train.epochs):
                 with guard.safe():
-                    folder.plot_curves(main_metric)  # at each validation and at the end (a figure costs ~1 s)
+                    folder.plot_curves(main_metric, val.boxes)  # at each validation and at the end (~1 s a figure)
             emit(EpochEnd(epoch, row))
             guard.check()
     except KeyboardInterrupt:
@@ -725,7 +726,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
         else:
             save_resume(epoch, step_in_epoch)
             if main and folder is not None and cfg.train.curves:
-                folder.plot_curves(main_metric)
+                folder.plot_curves(main_metric, val.boxes)
             log(f"interrupted: saved the state of step {step} (resume with --resume)", "warning")
     finally:
         guard.__exit__(None, None, None)

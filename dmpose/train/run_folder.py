@@ -117,7 +117,9 @@ class RunFolder:
         self.write_text("metrics.csv", buf.getvalue())
 
     # ---- figures ------------------------------------------------------------------------------
-    def plot_curves(self, main_metric: str) -> Path:
+    def plot_curves(self, main_metric: str, boxes: str = "") -> Path:
+        """curves.png: per epoch (loss, lr, `main_metric` on `boxes`, GT-box localisation error) and per logged
+        step (loss and the DM diagnostics)."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -148,8 +150,8 @@ class RunFolder:
             twin.plot(*zip(*pts), color="tab:orange", marker=".")
             twin.tick_params(labelsize=7)
         panel(axes[0, 1], x, ep, ["lr"], "learning rate")
-        panel(axes[0, 2], x, ep, [main_metric], f"validation {main_metric}")
-        panel(axes[0, 3], x, ep, ["val_loc_error_hm"], "val localisation error (heatmap px)")
+        panel(axes[0, 2], x, ep, [main_metric], f"validation {main_metric}" + (f", {boxes}" if boxes else ""))
+        panel(axes[0, 3], x, ep, ["val_loc_error_hm"], "val localisation error (heatmap px, GT boxes)")
         s = [r["step"] for r in st]
         panel(axes[1, 0], s, st, ["loss"], "train loss per logged step")
         panel(axes[1, 1], s, st, ["dead_share", "mass_2px"], "dead heatmaps / mass within 2 px")
