@@ -464,6 +464,22 @@ def test_few_steps_on_the_real_mpii_sample_pckh(mpii_sample, tmp_path):
     assert res.steps == 2 and "PCKh@0.5" in res.last_metrics and res.best["metric"] == "PCKh@0.5"
 
 
+def test_hrformer_schedule_warms_up_in_steps_and_steps_down_at_epochs_170_and_200():
+    import dmpose
+    from dmpose.train.optim import lr_factor
+
+    cfg = load_config(str(Path(dmpose.__file__).parent / "configs" / "coco" / "hrformer_base_256x192_dm.yaml"))
+    sched = cfg.schedule
+    for per_epoch in (586, 2341):  # 8 GPUs x 32 and 2 GPUs x 32 on COCO train2017
+        total = 210 * per_epoch
+        f = lambda s, n=per_epoch, t=total: lr_factor(s, sched, n, t, cfg.optim.lr)  # noqa: E731
+        assert f(0) == pytest.approx(0.001) and f(250) == pytest.approx(0.001 + 0.999 * 0.5) and f(500) == 1.0
+        assert f(170 * per_epoch - 1) == 1.0 and f(170 * per_epoch) == pytest.approx(0.1)
+        assert f(200 * per_epoch) == pytest.approx(0.01)
+    legacy = sched.model_copy(update={"warmup_unit": None})  # null: the warm-up in `unit` (epochs here)
+    assert lr_factor(586, legacy, 586, 210 * 586, cfg.optim.lr) < 0.01
+
+
 def test_hrformer_recipe_configs_exclude_the_relative_position_tables_from_weight_decay():
     """The HRFormer configs' optimiser groups equal the model's own no-decay rule (hrformer_param_groups)."""
     import dmpose

@@ -175,7 +175,9 @@ class ScheduleConfig(BaseModel):
     unit: Literal["epoch", "step"] = Field("epoch", description="Unit of milestones and warm-up.")
     milestones: list[int] = Field([170, 200], description="Step schedule milestones.")
     gamma: float = Field(0.1, gt=0, le=1, description="Step schedule factor.")
-    warmup: int = Field(0, ge=0, description="Linear warm-up length (in `unit`).")
+    warmup: int = Field(0, ge=0, description="Linear warm-up length (in `warmup_unit`).")
+    warmup_unit: Literal["epoch", "step"] | None = Field(None, description="Unit of the warm-up; null: `unit`. "
+                                                         "HRFormer: 500 steps of warm-up, milestones in epochs.")
     warmup_start: float = Field(0.001, ge=0, le=1, description="Warm-up starts at this fraction of the lr.")
     min_lr: float = Field(0.0, ge=0, description="Cosine floor (absolute lr).")
 

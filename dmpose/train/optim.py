@@ -35,7 +35,7 @@ def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optim
 def lr_factor(step: int, sched, steps_per_epoch: int, total_steps: int, base_lr: float) -> float:
     """Multiplier of the base lr after `step` optimiser steps (a pure function: resumable, reproducible)."""
     unit = steps_per_epoch if sched.unit == "epoch" else 1
-    warm = sched.warmup * unit
+    warm = sched.warmup * (steps_per_epoch if (sched.warmup_unit or sched.unit) == "epoch" else 1)
     if warm > 0 and step < warm:
         return sched.warmup_start + (1 - sched.warmup_start) * step / warm
     if sched.name == "constant":
