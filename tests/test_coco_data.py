@@ -133,14 +133,15 @@ def test_augment_config_validation():
     assert AugmentConfig.from_dict({"rotation_factor": 30}).rotation_factor == 30
 
 
-def _write_coco(tmp_path, annotations, image_name="a.jpg", image_bytes=None):
+def _write_coco(tmp_path, annotations, image_name="a.jpg", image_bytes=None, category_keypoints=None):
     (tmp_path / "img").mkdir(exist_ok=True)
     if image_bytes is not None:
         (tmp_path / "img" / image_name).write_bytes(image_bytes)
     ann = {
         "images": [{"id": 1, "file_name": image_name, "width": 64, "height": 64}],
         "annotations": annotations,
-        "categories": [{"id": 1, "name": "person"}],
+        "categories": [{"id": 1, "name": "person",
+                        **({"keypoints": category_keypoints} if category_keypoints is not None else {})}],
     }
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     return tmp_path / "ann.json", tmp_path / "img"
@@ -170,7 +171,15 @@ def test_bad_inputs(tmp_path):
     ann, img = _write_coco(tmp_path, [_ann(8, bbox=[0, 0, -3, 10])])
     with pytest.raises(ValueError, match="annotation id 8 has a negative box size"):
         CocoKeypoints(ann, img, t)
-    ann, img = _write_coco(tmp_path, [_ann(9), _ann(10, iscrowd=1)])
+    names = list(t.keypoint_set.names)
+    ann, img = _write_coco(tmp_path, [_ann(11)], category_keypoints=names[:5] + ["chin"] + names[6:])
+    with pytest.raises(ValueError, match=r"ann.json: category 'person' names other keypoints than keypoint set "
+                                         r"'coco17' \(keypoint 5 is 'chin' there and 'left_shoulder'"):
+        CocoKeypoints(ann, img, t)
+    ann, img = _write_coco(tmp_path, [_ann(11)], category_keypoints=names[:16])
+    with pytest.raises(ValueError, match=r"\(16 keypoints, the keypoint set 17\)"):
+        CocoKeypoints(ann, img, t)
+    ann, img = _write_coco(tmp_path, [_ann(9), _ann(10, iscrowd=1)], category_keypoints=names)
     ds = CocoKeypoints(ann, img, t)
     assert len(ds) == 1
     with pytest.raises(FileNotFoundError, match="a.jpg"):

@@ -365,6 +365,39 @@ def test_metrics_jsonl_is_appended_and_a_torn_last_line_is_dropped_on_resume(tmp
         RunFolder(tmp_path / "run").load_metrics(upto_step=2, upto_epoch=0)
 
 
+def test_custom_keypoint_set_trains_from_a_config_and_bad_sets_are_refused_up_front(synth_root, tmp_path):
+    """A COCO-format dataset with its own 7 keypoints (a keypoint YAML) trains and validates with only a config."""
+    keep = [0, 1, 2, 5, 6, 9, 10]  # nose, eyes, shoulders, wrists of the synthetic COCO-17 people
+    names = ["head", "eye_l", "eye_r", "shoulder_l", "shoulder_r", "hand_l", "hand_r"]
+    root = tmp_path / "custom"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (root / split).symlink_to(synth_root / split)
+        data = json.loads((synth_root / "annotations" / f"person_keypoints_{split}.json").read_text())
+        for a in data["annotations"]:
+            k = np.asarray(a["keypoints"], dtype=float).reshape(17, 3)[keep]
+            a["keypoints"], a["num_keypoints"] = k.ravel().tolist(), int((k[:, 2] > 0).sum())
+        data["categories"] = [{"id": 1, "name": "person", "keypoints": names, "skeleton": []}]
+        (root / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(data))
+    (root / "person_detection_results").symlink_to(synth_root / "person_detection_results")
+    spec = {"name": "seven", "keypoints": names, "upper_body": names,
+            "flip_pairs": [["eye_l", "eye_r"], ["shoulder_l", "shoulder_r"], ["hand_l", "hand_r"]],
+            "sigmas": [0.026, 0.025, 0.025, 0.079, 0.079, 0.062, 0.062]}
+    (tmp_path / "seven.yaml").write_text(yaml.safe_dump(spec))
+    over = {"model.keypoints": str(tmp_path / "seven.yaml"), "data.dataset": "coco", "data.root": str(root),
+            "train.epochs": 1}
+    res = train(load_config(data=tiny(synth_root, tmp_path, **over)), run_dir=tmp_path / "seven")
+    assert res.status == "finished" and math.isfinite(res.last_metrics["AP"])
+    assert weights(res.run_dir)["final_layer.weight"].shape[0] == 7
+
+    (tmp_path / "nosig.yaml").write_text(yaml.safe_dump({k: v for k, v in spec.items() if k != "sigmas"}))
+    with pytest.raises(ValueError, match=r"keypoint set 'seven' \(model.keypoints\) has no OKS sigmas"):
+        train(load_config(data=tiny(synth_root, tmp_path, **{**over, "model.keypoints": str(tmp_path / "nosig.yaml")})),
+              dry_run=True)
+    with pytest.raises(ValueError, match=r"category 'person' names other keypoints than keypoint set 'coco17'"):
+        train(load_config(data=tiny(synth_root, tmp_path, **{**over, "model.keypoints": "coco17"})), dry_run=True)
+
+
 def test_ema_decay_is_warmed_up_and_follows_the_step():
     from torch import nn
 

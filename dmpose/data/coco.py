@@ -155,6 +155,7 @@ class CocoKeypoints(Dataset):
         if not isinstance(data, dict):
             raise ValueError(f"annotation file {self.ann_file} must hold a JSON object, got {type(data).__name__}")
         self.images = self._load_images(data["images"])
+        self._check_categories(data.get("categories", []))
         self.gt_records = self._load_gt(data.get("annotations", []))
         self.detections = None if detections is None else Path(detections)
         self.records = (self.gt_records if detections is None
@@ -196,6 +197,23 @@ class CocoKeypoints(Dataset):
         for rec in self.records:
             self.read_image(rec.file_name)
         return len(self._cache)
+
+    def _check_categories(self, categories) -> None:
+        """A category that names its keypoints must name the keypoint set's, in its order: the same count
+        with other names would silently train joint i on another joint's labels."""
+        ks = self.transform.keypoint_set
+        for c in categories if isinstance(categories, list) else []:
+            names = c.get("keypoints") if isinstance(c, dict) else None
+            if not isinstance(names, list) or list(names) == list(ks.names):
+                continue
+            if len(names) != len(ks.names):
+                detail = f"{len(names)} keypoints, the keypoint set {len(ks.names)}"
+            else:
+                i = next(i for i, (a, b) in enumerate(zip(names, ks.names)) if a != b)
+                detail = f"keypoint {i} is {names[i]!r} there and {ks.names[i]!r} in the keypoint set"
+            raise ValueError(f"{self.ann_file}: category {c.get('name')!r} names other keypoints than keypoint set "
+                             f"'{ks.name}' ({detail}); give the dataset's keypoints in a keypoint YAML "
+                             "(model.keypoints: path/to/keypoints.yaml, docs/training.md)")
 
     def _load_images(self, images) -> dict[int, dict]:
         path = self.ann_file

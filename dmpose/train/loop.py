@@ -419,9 +419,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     seed_all(cfg.train.seed)  # the same initial weights on every rank
 
     # data
-    train_ds, val = build_datasets(cfg, spec)
-    if train_ds.transform.keypoint_set.num_keypoints != spec.num_joints:
-        raise ValueError(f"dataset has {train_ds.transform.keypoint_set.num_keypoints} joints, model {spec.num_joints}")
+    train_ds, val = build_datasets(cfg, spec)  # a COCO file whose category names other keypoints is refused there
+    if val.kind == "coco" and spec.keypoints.sigmas is None:  # up front, not at the first validation
+        raise ValueError(f"keypoint set '{spec.keypoints.name}' (model.keypoints) has no OKS sigmas: validating "
+                         "COCO-format data with OKS AP needs one per keypoint (add 'sigmas: [...]' to its YAML)")
     if workers > 0 and hasattr(train_ds, "warm_cache"):
         cached = train_ds.warm_cache()  # before the workers fork: they share it
         if cached:
