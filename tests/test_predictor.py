@@ -63,6 +63,23 @@ def test_flip_test_uses_the_spec_permutation():
     torch.testing.assert_close(hm, 0.5 * (direct + back))  # raw map: plain mean
 
 
+def test_flip_average_of_the_predictor_and_predict_heatmaps_read_the_softplus_map():
+    from dmpose.eval.inference import predict_heatmaps
+
+    model = Toy().eval()
+    images = torch.randn(2, 3, 64, 32)
+    spec = SPEC.replace(codec=CodecSpec(name="dm", supplier_map="softplus", supplier_beta=8.0))
+    with torch.no_grad():
+        direct, mirrored = model(images), model(images.flip(-1))
+    back = mirrored.flip(-1)[:, list(SPEC.keypoints.flip_index)]
+    expected = 0.5 * (decoded_map(direct, "softplus", 8.0) + decoded_map(back, "softplus", 8.0))
+    torch.testing.assert_close(TopDownPredictor(model, spec).heatmaps(images), expected)
+    helper = predict_heatmaps(model, images, "2x2", spec.keypoints.flip_pairs, supplier_map="softplus", beta=8.0)
+    torch.testing.assert_close(helper, expected)
+    relu = 0.5 * (decoded_map(direct, "relu", 1.0) + decoded_map(back, "relu", 1.0))
+    assert not torch.allclose(expected, relu)  # the two maps differ here: the test can tell them apart
+
+
 def test_predictor_checks_sizes():
     with pytest.raises(ValueError, match="input_wh"):
         TopDownPredictor(Toy(), SPEC).predict(torch.randn(1, 3, 32, 32), np.zeros((1, 2, 3)))

@@ -77,9 +77,12 @@ def predict_heatmaps(
     decode: str,
     flip_pairs: Sequence[tuple[int, int]] | None = None,
     amp: bool = True,
+    supplier_map: str | None = None,
+    beta: float = 1.0,
 ) -> Tensor:
     """Heatmaps (B, K, H, W) float32 for a batch of input crops (B, 3, H_in, W_in), with the flip test when
-    `flip_pairs` is given. Runs under float16 autocast on CUDA when `amp`."""
+    `flip_pairs` is given (averaged as `average_flip` with `supplier_map`/`beta`: pass the spec's codec's, as
+    `TopDownPredictor` does). Runs under float16 autocast on CUDA when `amp`."""
     _check_decode(decode)
     use_amp = amp and crops.is_cuda
     with torch.autocast(device_type=crops.device.type, dtype=torch.float16, enabled=use_amp):
@@ -87,4 +90,4 @@ def predict_heatmaps(
         if flip_pairs is None:
             return heatmaps
         flipped = model(crops.flip(-1)).float()
-    return average_flip(heatmaps, flip_back(flipped, flip_pairs), decode)
+    return average_flip(heatmaps, flip_back(flipped, flip_pairs), decode, supplier_map, beta)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from dmpose.codec import heatmap_to_image
-from dmpose.eval.inference import DECODERS, flip_back
+from dmpose.eval.inference import DECODERS, average_flip, flip_back
 from dmpose.spec import PoseSpec
 from dmpose.suppliers import decoded_map
 
@@ -121,12 +121,11 @@ class TopDownPredictor:
             self._check_output(heatmaps, len(images))
             flipped = self.model(images.flip(-1)).float() if self.flip else None
         codec = self.spec.codec
-        direct = decoded_map(heatmaps, codec.supplier_map, codec.supplier_beta)  # the map the loss saw
         if flipped is None:
-            return direct
+            return decoded_map(heatmaps, codec.supplier_map, codec.supplier_beta)  # the map the loss saw
         self._check_output(flipped, len(images))
-        back = decoded_map(flip_back(flipped, self.spec.keypoints.flip_pairs), codec.supplier_map, codec.supplier_beta)
-        return 0.5 * (direct + back)
+        return average_flip(heatmaps, flip_back(flipped, self.spec.keypoints.flip_pairs), codec.decode,
+                            codec.supplier_map, codec.supplier_beta)
 
     def predict(self, images: Tensor, affines_hm: Tensor | np.ndarray) -> TopDownOutput:
         """Keypoints in image pixels (B, K, 2) float64, scores (B, K), and the decoded heatmaps."""
