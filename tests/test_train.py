@@ -288,6 +288,14 @@ def test_training_crops_do_not_depend_on_workers_or_torch_rng(synth_root):
     assert not torch.equal(next(iter(DataLoader(ds, batch_size=4, sampler=order)))["image"], batches[0]["image"])
 
 
+def test_training_puts_the_denormal_flushing_back(synth_root, tmp_path):
+    from dmpose.train.loop import denormals_flushed
+
+    assert not denormals_flushed()  # torch's default: gradual underflow
+    train(load_config(data=tiny(synth_root, tmp_path, **{"train.epochs": 1})), run_dir=tmp_path / "dn")
+    assert not denormals_flushed()  # the CPU tuning of the step does not leak into the caller's numerics
+
+
 def test_cpu_threads_workers_and_amp_are_chosen_for_the_machine(monkeypatch):
     import dmpose.train.loop as loop
 
@@ -490,11 +498,20 @@ def test_few_steps_on_the_real_mpii_sample_pckh(mpii_sample, tmp_path):
         "name": "mpii_sample", "model": {"arch": "hrnet_tiny", "keypoints": "mpii16", "input_wh": [64, 64]},
         "data": {"dataset": "mpii", "train_ann": str(mpii_sample / "test_mpii.json"), "train_images": str(mpii_sample),
                  "val_ann": str(mpii_sample / "test_mpii.json"), "val_images": str(mpii_sample),
-                 "mpii_gt": str(tmp_path / "gt.mat")},
+                 "mpii_gt": str(tmp_path / "gt.mat"), "cache_images": True},
         "train": {"epochs": 1, "batch_size": 2, "threads": 1, "workers": 0, "log_every": 1, "curves": False},
         "val": {"batch_size": 64, "crops": 2}})
+    assert cfg.val.boxes == "gt"  # resolved for MPII, which has no detections
     res = train(cfg, run_dir=tmp_path / "mpii")
     assert res.steps == 2 and "PCKh@0.5" in res.last_metrics and res.best["metric"] == "PCKh@0.5"
+    assert res.plan["val_boxes"] == "annotated person boxes"
+    # data.subset: the persons of the first N images, as for COCO (a second person of the first image, last)
+    (tmp_path / "two.json").write_text(json.dumps(recs + [recs[0]]))
+    data = {**cfg.data.model_dump(mode="json"), "subset": 1, "train_ann": str(tmp_path / "two.json")}
+    sub = train(load_config(data={**cfg.model_dump(mode="json"), "data": data}), dry_run=True)
+    assert sub.plan["train_samples"] == 2
+    with pytest.raises(ConfigError, match=r"val.boxes must be gt \(or null\) and data.detections unset"):
+        load_config(data={**cfg.model_dump(mode="json"), "val": {"boxes": "detections"}})
 
 
 def test_hrformer_schedule_warms_up_in_steps_and_steps_down_at_epochs_170_and_200():

@@ -8,16 +8,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from dmpose.cli.app import app
-
-
-def _fail(console: Console, err: Exception) -> None:
-    # a local copy of the CLI error helper (the reliability work adds a shared `_fail`)
-    console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+from dmpose.cli.errors import fail
 
 
 def _fmt_eta(s: float) -> str:
@@ -122,6 +118,9 @@ def train_command(
                 raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
             # the run's own resolved config, plus --set (e.g. train.epochs=N to extend a finished run)
             cfg = load_config(Path(run_dir) / "config.yaml", set_)
+            if config is not None and (resume_from is not None or out is not None):
+                console.print(f"[yellow]note:[/yellow] resuming with {escape(str(run_dir))}/config.yaml, the run's "
+                              f"own; {escape(str(config))} is not read (change keys with --set)", highlight=False)
         else:
             if config is None:
                 raise ConfigError("give a CONFIG (a YAML file or a shipped name such as 'synthetic')")
@@ -131,7 +130,7 @@ def train_command(
             display = _Display(console, live)
             result = train(cfg, run_dir=run_dir, resume=state, callbacks=[display], dry_run=dry_run)
     except (ConfigError, TrainingError, ValueError, OSError) as err:
-        _fail(console, err)
+        fail(err, console)
     if result.status == "dry-run":
         table = Table(title="plan", show_header=False, title_justify="left")
         for k, v in result.plan.items():

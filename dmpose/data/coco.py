@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from dmpose.data.image import read_image
+from dmpose.data.image import ImageCache
 from dmpose.data.transforms import TopDownTransform
 from dmpose.geometry import box_to_center_scale
 
@@ -168,7 +168,7 @@ class CocoKeypoints(Dataset):
             self.gt_records = [r for r in self.gt_records if r.image_id in keep]
             self.records = [r for r in self.records if r.image_id in keep]
             logger.info("%s: subset of the first %d images: %d samples", self.ann_file, len(keep), len(self.records))
-        self._cache: dict[str, np.ndarray] | None = {} if cache_images else None
+        self._images = ImageCache(self.image_dir, cache_images)
 
     @classmethod
     def from_root(cls, root: str | Path, split: str, transform: TopDownTransform,
@@ -181,22 +181,13 @@ class CocoKeypoints(Dataset):
 
     def read_image(self, file_name: str) -> np.ndarray:
         """The decoded RGB image (from the cache when `cache_images`; callers must not modify it)."""
-        if self._cache is None:
-            return read_image(self.image_dir / file_name)
-        image = self._cache.get(file_name)
-        if image is None:
-            image = self._cache[file_name] = read_image(self.image_dir / file_name)
-        return image
+        return self._images.read(file_name)
 
     def warm_cache(self) -> int:
         """Decode every record's image into the cache now; returns how many are cached. Called before
         data-loader workers fork, so that they share one cache instead of each decoding its own every epoch
         (a no-op without `cache_images`)."""
-        if self._cache is None:
-            return 0
-        for rec in self.records:
-            self.read_image(rec.file_name)
-        return len(self._cache)
+        return self._images.warm(rec.file_name for rec in self.records)
 
     def _check_categories(self, categories) -> None:
         """A category that names its keypoints must name the keypoint set's, in its order: the same count

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["read_image", "warp_affine"]
+__all__ = ["ImageCache", "read_image", "warp_affine"]
 
 cv2.setNumThreads(1)
 
@@ -42,3 +42,29 @@ def warp_affine(image: np.ndarray, affine: np.ndarray, out_size_wh) -> np.ndarra
         image, np.asarray(affine, dtype=np.float64), (w, h), flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT, borderValue=0,
     )
+
+
+class ImageCache:
+    """Decoded images of one folder kept in memory by file name (`enabled`; else every read decodes).
+    Filled before data-loader workers fork (`warm`), so that they share it instead of each decoding its own.
+    Callers must not modify the arrays returned."""
+
+    def __init__(self, folder: str | Path, enabled: bool):
+        self.folder = Path(folder)
+        self._images: dict[str, np.ndarray] | None = {} if enabled else None
+
+    def read(self, file_name: str) -> np.ndarray:
+        if self._images is None:
+            return read_image(self.folder / file_name)
+        image = self._images.get(file_name)
+        if image is None:
+            image = self._images[file_name] = read_image(self.folder / file_name)
+        return image
+
+    def warm(self, file_names) -> int:
+        """Decode these images now (a no-op when disabled); returns how many are cached."""
+        if self._images is None:
+            return 0
+        for name in file_names:
+            self.read(name)
+        return len(self._images)

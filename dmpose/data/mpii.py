@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from dmpose.data.image import read_image
+from dmpose.data.image import ImageCache
 from dmpose.data.keypoints import load_keypoint_set
 from dmpose.data.transforms import TopDownTransform
 from dmpose.geometry import fix_aspect_ratio
@@ -84,7 +84,8 @@ class MpiiKeypoints(Dataset):
     """MPII json dataset (16 joints, keypoint set "mpii16"). Samples are as in dmpose.data.coco, with
     meta image (file name), index (annotation position), keypoints (16, 3) 0-based image px."""
 
-    def __init__(self, ann_file: str | Path, image_dir: str | Path, transform: TopDownTransform):
+    def __init__(self, ann_file: str | Path, image_dir: str | Path, transform: TopDownTransform,
+                 subset: int | None = None, cache_images: bool = False):
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         if transform.keypoint_set.num_keypoints != NUM_JOINTS:
             raise ValueError(f"MPII has {NUM_JOINTS} joints; keypoint set '{transform.keypoint_set.name}' has "
@@ -93,14 +94,25 @@ class MpiiKeypoints(Dataset):
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
         self.transform = transform
         self.records = _load_records(self.ann_file)
+        if subset is not None:  # the persons of the first N images, as CocoKeypoints' subset (for training)
+            if subset < 1:
+                raise ValueError(f"subset must be >= 1 images, got {subset}")
+            keep = set(list(dict.fromkeys(r.image for r in self.records))[:subset])
+            self.records = [r for r in self.records if r.image in keep]
+        self._images = ImageCache(self.image_dir, cache_images)
         logger.info("%s: %d persons", self.ann_file, len(self.records))
+
+    def warm_cache(self) -> int:
+        """Decode every record's image into the cache now (before data-loader workers fork; a no-op without
+        `cache_images`); returns how many are cached."""
+        return self._images.warm(rec.image for rec in self.records)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
-        image = read_image(self.image_dir / rec.image)
+        image = self._images.read(rec.image)
         size = fix_aspect_ratio(rec.size, self.transform.aspect_ratio)
         rng = self.transform.rng_for(index)
         meta = {"image": rec.image, "index": rec.index, "keypoints": rec.keypoints.copy()}

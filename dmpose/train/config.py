@@ -142,8 +142,10 @@ class DataConfig(BaseModel):
     detections: Path | None = Field(None, description="COCO: person detections json for validation; null: "
                                     "ROOT/person_detection_results/COCO_val2017_detections_AP_H_56_person.json.")
     mpii_gt: Path | None = Field(None, description="MPII: gt_SPLIT.mat-style file; null: ROOT/annot/gt_SPLIT.mat.")
-    subset: int | None = Field(None, ge=1, description="Train on the persons of the first N images only.")
-    val_subset: int | None = Field(None, ge=1, description="Validate on the first N images only.")
+    subset: int | None = Field(None, ge=1, description="Train on the persons of the first N images only (COCO "
+                               "and MPII).")
+    val_subset: int | None = Field(None, ge=1, description="Validate on the first N images only (MPII: the first "
+                                   "N persons, the rows of its ground-truth file).")
     cache_images: bool = Field(False, description="Keep decoded images in memory (per data-loader process).")
     padding: float = Field(1.25, gt=0, description="Person box padding.")
     augment: AugmentConfig = Field(AugmentConfig(), description="Training augmentation (HRNet recipe).")
@@ -211,8 +213,9 @@ class ValConfig(BaseModel):
 
     model_config = _STRICT
     every: int = Field(1, ge=1, description="Validate every N epochs (and after the last).")
-    boxes: Literal["detections", "gt"] = Field("detections", description="COCO person boxes: detections or "
-                                               "ground truth (labelled in every output).")
+    boxes: Literal["detections", "gt"] | None = Field(None, description="Person boxes validated: detections or "
+                                                      "ground truth (labelled in every output); null: detections "
+                                                      "for COCO-format data, gt for MPII (which has no detections).")
     flip: bool = Field(True, description="Flip test.")
     batch_size: int = Field(64, ge=1, description="Validation crops per batch.")
     oks_threshold: float = Field(0.9, gt=0, le=1, description="OKS-NMS threshold.")
@@ -256,8 +259,14 @@ class TrainConfig(BaseModel):
         if self.loss.dm.reduction != "mean":
             raise ValueError("loss.dm.reduction: the trainer reduces with 'mean' (sum over joints, mean over the "
                              f"batch); got {self.loss.dm.reduction!r}")
-        if self.data.dataset == "mpii" and self.model.keypoints == "coco17":
-            raise ValueError("data.dataset mpii needs model.keypoints mpii16")
+        if self.data.dataset == "mpii":
+            if self.model.keypoints == "coco17":
+                raise ValueError("data.dataset mpii needs model.keypoints mpii16")
+            if self.val.boxes == "detections" or self.data.detections is not None:
+                raise ValueError("MPII is validated on its annotated person boxes (PCKh): val.boxes must be gt (or "
+                                 "null) and data.detections unset for data.dataset mpii")
+        if self.val.boxes is None:  # resolved here, so that config.yaml states it
+            self.val.boxes = "gt" if self.data.dataset == "mpii" else "detections"
         self.joint_weights()
         return self
 

@@ -215,13 +215,12 @@ def build_datasets(cfg: TrainConfig, spec) -> tuple[Any, ValData]:
     if d.dataset == "mpii":
         root = Path(root) if root is not None else None
         ann = d.train_ann or root / "annot" / f"{d.train_split}.json"
-        train_ds = MpiiKeypoints(ann, d.train_images or root / "images", t_train)
+        train_ds = MpiiKeypoints(ann, d.train_images or root / "images", t_train, subset=d.subset,
+                                 cache_images=d.cache_images)
         vann = d.val_ann or root / "annot" / f"{d.val_split}.json"
-        val_ds = MpiiKeypoints(vann, d.val_images or root / "images", t_val)
+        val_ds = MpiiKeypoints(vann, d.val_images or root / "images", t_val, cache_images=d.cache_images)
         gt = load_mpii_gt(d.mpii_gt or root / "annot" / f"gt_{d.val_split}.mat")
-        if d.subset is not None:
-            train_ds.records = train_ds.records[: d.subset]
-        if d.val_subset is not None:
+        if d.val_subset is not None:  # the first N persons: the evaluator's ground-truth rows are 0..N-1
             val_ds.records = val_ds.records[: d.val_subset]
             gt = {k: v[: d.val_subset] for k, v in gt.items()}
         return train_ds, ValData(val_ds, val_ds, "mpii", "annotated person boxes", gt)
@@ -380,9 +379,23 @@ def _env(cfg, device, world, threads, workers, amp_dtype, why) -> dict[str, Any]
 
 # ---- the loop ---------------------------------------------------------------------------------------
 
+def denormals_flushed() -> bool:
+    """Whether the CPU flushes denormal floats to zero now (torch has a setter, no getter)."""
+    return float(torch.tensor([1e-39], dtype=torch.float32) * 0.5) == 0.0
+
+
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Path | None = None,
           callbacks: Iterable = (), dry_run: bool = False) -> TrainResult:
-    """Train `cfg`. run_dir: the run folder (created); resume: a last.state.pt (or a run folder holding one)."""
+    """Train `cfg`. run_dir: the run folder (created); resume: a last.state.pt (or a run folder holding one).
+    The process-wide denormal flushing the CPU step is tuned with is put back as it was when this returns."""
+    flushed = denormals_flushed()
+    try:
+        return _train(cfg, run_dir, resume, callbacks, dry_run)
+    finally:
+        torch.set_flush_denormal(flushed)
+
+
+def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool) -> TrainResult:
     callbacks = list(callbacks)
     rank, world, local_rank = _distributed()
     main = rank == 0
