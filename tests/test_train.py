@@ -120,6 +120,9 @@ def test_docs_configs_md_is_generated():
 
     path = Path(__file__).resolve().parents[1] / "docs" / "configs.md"
     assert path.read_text() == render(), "regenerate with: python -m dmpose.train.docs"
+    rows = [line.split(" | ") for line in render().splitlines() if line.startswith("| `")]
+    assert len(rows) > 80
+    assert not [r[0] for r in rows if not r[-1].strip(" |")], "every key states its meaning"
 
 
 # ---- runs -----------------------------------------------------------------------------------------

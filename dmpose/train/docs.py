@@ -39,6 +39,14 @@ _DM_HELP = {
     "backend": "auto: Triton for CUDA tensors; on the CPU the compiled C kernel (dmpose.kernels.cpu) where it "
                "compiles, else torch. cpu: that kernel or an error.",
     "reduction": "The trainer always uses mean (sum over joints, mean over the batch).",
+    "nonfinite": "raise: a map holding NaN/Inf is an error naming its (batch, joint); mask: such maps are "
+                 "left out of the loss. The trainer skips and counts a step with non-finite heatmaps first.",
+}
+
+_NORMALISATION_HELP = {
+    "mean": "Per-channel mean of pixel / 255, in channel_order (ImageNet's).",
+    "std": "Per-channel standard deviation of pixel / 255, in channel_order (ImageNet's).",
+    "channel_order": "The order of the network's input channels (images are converted before normalising).",
 }
 
 
@@ -90,7 +98,7 @@ def _default(value) -> str:
 def _section(model, prefix: str, rows: list[str]) -> None:
     subs = []
     if isinstance(model, type) and issubclass(model, BaseModel):
-        helps = _DM_HELP if model.__name__ == "DMLossOptions" else {}
+        helps = {"DMLossOptions": _DM_HELP, "Normalisation": _NORMALISATION_HELP}.get(model.__name__, {})
         items = [(n, f.annotation, f.get_default(call_default_factory=True), f.description or helps.get(n, ""),
                   f.metadata) for n, f in model.model_fields.items()]
     else:  # a stdlib dataclass (AugmentConfig)

@@ -635,7 +635,9 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
                     dist.all_reduce(mean_loss)  # the logged loss is the global batch's, as in one process
                     step_loss = float(mean_loss) / world
                 loss_ok, grad_ok = bool(flags[0]), bool(flags[1])
-                diag = step_diagnostics(hm, batch, spec.codec, grad_hm[0] if grad_hm else None, final) \
+                # the hook saw d(scale x loss / accum) / dH: report d loss / dH
+                g_hm = grad_hm[0] * (accum / scaler.get_scale() if use_scaler else accum) if grad_hm else None
+                diag = step_diagnostics(hm, batch, spec.codec, g_hm, final) \
                     if log_now and not bad_heatmaps else {}
                 if loss_ok and (grad_ok or use_scaler):
                     scaler.step(opt)  # the fp16 scaler itself skips a step with inf/NaN gradients
