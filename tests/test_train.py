@@ -210,7 +210,18 @@ def test_ctrl_c_saves_a_resumable_state_mid_epoch(workers, synth_root, tmp_path)
     assert metric_rows(full.run_dir, "metrics.csv") == metric_rows(done.run_dir, "metrics.csv")  # train_loss too
 
 
-def test_a_real_sigint_stops_at_a_safe_point_and_resumes_exactly(synth_root, tmp_path, monkeypatch):
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT handled as in a terminal: a process started in the background (nohup, `&` in a script, as CI
+    may run us) inherits it ignored, and then no Ctrl-C reaches it."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_real_sigint_stops_at_a_safe_point_and_resumes_exactly(synth_root, tmp_path, monkeypatch, terminal_sigint):
     import os
     import signal
 
@@ -255,7 +266,7 @@ def test_a_real_sigint_stops_at_a_safe_point_and_resumes_exactly(synth_root, tmp
     assert metric_rows(every.run_dir, "metrics.csv") == metric_rows(done.run_dir, "metrics.csv")
 
 
-def test_a_second_sigint_stops_at_once_without_saving(synth_root, tmp_path):
+def test_a_second_sigint_stops_at_once_without_saving(synth_root, tmp_path, terminal_sigint):
     import os
     import signal
 
