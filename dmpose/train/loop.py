@@ -612,7 +612,9 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
                 grad_hm: list[torch.Tensor] = []
                 if log_now:
                     hm.register_hook(grad_hm.append)  # the gradient reaching the heatmaps
-                if bool(torch.isfinite(hm).all()):
+                # one sum (0.08 ms; the element-wise test 2.8 ms per step here) settles the finite case; a sum
+                # that overflows on finite values falls through to the exact test
+                if bool(torch.isfinite(hm.sum())) or bool(torch.isfinite(hm).all()):
                     loss = loss_fn(cfg, hm, batch, device, step / max(total_steps, 1))
                 else:  # a NaN loss with zero gradients: the step is skipped and counted (DDP still all-reduces)
                     bad_heatmaps = True

@@ -96,13 +96,12 @@ class RunFolder:
         kept so far (on resume: the resumed state's), later calls append one line each, so a run's writes
         stay linear in its length; a crash can tear only the last line, which `load_metrics` drops."""
         self.steps.append(row)
-        line = json.dumps(row, default=_json_default) + "\n"
         if not self._steps_on_disk:
             self.write_text("metrics.jsonl", "".join(json.dumps(r, default=_json_default) + "\n" for r in self.steps))
             self._steps_on_disk = True
         else:
             with open(self.file("metrics.jsonl"), "a") as f:
-                f.write(line)
+                f.write(json.dumps(row, default=_json_default) + "\n")
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         self.epochs.append(row)
