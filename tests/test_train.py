@@ -88,6 +88,14 @@ def test_wrong_type_and_range_name_key_value_and_expectation():
         load_config(data={"data": {"augment": {"flip_prob": 2}}})
 
 
+def test_unquoted_amp_off_is_off_as_the_error_messages_write_it():
+    # YAML 1.1 reads `off` as false, in a file and in --set alike; "on" stays an error that names the choices
+    assert load_config(data={}, overrides=["train.amp=off"]).train.amp == "off"
+    assert load_config(data={"train": {"amp": False}}).train.amp == "off"
+    with pytest.raises(ConfigError, match=r"train.amp: Input should be 'auto', 'bf16', 'fp16' or 'off'"):
+        load_config(data={}, overrides=["train.amp=on"])
+
+
 def test_bad_set_and_missing_data_root(tmp_path):
     with pytest.raises(ConfigError, match=r"expected KEY=VALUE"):
         load_config(data={}, overrides=["train.epochs"])

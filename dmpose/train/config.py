@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dmpose.data.transforms import AugmentConfig
 from dmpose.spec import CodecSpec, DMLossOptions, KeypointSpec, Normalisation, PoseSpec, SpecError
@@ -206,6 +206,12 @@ class TrainLoopConfig(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1; null: cuda when available.")
     curves: bool = Field(True, description="Draw curves.png at each validation and at the end (about 1-3 s each "
                          "on a CPU).")
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted `off` (in a file or `--set train.amp=off`) as false: that is "off"."""
+        return "off" if value is False else value
 
 
 class ValConfig(BaseModel):
