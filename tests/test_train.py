@@ -724,3 +724,17 @@ def test_joint_weights_multiply_the_visibility_weights_of_every_training_loss(sy
         load_config(data={"loss": {"joint_weights": [1.0, 2.0, 3.0]}})
     with pytest.raises(ConfigError, match="greater than 0"):
         load_config(data={"loss": {"joint_weights": [1.0] * 16 + [0.0]}})
+
+
+def test_linear_and_cosine_schedules_warm_up_then_fall_to_min_lr():
+    from dmpose.train.optim import lr_factor
+
+    base = load_config(data={"schedule": {"name": "linear", "unit": "step", "warmup": 10, "min_lr": 1e-4},
+                             "optim": {"lr": 1e-3}})
+    lin, cos = base.schedule, base.schedule.model_copy(update={"name": "cosine"})
+    for sched in (lin, cos):
+        f = lambda s, sc=sched: lr_factor(s, sc, 7, 110, 1e-3)  # noqa: E731
+        assert f(0) == pytest.approx(0.001) and f(10) == pytest.approx(1.0) and f(110) == pytest.approx(0.1)
+    assert lr_factor(60, lin, 7, 110, 1e-3) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way: half-way down, linearly
+    assert lr_factor(35, lin, 7, 110, 1e-3) == pytest.approx(0.1 + 0.9 * 0.75)
+    assert lr_factor(35, cos, 7, 110, 1e-3) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))

@@ -172,8 +172,8 @@ class ScheduleConfig(BaseModel):
     """Learning-rate schedule, in epochs or steps (never wall clock)."""
 
     model_config = _STRICT
-    name: Literal["step", "cosine", "constant"] = Field("step", description="step: x gamma at each milestone; "
-                                                       "cosine: to min_lr at the end.")
+    name: Literal["step", "cosine", "linear", "constant"] = Field("step", description="step: x gamma at each "
+                                                                 "milestone; cosine / linear: to min_lr at the end.")
     unit: Literal["epoch", "step"] = Field("epoch", description="Unit of milestones and warm-up.")
     milestones: list[int] = Field([170, 200], description="Step schedule milestones.")
     gamma: float = Field(0.1, gt=0, le=1, description="Step schedule factor.")
@@ -181,7 +181,7 @@ class ScheduleConfig(BaseModel):
     warmup_unit: Literal["epoch", "step"] | None = Field(None, description="Unit of the warm-up; null: `unit`. "
                                                          "HRFormer: 500 steps of warm-up, milestones in epochs.")
     warmup_start: float = Field(0.001, ge=0, le=1, description="Warm-up starts at this fraction of the lr.")
-    min_lr: float = Field(0.0, ge=0, description="Cosine floor (absolute lr).")
+    min_lr: float = Field(0.0, ge=0, description="Floor of the cosine and linear schedules (absolute lr).")
 
 
 class TrainLoopConfig(BaseModel):

@@ -1,4 +1,4 @@
-"""Optimiser, learning-rate schedule (epochs or steps, warm-up, step/cosine) and the weight EMA."""
+"""Optimiser, learning-rate schedule (epochs or steps, warm-up, step/cosine/linear) and the weight EMA."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def lr_factor(step: int, sched, steps_per_epoch: int, total_steps: int, base_lr:
     span = max(total_steps - warm, 1)
     t = min(max(step - warm, 0) / span, 1.0)
     floor = sched.min_lr / base_lr
+    if sched.name == "linear":
+        return floor + (1 - floor) * (1 - t)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
