@@ -81,8 +81,8 @@ def predict_heatmaps(
     beta: float = 1.0,
 ) -> Tensor:
     """Heatmaps (B, K, H, W) float32 for a batch of input crops (B, 3, H_in, W_in), with the flip test when
-    `flip_pairs` is given (averaged as `average_flip` with `supplier_map`/`beta`: pass the spec's codec's, as
-    `TopDownPredictor` does). Runs under float16 autocast on CUDA when `amp`."""
+    `flip_pairs` is given (averaged as `average_flip` with `supplier_map`/`beta`: pass the spec's codec's;
+    `TopDownPredictor.heatmaps` runs its crops through here). Runs under float16 autocast on CUDA when `amp`."""
     _check_decode(decode)
     use_amp = amp and crops.is_cuda
     with torch.autocast(device_type=crops.device.type, dtype=torch.float16, enabled=use_amp):

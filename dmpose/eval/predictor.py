@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from dmpose.codec import heatmap_to_image
-from dmpose.eval.inference import DECODERS, average_flip, flip_back
+from dmpose.eval.inference import DECODERS, predict_heatmaps
 from dmpose.spec import PoseSpec
 from dmpose.suppliers import decoded_map
 
@@ -114,18 +114,15 @@ class TopDownPredictor:
             raise ValueError(f"images are {tuple(images.shape[-2:])} (H, W) but the spec's input_wh is "
                              f"{self.spec.input_wh} (W, H)")
         images = images.to(self.device, non_blocking=True)
-        use_amp = self.amp and images.is_cuda
-        with eval_mode(self.model), torch.autocast(device_type=images.device.type, dtype=torch.float16,
-                                                   enabled=use_amp):
-            heatmaps = self.model(images).float()
-            self._check_output(heatmaps, len(images))
-            flipped = self.model(images.flip(-1)).float() if self.flip else None
         codec = self.spec.codec
-        if flipped is None:
-            return decoded_map(heatmaps, codec.supplier_map, codec.supplier_beta)  # the map the loss saw
-        self._check_output(flipped, len(images))
-        return average_flip(heatmaps, flip_back(flipped, self.spec.keypoints.flip_pairs), codec.decode,
-                            codec.supplier_map, codec.supplier_beta)
+        with eval_mode(self.model):
+            heatmaps = predict_heatmaps(self.model, images, codec.decode,
+                                        self.spec.keypoints.flip_pairs if self.flip else None, self.amp,
+                                        codec.supplier_map, codec.supplier_beta)
+        self._check_output(heatmaps, len(images))
+        if self.flip:
+            return heatmaps  # the flip-averaged decoded maps
+        return decoded_map(heatmaps, codec.supplier_map, codec.supplier_beta)  # the map the loss saw
 
     def predict(self, images: Tensor, affines_hm: Tensor | np.ndarray) -> TopDownOutput:
         """Keypoints in image pixels (B, K, 2) float64, scores (B, K), and the decoded heatmaps."""
