@@ -1,3 +1,4 @@
 from dmpose.cli import main
 
-main()
+if __name__ == "__main__":  # not again in a spawned training process (train.processes), which imports this module
+    main()

@@ -142,3 +142,63 @@ def test_two_process_training_matches_one_process(synth_root, tmp_path):
     env = json.loads((tmp_path / "two" / "env.json").read_text())
     assert env["world_size"] == 2 and env["plan"]["effective_batch"] == ref.plan["effective_batch"] == 6
     assert len(losses("one")) == len(losses("two")) == 2
+
+
+def test_train_processes_starts_its_own_ranks(synth_root, tmp_path):
+    """`train.processes: 2` (dmpose.train.processes) is the same two-rank DDP run as two torchrun-style ranks:
+    the same weights to the bit, and rank 0 writes the run folder."""
+    common = {"train.epochs": 1, "val.every": 1, "train.batch_size": 3}
+    two = tiny(synth_root, tmp_path, **common)
+    mp.spawn(_worker_train, args=(2, _free_port(), two, str(tmp_path / "spawned")), nprocs=2, join=True)
+    from dmpose.train import load_config, train
+
+    result = train(load_config(data={**two, "train": {**two["train"], "processes": 2}}), run_dir=tmp_path / "own")
+    assert result.status == "finished" and result.plan["world_size"] == 2 and result.plan["effective_batch"] == 6
+    a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("spawned", "own"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ  # the environment is put back
+
+
+def _fails_on_rank_1(cfg, run_dir, resume, callbacks, dry_run):
+    import torch.distributed as dist
+
+    if dist.get_rank() == 1:
+        raise ValueError("bad things on rank 1")
+    dist.barrier()  # rank 0 waits for rank 1, whose exit closes the connection
+    return "rank 0 done"
+
+
+def test_a_failed_local_rank_is_named(synth_root, tmp_path):
+    from dmpose.train import load_config
+    from dmpose.train.loop import TrainingError
+    from dmpose.train.processes import run_local_processes
+
+    cfg = load_config(data={**tiny(synth_root, tmp_path), "train": {"processes": 2}})
+    with pytest.raises(TrainingError, match=r"training process 1 of 2 \(train.processes\) failed: "
+                                             r"ValueError: bad things on rank 1"):
+        run_local_processes(_fails_on_rank_1, cfg, tmp_path, None, (), TrainingError)
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+
+
+def test_train_processes_refused_under_torchrun_and_folded_on_other_devices(synth_root, tmp_path, monkeypatch):
+    from dmpose.train import load_config
+    from dmpose.train.config import ConfigError
+    from dmpose.train.events import Message
+    from dmpose.train.loop import _local_processes
+
+    data = tiny(synth_root, tmp_path)
+    cfg = load_config(data={**data, "train": {**data["train"], "processes": 2, "batch_size": 3}})
+    assert _local_processes(cfg, [], False) == (cfg, True)
+    seen = []
+    assert _local_processes(cfg, [seen.append], True) == (cfg, False)  # a dry run: one process
+    assert isinstance(seen[0], Message) and "dry run in one process" in seen[0].text
+    # a non-CPU device: one process with the same effective batch
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "meta"})})
+    seen.clear()
+    folded, local = _local_processes(other, [seen.append], False)
+    assert not local and folded.train.processes == 1 and folded.train.batch_size == 6 and "6 images" in seen[0].text
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match="already one of 4 ranks"):
+        _local_processes(cfg, [], False)

@@ -189,7 +189,11 @@ class TrainLoopConfig(BaseModel):
 
     model_config = _STRICT
     epochs: int = Field(210, ge=1, description="Training epochs.")
-    batch_size: int = Field(32, ge=1, description="Images per device per step.")
+    batch_size: int = Field(32, ge=1, description="Images per device (per process) per step.")
+    processes: int = Field(1, ge=1, description="CPU data parallel: this many local DDP processes (gloo), started "
+                           "by `dmpose train` itself, each with its share of the cores and batch_size images "
+                           "(effective batch processes x batch_size); on a GPU one process with that batch; "
+                           "under torchrun keep 1 (dmpose.train.processes).")
     accum_steps: int = Field(1, ge=1, description="Gradient accumulation: micro-batches per optimiser step.")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 where the GPU supports it, "
                                                         "else fp16 with a scaler; on the CPU bf16 where it is "

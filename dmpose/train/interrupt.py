@@ -6,6 +6,10 @@ next waits for data, starts a validation, or ends an epoch — and saves there. 
 or validates, the state is the last completed step's, so a SIGINT there stops at once. A second SIGINT
 before the loop has stopped stops at once without saving (the last saved state stays as it was).
 
+Under DDP (`coordinated=True`) the ranks must stop at the same step: a SIGINT is only noted (a second one still
+stops at once), every optimiser step all-reduces the ranks' `requested` flags, and the loop passes the outcome to
+`agree`; `check` and `safe` stop on that agreed flag, so all ranks stop at the same data wait.
+
 Installed only in the main thread of a process whose SIGINT handler is Python's default (elsewhere a
 KeyboardInterrupt — from a callback, say — is handled by the loop as before: it saves the state).
 """
@@ -24,7 +28,9 @@ class InterruptGuard:
     """Context manager: `requested` after one SIGINT, `forced` after a second; `safe()` marks a region
     (waiting for data, validation) where the saved state would be consistent, so a SIGINT stops at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, coordinated: bool = False) -> None:
+        self.coordinated = coordinated
+        self.agreed = False  # coordinated: some rank asked to stop (set by `agree`)
         self.requested = False
         self.forced = False
         self._safe = False
@@ -44,16 +50,21 @@ class InterruptGuard:
             self.installed = False
 
     def _handle(self, signum, frame) -> None:
-        if self._safe:
+        if self._safe and not self.coordinated:
             raise KeyboardInterrupt
         if self.requested:
             self.forced = True
             raise KeyboardInterrupt
         self.requested = True
 
+    def agree(self, any_rank_requested: bool) -> None:
+        """Coordinated: the all-reduced outcome of the ranks' `requested` flags."""
+        self.agreed = self.agreed or bool(any_rank_requested)
+
     def check(self) -> None:
-        """Stop here (KeyboardInterrupt) if a SIGINT came in since the last safe point."""
-        if self.requested:
+        """Stop here (KeyboardInterrupt) if a SIGINT came in since the last safe point (coordinated: if the
+        ranks agreed to stop)."""
+        if self.agreed if self.coordinated else self.requested:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager

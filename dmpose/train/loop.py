@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import dmpose
-from dmpose.train.config import TrainConfig, check_paths, config_to_yaml
+from dmpose.train.config import ConfigError, TrainConfig, check_paths, config_to_yaml
 from dmpose.train.events import EpochEnd, Message, RunEnd, RunStart, StepEnd, ValidationEnd
 from dmpose.train.interrupt import InterruptGuard
 from dmpose.train.optim import ModelEMA, build_optimizer, build_scheduler, effective_lr
@@ -389,10 +389,39 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
     """Train `cfg`. run_dir: the run folder (created); resume: a last.state.pt (or a run folder holding one).
     The process-wide denormal flushing the CPU step is tuned with is put back as it was when this returns."""
     flushed = denormals_flushed()
+    callbacks = list(callbacks)
     try:
+        cfg, local = _local_processes(cfg, callbacks, dry_run)
+        if local:
+            from dmpose.train.processes import run_local_processes
+
+            return run_local_processes(_train, cfg, run_dir, resume, callbacks, TrainingError)
         return _train(cfg, run_dir, resume, callbacks, dry_run)
     finally:
         torch.set_flush_denormal(flushed)
+
+
+def _local_processes(cfg: TrainConfig, callbacks: Iterable, dry_run: bool) -> tuple[TrainConfig, bool]:
+    """`train.processes` (dmpose.train.processes): whether to start local ranks, and the config to train. A
+    dry run, or a GPU run, trains in one process (a GPU one with processes x batch_size images per step)."""
+    n = cfg.train.processes
+    if n == 1:
+        return cfg, False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"train.processes: {n} starts its own local processes, but this process is already one "
+                          f"of {os.environ['WORLD_SIZE']} ranks (torchrun): set --set train.processes=1")
+    note = None
+    if _device(cfg, 0).type != "cpu":
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
+            update={"processes": 1, "batch_size": n * cfg.train.batch_size})})
+        note = (f"train.processes: {n} runs on the CPU; on {_device(cfg, 0)} one process trains with "
+                f"{cfg.train.batch_size} images per step (the same effective batch; several GPUs: torchrun)")
+    elif dry_run:
+        note = f"dry run in one process (training starts train.processes = {n})"
+    if note:
+        for cb in callbacks:
+            cb(Message(note, "info"))
+    return cfg, note is None
 
 
 def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool) -> TrainResult:
@@ -580,7 +609,8 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
     warned_dead = 0  # the last epoch whose dead-heatmap warning was given
     raw.train()
     epoch_losses: list[float] = []  # the logged loss of each step of the epoch so far (metrics.csv train_loss)
-    guard = InterruptGuard().__enter__()  # Ctrl-C stops at a safe point (dmpose.train.interrupt)
+    # Ctrl-C stops at a safe point (dmpose.train.interrupt); under DDP every rank at the same step
+    guard = InterruptGuard(coordinated=world > 1).__enter__()
     try:
         while epoch < cfg.train.epochs:
             sampler.set_epoch(epoch)
@@ -630,9 +660,11 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
                 scaler.unscale_(opt)
                 gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.optim.grad_clip or float("inf"))
                 step_loss = loss_sum / accum
-                flags = torch.tensor([math.isfinite(step_loss), bool(torch.isfinite(gnorm))], dtype=torch.float32)
+                flags = torch.tensor([math.isfinite(step_loss), bool(torch.isfinite(gnorm)), not guard.requested],
+                                     dtype=torch.float32)
                 if world > 1:
                     dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+                    guard.agree(not bool(flags[2]))  # a Ctrl-C on any rank: all stop at the next data wait
                     mean_loss = torch.tensor([step_loss], dtype=torch.float64)
                     dist.all_reduce(mean_loss)  # the logged loss is the global batch's, as in one process
                     step_loss = float(mean_loss) / world
