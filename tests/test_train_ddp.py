@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import tiny  # noqa: E402
 
+from dmpose.train.processes import free_port  # noqa: E402
+
 NO_AUGMENT = {"scale_factor": 0.0, "rotation_factor": 0.0, "rotation_prob": 0.0, "flip_prob": 0.0,
               "half_body_prob": 0.0}
 # (b): the two runs' weight updates (final - initial) agree to this relative L2 error after 6 Adam steps
@@ -27,12 +28,6 @@ NO_AUGMENT = {"scale_factor": 0.0, "rotation_factor": 0.0, "rotation_prob": 0.0,
 # mean in both) to this relative error
 TOLERANCE = 0.01
 LOSS_TOLERANCE = 1e-3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(rank: int, world: int, port: int) -> None:
@@ -98,7 +93,7 @@ def test_gathered_validation_equals_one_process(synth_root, tmp_path):
     assert len(val.dataset) % 2 == 1, "an odd count makes the sampler pad rank 1 with a repeat"
     metrics, ev = validate(model, spec, val, True, cfg.val.batch_size)
     out = tmp_path / "ddp.json"
-    mp.spawn(_worker_validate, args=(2, _free_port(), cfg_data, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker_validate, args=(2, free_port(), cfg_data, str(out)), nprocs=2, join=True)
     got = json.loads(out.read_text())
     assert got["metrics"] == metrics
     def key(r):  # the merged evaluator holds the same instances in another insertion order
@@ -115,7 +110,7 @@ def test_two_process_training_matches_one_process(synth_root, tmp_path):
     one = tiny(synth_root, tmp_path, **common, **{"train.batch_size": 6})
     two = tiny(synth_root, tmp_path, **common, **{"train.batch_size": 3})
     ref = train(load_config(data=one), run_dir=tmp_path / "one")
-    mp.spawn(_worker_train, args=(2, _free_port(), two, str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_worker_train, args=(2, free_port(), two, str(tmp_path / "two")), nprocs=2, join=True)
     a, b = load_file(str(tmp_path / "one" / "last.safetensors")), load_file(str(tmp_path / "two" / "last.safetensors"))
     assert a.keys() == b.keys()
     from dmpose.models import build_model
@@ -149,7 +144,7 @@ def test_train_processes_starts_its_own_ranks(synth_root, tmp_path):
     the same weights to the bit, and rank 0 writes the run folder."""
     common = {"train.epochs": 1, "val.every": 1, "train.batch_size": 3}
     two = tiny(synth_root, tmp_path, **common)
-    mp.spawn(_worker_train, args=(2, _free_port(), two, str(tmp_path / "spawned")), nprocs=2, join=True)
+    mp.spawn(_worker_train, args=(2, free_port(), two, str(tmp_path / "spawned")), nprocs=2, join=True)
     from dmpose.train import load_config, train
 
     result = train(load_config(data={**two, "train": {**two["train"], "processes": 2}}), run_dir=tmp_path / "own")

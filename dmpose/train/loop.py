@@ -410,11 +410,11 @@ def _local_processes(cfg: TrainConfig, callbacks: Iterable, dry_run: bool) -> tu
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(f"train.processes: {n} starts its own local processes, but this process is already one "
                           f"of {os.environ['WORLD_SIZE']} ranks (torchrun): set --set train.processes=1")
-    note = None
-    if _device(cfg, 0).type != "cpu":
+    note, device = None, _device(cfg, 0)
+    if device.type != "cpu":
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
             update={"processes": 1, "batch_size": n * cfg.train.batch_size})})
-        note = (f"train.processes: {n} runs on the CPU; on {_device(cfg, 0)} one process trains with "
+        note = (f"train.processes: {n} runs on the CPU; on {device} one process trains with "
                 f"{cfg.train.batch_size} images per step (the same effective batch; several GPUs: torchrun)")
     elif dry_run:
         note = f"dry run in one process (training starts train.processes = {n})"

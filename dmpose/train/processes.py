@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["LOCAL_TIMEOUT_S", "local_process_env", "run_local_processes"]
+__all__ = ["LOCAL_TIMEOUT_S", "free_port", "local_process_env", "run_local_processes"]
 
 # The gloo timeout of a local run: how long a rank waits for the others at a collective (the longest gap between
 # two is a validation's or a checkpoint's work on rank 0). A rank that dies closes its connections, which ends the
@@ -32,7 +32,8 @@ __all__ = ["LOCAL_TIMEOUT_S", "local_process_env", "run_local_processes"]
 LOCAL_TIMEOUT_S = 600
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a local process group's rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -88,7 +89,7 @@ def run_local_processes(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any,
     import torch.distributed as dist
 
     world = cfg.train.processes
-    port = _free_port()
+    port = free_port()
     ctx = mp.get_context("spawn")  # not fork: the parent's OpenMP pool and torch state do not survive a fork
     errors = ctx.Queue()
     children = [ctx.Process(target=_child, args=(train_fn, cfg, run_dir, resume, r, world, port, errors),
