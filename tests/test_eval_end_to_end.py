@@ -372,6 +372,7 @@ def test_cli_eval_bad_input_names_the_problem(tiny_synthetic, fresh_checkpoint, 
     missing_ckpt = tmp_path / "nope.safetensors"
     result = invoke("--ckpt", str(missing_ckpt), "--data", str(tiny_synthetic))
     assert result.exit_code == 1 and "checkpoint not found" in result.output and "nope.safetensors" in result.output
+    assert "evaluating" not in result.output  # no progress bar before the input is known to be good
 
     missing_root = tmp_path / "no_such_root"
     result = invoke("--ckpt", str(fresh_checkpoint), "--data", str(missing_root))

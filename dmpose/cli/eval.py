@@ -58,9 +58,12 @@ def eval_command(
                TimeElapsedColumn())
     with reported(console):  # OSError: missing or unreadable files (images, json, checkpoint)
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("eval", total=None, rate="")
+            task = None  # the bar appears with the first batch: input errors are reported without an empty bar
 
             def on_batch(done: int, total: int, rate: float) -> None:
+                nonlocal task
+                if task is None:
+                    task = progress.add_task("eval", total=total, rate="")
                 progress.update(task, completed=done, total=total, rate=f"{rate:.1f} img/s")
 
             try:
