@@ -13,7 +13,6 @@ resumed run is bit for bit the uninterrupted one on the CPU, mid-epoch included 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import platform
@@ -33,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import dmpose
 from dmpose.train.config import ConfigError, TrainConfig, check_paths, config_to_yaml
+from dmpose.train.criterion import Criterion, gradient_shares
 from dmpose.train.events import EpochEnd, Message, RunEnd, RunStart, StepEnd, ValidationEnd
 from dmpose.train.interrupt import InterruptGuard
 from dmpose.train.optim import ModelEMA, build_optimizer, build_scheduler, effective_lr
@@ -63,45 +63,9 @@ class TrainResult:
 
 # ---- pieces -----------------------------------------------------------------------------------------
 
-def aux_targets(cfg: TrainConfig, batch: dict, heatmap_wh: tuple[int, int]) -> torch.Tensor:
-    """(B, K, H, W) Gaussian targets (loss.mse's sigma and flavour, the MSE codec's rule) for the dots of a DM
-    batch, for the auxiliary MSE term."""
-    codec = _gaussian_codec(tuple(heatmap_wh), cfg.mse_sigma(), cfg.loss.mse.flavour)
-    kp, w = batch["keypoints_hm"].numpy(), batch["weights"].numpy()
-    return torch.from_numpy(np.stack([codec.encode(k, v > 0)["heatmaps"] for k, v in zip(kp, w)]))
-
-
-@functools.lru_cache(maxsize=4)
-def _gaussian_codec(heatmap_wh: tuple[int, int], sigma: float, flavour: str):
-    from dmpose.codec import GaussianCodec
-
-    return GaussianCodec(heatmap_wh, sigma=sigma, flavour=flavour)  # built once per run, not per step
-
-
 def loss_fn(cfg: TrainConfig, heatmaps: torch.Tensor, batch: dict, device, progress: float = 0.0) -> torch.Tensor:
-    """The training loss in fp32 (outside autocast), each joint weighted by its visibility weight times
-    loss.joint_weights: loss.dm_weight times DM on the dots (plus, at `progress` =
-    step / total steps, loss.aux_mse's weight times MSE on Gaussian targets and loss.aux_ce's times the demander
-    cross-entropy), or MSE on Gaussian targets."""
-    from dmpose.loss import demander_cross_entropy, dm_loss, mse_loss
-
-    w = batch["weights"].to(device, non_blocking=True)
-    joint_w = cfg.joint_weights()
-    if joint_w is not None:  # loss.joint_weights times the visibility weights
-        w = w * torch.tensor(joint_w, dtype=w.dtype, device=w.device)
-    if cfg.loss.name == "dm":
-        hm, kp = heatmaps.float(), batch["keypoints_hm"].to(device, non_blocking=True)
-        dm_w = cfg.loss.dm_weight
-        loss = dm_w * dm_loss(hm, kp, w, cfg.loss.dm) if dm_w > 0 else hm.new_zeros(())
-        aux = cfg.loss.aux_weight(progress, "aux_mse")
-        if aux > 0:
-            target = aux_targets(cfg, batch, (hm.shape[-1], hm.shape[-2])).to(device, non_blocking=True)
-            loss = loss + aux * mse_loss(hm, target, w)
-        aux = cfg.loss.aux_weight(progress, "aux_ce")
-        if aux > 0:
-            loss = loss + aux * demander_cross_entropy(hm, kp, w, cfg.loss.dm)
-        return loss
-    return mse_loss(heatmaps.float(), batch["target"]["heatmaps"].to(device, non_blocking=True), w)
+    """The training loss of `cfg` on one batch (`Criterion`, built here for one call; the loop builds it once)."""
+    return Criterion(cfg, device)(heatmaps, batch, progress)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -509,6 +473,7 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
     buffers = list(raw.buffers())
     buffers_before = [b.clone() for b in buffers]
     main_metric = "PCKh@0.5" if val.kind == "mpii" else "AP"
+    criterion = Criterion(cfg, device)
 
     # state
     epoch, step, step_in_epoch = 0, 0, 0
@@ -632,7 +597,8 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
                     batch = next(it)
                 wait += time.perf_counter() - t0
                 last = (micro + 1) % accum == 0
-                log_now = last and (step + 1) % cfg.train.log_every == 0
+                # logged: every log_every-th step, and the run's first (its gradient shares are reported)
+                log_now = last and ((step + 1) % cfg.train.log_every == 0 or step == 0)
                 x = batch["image"].to(device, non_blocking=True).to(memory_format=fmt)
                 if micro % accum == 0 and buffers:
                     torch._foreach_copy_(buffers_before, buffers)
@@ -640,15 +606,19 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
                     hm = fwd(x)
                 hm = hm.float()
                 grad_hm: list[torch.Tensor] = []
-                if log_now:
-                    hm.register_hook(grad_hm.append)  # the gradient reaching the heatmaps
+                shares: dict[str, float] = {}
                 # one sum (0.08 ms; the element-wise test 2.8 ms per step here) settles the finite case; a sum
                 # that overflows on finite values falls through to the exact test
                 if bool(torch.isfinite(hm.sum())) or bool(torch.isfinite(hm).all()):
-                    loss = loss_fn(cfg, hm, batch, device, step / max(total_steps, 1))
+                    terms = criterion.terms(hm, batch, step / max(total_steps, 1))
+                    loss = criterion.total(terms, hm)
+                    if log_now and hm.requires_grad:
+                        shares = gradient_shares(terms, hm)  # before the hook below, which would see these too
                 else:  # a NaN loss with zero gradients: the step is skipped and counted (DDP still all-reduces)
                     bad_heatmaps = True
                     loss = hm.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0 + float("nan")
+                if log_now and hm.requires_grad:
+                    hm.register_hook(grad_hm.append)  # the gradient reaching the heatmaps
                 sync = contextlib.nullcontext() if (last or world == 1) else model.no_sync()
                 with sync:
                     scaler.scale(loss / accum).backward()
@@ -671,7 +641,7 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
                 loss_ok, grad_ok = bool(flags[0]), bool(flags[1])
                 # the hook saw d(scale x loss / accum) / dH: report d loss / dH
                 g_hm = grad_hm[0] * (accum / scaler.get_scale() if use_scaler else accum) if grad_hm else None
-                diag = step_diagnostics(hm, batch, spec.codec, g_hm, final) \
+                diag = {**step_diagnostics(hm, batch, spec.codec, g_hm, final), **shares} \
                     if log_now and not bad_heatmaps else {}
                 if loss_ok and (grad_ok or use_scaler):
                     scaler.step(opt)  # the fp16 scaler itself skips a step with inf/NaN gradients
@@ -716,6 +686,10 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
                            "skipped": skipped, **diag}
                     if folder is not None:
                         folder.log_step(row)
+                    if step == 1 and shares:
+                        log("gradient shares at step 1 (||d term / dH|| over their sum): " + ", ".join(
+                            f"{k.removeprefix('grad_share_')} {v:.3f}" for k, v in shares.items()
+                            if k.startswith("grad_share_")))
                     # only relu maps die: a softplus map of an all-negative H is still a live distribution
                     if (spec.codec.supplier_map == "relu" and diag.get("dead_share", 0.0) >= DEAD_WARN_SHARE
                             and warned_dead < epoch + 1):
@@ -735,6 +709,11 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
             row = {"epoch": done, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                    "lr": opt.param_groups[0]["lr"], "images_per_second": seen * world / max(el, 1e-9),
                    "data_wait": wait / max(el, 1e-9), "epoch_time_s": el, "skipped": skipped}
+            if folder is not None:  # the epoch's mean gradient share of each loss term (its logged steps)
+                logged = [r for r in folder.steps if r.get("epoch") == done]
+                for key in sorted({k for r in logged for k in r if k.startswith("grad_share_")}):
+                    vals = [r[key] for r in logged if isinstance(r.get(key), float) and math.isfinite(r[key])]
+                    row[key] = float(np.mean(vals)) if vals else float("nan")
             if done % cfg.val.every == 0 or done == cfg.train.epochs:
                 t_val = time.perf_counter()
                 with guard.safe():
