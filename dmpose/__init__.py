@@ -5,24 +5,24 @@ heatmap) pixel centres sit at integer coordinates; pixel (i, j) covers [j-0.5, j
 x to the right, y down. Keypoints passed to the loss and returned by the decoders are in heatmap pixels.
 """
 
-__version__ = "0.1.0"
-
-from dmpose.codec import DMCodec, GaussianCodec
+from dmpose.codec import DMCodec, GaussianCodec, build_codec, heatmap_weights
 from dmpose.decode import decode_2x2, decode_argmax
 from dmpose.eval.coco import evaluate_coco
 from dmpose.eval.evaluate import evaluate_checkpoint
 from dmpose.eval.mpii import pckh
 from dmpose.eval.runner import predict_dataset
 from dmpose.kernels import triton_status
-from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, heatmap_weights, mse_loss
+from dmpose.loss import DMLoss, MSELoss, demanders, dm_loss, mse_loss
 from dmpose.models import build_model, load_model, read_checkpoint_spec, save_checkpoint
 from dmpose.predict import Person, Predictor
 from dmpose.spec import CodecSpec, DMLossOptions, KeypointSpec, Normalisation, PoseSpec, SpecError
+from dmpose.version import __version__
 
 __all__ = [
     "__version__",
     "DMCodec",
     "GaussianCodec",
+    "build_codec",
     "dm_loss",
     "DMLoss",
     "mse_loss",

@@ -6,20 +6,24 @@ the torch solver (`dmpose.sinkhorn`), the Triton kernels (`dmpose.kernels`), the
 from __future__ import annotations
 
 import os
+from typing import Literal, get_args
 
-__all__ = ["BACKENDS", "LOSS_BACKENDS", "DEFAULT_BLOCK", "DEFAULT_WARPS", "GRAD_MODES", "HEATMAP_DTYPE_NAMES",
-           "MAX_BLOCK", "SHIFTED_MIN_EPS", "triton_interpret"]
+__all__ = ["Backend", "LossBackend", "GradMode", "BACKENDS", "LOSS_BACKENDS", "DEFAULT_BLOCK", "DEFAULT_WARPS",
+           "GRAD_MODES", "HEATMAP_DTYPE_NAMES", "MAX_BLOCK", "SHIFTED_MIN_EPS", "triton_interpret"]
 
 #: Below this eps the row-shifted kernel (entries >= exp(-sqrt(2)/eps)) may underflow in fp32: the torch
 #: solver's ``method="auto"`` and the Triton kernel switch to the log domain there.
 SHIFTED_MIN_EPS = 0.05
 #: Gradient modes of the DM loss and of both solvers.
-GRAD_MODES = ("exact", "envelope")
-#: Kernel backends (decode and loss): "auto" (Triton for CUDA tensors, torch otherwise), "torch", "triton".
-BACKENDS = ("auto", "torch", "triton")
+GradMode = Literal["exact", "envelope"]
+#: Kernel backends (decode): "auto" (Triton for CUDA tensors, torch otherwise), "torch", "triton".
+Backend = Literal["auto", "torch", "triton"]
 #: The losses' backends add "cpu", the compiled C kernel for CPU tensors (`dmpose.kernels.cpu`), which "auto"
 #: picks on the CPU where it compiles.
-LOSS_BACKENDS = (*BACKENDS, "cpu")
+LossBackend = Literal[Backend, "cpu"]
+GRAD_MODES: tuple[str, ...] = get_args(GradMode)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+LOSS_BACKENDS: tuple[str, ...] = get_args(LossBackend)
 #: The heatmap dtypes the Triton kernels take (names of torch dtypes; float64 goes to the torch path).
 HEATMAP_DTYPE_NAMES = ("float16", "bfloat16", "float32")
 #: The most pixels per streamed Triton block (4096 spills on sm_90).

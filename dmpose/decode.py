@@ -9,29 +9,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dmpose.heatmaps import check_heatmaps, nonfinite_error, nonfinite_maps, pow2_scale
 from dmpose.kernels import select_backend
-from dmpose.sinkhorn import pow2_scale
 
 __all__ = ["decode_2x2", "decode_argmax"]
 
 NONFINITE = ("raise", "mask")
 
 
-def _check_heatmaps(heatmaps: Tensor, min_size: int) -> None:
-    if not isinstance(heatmaps, Tensor) or heatmaps.dim() != 4:
-        shape = tuple(heatmaps.shape) if isinstance(heatmaps, Tensor) else type(heatmaps).__name__
-        raise ValueError(f"heatmaps must be a (B, K, H, W) tensor, got {shape}")
-    h, w = heatmaps.shape[-2:]
-    if h < min_size or w < min_size:
-        raise ValueError(f"heatmaps must be at least {min_size}x{min_size}, got H={h}, W={w}")
-
-
 def _finite_part(heatmaps: Tensor, nonfinite: str) -> tuple[Tensor, Tensor | None]:
     """The heatmaps in float32 with non-finite maps zeroed (nonfinite="mask") or a ValueError naming the
     first (batch, joint) that holds NaN/Inf (nonfinite="raise"); and the (B, K) mask of those maps (None
     when every map is finite)."""
-    from dmpose.loss import _nonfinite_error, nonfinite_maps
-
     if nonfinite not in NONFINITE:
         raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
     hm = heatmaps.float()
@@ -41,7 +30,7 @@ def _finite_part(heatmaps: Tensor, nonfinite: str) -> tuple[Tensor, Tensor | Non
     if not bool(bad.any()):
         return hm, None
     if nonfinite == "raise":
-        raise _nonfinite_error(bad, "heatmaps")
+        raise nonfinite_error(bad, "heatmaps")
     return hm.masked_fill(bad[..., None, None], 0.0), bad
 
 
@@ -75,7 +64,7 @@ def decode_2x2(heatmaps: Tensor, *, backend: str = "auto", nonfinite: str = "rai
     Returns:
         coords (B, K, 2) float32 (x, y) in heatmap pixels, conf (B, K) float32.
     """
-    _check_heatmaps(heatmaps, 2)
+    check_heatmaps(heatmaps, min_size=2)
     hm, bad = _finite_part(heatmaps, nonfinite)
     flat = hm.flatten(-2)
     peak = flat.amax(-1)
@@ -120,7 +109,7 @@ def decode_argmax(heatmaps: Tensor, *, nonfinite: str = "raise") -> tuple[Tensor
     Returns:
         coords (B, K, 2) float32 (x, y) in heatmap pixels, conf (B, K) float32.
     """
-    _check_heatmaps(heatmaps, 1)
+    check_heatmaps(heatmaps)
     b, k, h, w = heatmaps.shape
     hm, bad = _finite_part(heatmaps, nonfinite)
     flat = hm.flatten(-2)

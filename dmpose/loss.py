@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dmpose.codec import heatmap_weights  # noqa: F401  (public here too: dmpose.loss.heatmap_weights)
+from dmpose.heatmaps import check_heatmaps, compute_dtype, inside_heatmap, nonfinite_error, nonfinite_maps
 from dmpose.kernels import select_loss_backend
+from dmpose.kernels.cpu import cpu_kernel_skip_reason, cpu_tensor_skip_reason, demander_ce_cpu, dm_sinkhorn_cpu
 from dmpose.sinkhorn import dm_sinkhorn_torch
 from dmpose.spec import DMLossOptions, SpecError
 from dmpose.suppliers import (
-    compute_dtype,
     log_softplus,
     log_softplus_derivative,
     log_supplier_distribution,
@@ -34,9 +34,9 @@ from dmpose.suppliers import (
     supplier_map_derivative,
 )
 
-__all__ = ["dm_loss", "DMLoss", "DMLossOptions", "DMLossStats", "DMConvergenceWarning", "check_heatmaps", "demanders",
+__all__ = ["dm_loss", "DMLoss", "DMLossOptions", "DMLossStats", "DMConvergenceWarning", "demanders",
            "demander_cross_entropy", "log_supplier_distribution",
-           "heatmap_weights", "nonfinite_maps", "mse_loss", "MSELoss"]
+           "mse_loss", "MSELoss"]
 
 
 class DMConvergenceWarning(RuntimeWarning):
@@ -69,24 +69,6 @@ class DMLossStats:
         return self.unconverged == 0
 
 
-def _inside(keypoints: Tensor, heatmap_size: tuple[int, int]) -> Tensor:
-    """Whether each dot (..., 2) lies in the heatmap's area [-0.5, W-0.5) x [-0.5, H-0.5) (False for NaN)."""
-    h, w = heatmap_size
-    x, y = keypoints[..., 0], keypoints[..., 1]
-    return (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
-
-
-def nonfinite_maps(heatmaps: Tensor) -> Tensor:
-    """(B, K) bool: the heatmaps of a (B, K, H, W) tensor that hold a NaN or an Inf."""
-    return ~torch.isfinite(heatmaps).flatten(2).all(-1)
-
-
-def _nonfinite_error(bad: Tensor, what: str) -> ValueError:
-    bi, ki = bad.nonzero()[0].tolist()
-    return ValueError(f"{what}[{bi}, {ki}] holds NaN/Inf values ({int(bad.sum())} of the {bad.numel()} (batch, joint) "
-                      "heatmaps are not finite); pass nonfinite='mask' to leave such joints out and count them")
-
-
 def demanders(keypoints: Tensor, mode: str = "subpixel") -> tuple[Tensor, Tensor]:
     """Demander locations (..., 4, 2) and masses (..., 4) for dots (..., 2) in heatmap pixels.
 
@@ -116,16 +98,6 @@ def demanders(keypoints: Tensor, mode: str = "subpixel") -> tuple[Tensor, Tensor
     raise ValueError(f"demander mode must be one of ('subpixel', 'naive'), got {mode!r}")
 
 
-def check_heatmaps(heatmaps: Any, name: str = "heatmaps") -> tuple[int, int, int, int]:
-    """The one (B, K, H, W) heatmap check: a 4-d floating-point tensor; returns its shape."""
-    if not isinstance(heatmaps, Tensor) or heatmaps.dim() != 4:
-        got = tuple(heatmaps.shape) if isinstance(heatmaps, Tensor) else type(heatmaps).__name__
-        raise ValueError(f"{name} must be a (B, K, H, W) tensor, got shape {got}")
-    if not heatmaps.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got dtype {heatmaps.dtype}")
-    return tuple(heatmaps.shape)
-
-
 def _validate(heatmaps, keypoints, weights) -> Tensor:
     b, k, h, w = check_heatmaps(heatmaps)
     if not isinstance(keypoints, Tensor) or keypoints.shape != (b, k, 2):
@@ -144,7 +116,7 @@ def _validate(heatmaps, keypoints, weights) -> Tensor:
         bi, ki = bad.nonzero()[0].tolist()
         raise ValueError(f"keypoints must be finite for joints with weight > 0: "
                          f"keypoints[{bi}, {ki}] = {keypoints[bi, ki].tolist()}")
-    outside = labelled & ~_inside(keypoints, (h, w))
+    outside = labelled & ~inside_heatmap(keypoints, (w, h))
     if bool(outside.any()):
         bi, ki = outside.nonzero()[0].tolist()
         raise ValueError(f"keypoints[{bi}, {ki}] = {keypoints[bi, ki].tolist()} lies outside the {h}x{w} heatmap's "
@@ -183,8 +155,6 @@ def _solve_labelled(heatmaps: Tensor, keypoints: Tensor, flat_w: Tensor, idx: Te
     xy, mass = demanders(select(keypoints.reshape(-1, 2)).to(out_dtype), opts.demander_mode)
     solve, grad_mode = dm_sinkhorn_torch, opts.grad if need_grad else "none"
     if backend == "cpu":
-        from dmpose.kernels.cpu import cpu_kernel_skip_reason, dm_sinkhorn_cpu
-
         reason = cpu_kernel_skip_reason(heatmaps, xy, opts.eps)
         if reason is not None and opts.backend == "cpu":
             raise ValueError(f"backend='cpu' cannot take these heatmaps: {reason}")
@@ -321,7 +291,7 @@ def dm_loss(
     n_bad = 0 if finite else int(bad.sum())
     if n_bad:
         if opts.nonfinite == "raise":
-            raise _nonfinite_error(bad, "heatmaps")
+            raise nonfinite_error(bad, "heatmaps")
         weights = weights.masked_fill(bad, 0)
     backend = select_loss_backend(opts.backend, heatmaps.device)
     need_grad = torch.is_grad_enabled() and heatmaps.requires_grad
@@ -408,8 +378,6 @@ class _DemanderCECPUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat: Tensor, pix: Tensor, m: Tensor, w: Tensor, beta: float, rows: Tensor) -> Tensor:
-        from dmpose.kernels.cpu import demander_ce_cpu
-
         per, grad = demander_ce_cpu(flat, pix, m, w, beta, need_grad=ctx.needs_input_grad[0], rows=rows)
         if grad is not None:
             ctx.save_for_backward(grad)
@@ -447,8 +415,6 @@ def demander_cross_entropy(heatmaps: Tensor, keypoints: Tensor, weights: Tensor 
     pix = iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)
     on_cpu_kernel = select_loss_backend(opts.backend, heatmaps.device) == "cpu"
     if on_cpu_kernel:
-        from dmpose.kernels.cpu import cpu_tensor_skip_reason
-
         reason = cpu_tensor_skip_reason(heatmaps)
         if reason is not None and opts.backend == "cpu":
             raise ValueError(f"backend='cpu' cannot take these heatmaps: {reason}")

@@ -31,6 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+# SHIFTED_MIN_EPS: below this eps the row-shifted kernel may underflow in fp32; ``method="auto"`` switches to
+# log-sum-exp (the one definition, shared with the kernels)
+from dmpose.constants import SHIFTED_MIN_EPS
+from dmpose.heatmaps import compute_dtype, normalise_mass
+from dmpose.suppliers import supplier_map, supplier_map_derivative
+
 __all__ = [
     "SinkhornResult",
     "sinkhorn",
@@ -39,14 +45,10 @@ __all__ = [
     "envelope_grad_a",
     "pixel_demander_cost",
     "suppliers",
-    "pow2_scale",
     "dm_sinkhorn_torch",
     "SHIFTED_MIN_EPS",
 ]
 
-#: Below this eps the row-shifted kernel may underflow in fp32; ``method="auto"`` switches to log-sum-exp.
-from dmpose.constants import SHIFTED_MIN_EPS  # noqa: E402  (the one definition, shared with the kernels)
-from dmpose.suppliers import compute_dtype, supplier_map, supplier_map_derivative  # noqa: E402
 
 
 @dataclass
@@ -274,29 +276,10 @@ def pixel_demander_cost(height: int, width: int, demander_xy: Tensor) -> Tensor:
     return (dy.square().unsqueeze(-1) + dx.square().unsqueeze(-2)).sqrt_().flatten(-2)  # row-major pixels
 
 
-def pow2_scale(peak: Tensor) -> Tensor:
-    """Powers of two 2^-floor(log2 peak) that bring each positive `peak` into [1, 2) (1 where peak <= 0 or is
-    not finite), the exponent clamped to the dtype's normal range (fp32: [-120, 125], as the Triton kernel).
-    Multiplying by them is exact, so sums of the scaled values stay finite for any finite input."""
-    info = torch.finfo(peak.dtype)
-    lo, hi = math.log2(info.tiny) + 6, math.floor(math.log2(info.max)) - 2
-    safe = torch.where((peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
-    e = torch.floor(torch.log2(safe)).clamp_min_(lo).clamp_max_(hi)  # (two one-sided clamps: ONNX-exportable)
-    return torch.exp2(-e)
-
-
 def _scaled_suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(a, S * scale, scale, dead): the positive mass is summed after scaling each heatmap by a power of
-    two (`pow2_scale` of its largest value), so S never overflows; S = (S * scale) / scale."""
-    flat = heatmaps.flatten(1)
-    scale = pow2_scale(flat.amax(-1))
-    r = flat.clamp_min(0) * scale[:, None]
-    total = r.sum(-1)
-    dead = total <= 0
-    a = r / torch.where(dead, torch.ones_like(total), total)[:, None]
-    if bool(dead.any()):
-        a = torch.where(dead[:, None], torch.softmax(flat, dim=-1), a)
-    return a, total, scale, dead
+    """(a, S * scale, scale, dead) of (P, H, W) maps by `dmpose.heatmaps.normalise_mass`: the positive mass is
+    summed after scaling each heatmap by a power of two, so S never overflows; S = (S * scale) / scale."""
+    return normalise_mass(heatmaps.flatten(1))
 
 
 def suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -325,7 +308,7 @@ def dm_sinkhorn_torch(
     tol: float,
     grad: str,
     supplier: str = "relu",
-    beta: float = 1.0,
+    beta: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Loss and gradient of P heatmap-vs-demanders problems (the torch twin of the Triton kernel).
 

@@ -21,15 +21,21 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dmpose.constants import GRAD_MODES, LOSS_BACKENDS
+from dmpose.constants import GradMode, LossBackend
+from dmpose.keypoints import KeypointSpec
 
 __all__ = [
+    "DecodeRule",
+    "SupplierMap",
+    "DecodedMap",
     "DECODE_RULES",
     "SUPPLIER_MAPS",
+    "DECODED_MAPS",
+    "JOINT_THRESHOLDS",
     "KeypointSpec",
     "Normalisation",
     "CodecSpec",
@@ -41,10 +47,23 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-DECODE_RULES = ("2x2", "argmax")
-#: The map the DM loss normalises into suppliers, and so the map the decode must read (see
-#: `dmpose.suppliers`): "relu" is the paper's relu(H), "softplus" never dies; "raw" is H itself (MSE models).
-SUPPLIER_MAPS = ("relu", "softplus", "raw")
+# Every choice is listed once, here, as the Literal type of the field that holds it; the tuples derive from them.
+#: Decode rules: "2x2" (the DM decode, `dmpose.decode.decode_2x2`), "argmax" (HRNet's, `decode_argmax`).
+DecodeRule = Literal["2x2", "argmax"]
+#: The map the DM loss normalises into suppliers (`dmpose.suppliers`): "relu" is the paper's relu(H), "softplus"
+#: (softplus(beta H) / beta) never dies.
+SupplierMap = Literal["relu", "softplus"]
+#: The map a decode reads: a supplier map (normalised), or "raw", H itself (MSE models).
+DecodedMap = Literal[SupplierMap, "raw"]
+DemanderMode = Literal["subpixel", "naive"]
+Reduction = Literal["mean", "sum", "none"]
+NonFinite = Literal["raise", "mask"]
+DECODE_RULES: tuple[str, ...] = get_args(DecodeRule)
+SUPPLIER_MAPS: tuple[str, ...] = get_args(SupplierMap)
+DECODED_MAPS: tuple[str, ...] = get_args(DecodedMap)
+#: The rescoring joint threshold of each decode rule (on its confidence): HRNet's 0.2 on an MSE heatmap's peak;
+#: 0.05 on the 2x2 window's share of the mass (a `CodecSpec.joint_threshold` overrides it).
+JOINT_THRESHOLDS: dict[str, float] = {"argmax": 0.2, "2x2": 0.05}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -70,69 +89,6 @@ def format_validation_error(err: ValidationError, source: str, prefix: str = "")
     return "\n".join(lines)
 
 
-class KeypointSpec(BaseModel):
-    """A keypoint set by index: joint names in the dataset's order, pairs as joint indices."""
-
-    model_config = _FROZEN
-
-    name: str = Field(min_length=1)
-    names: tuple[str, ...] = Field(min_length=1)
-    flip_pairs: tuple[tuple[int, int], ...] = ()
-    skeleton: tuple[tuple[int, int], ...] = ()
-    sigmas: tuple[float, ...] | None = None
-    upper_body: tuple[int, ...] = ()
-
-    @property
-    def num_keypoints(self) -> int:
-        return len(self.names)
-
-    @model_validator(mode="after")
-    def _check(self) -> KeypointSpec:
-        k = len(self.names)
-        if len(set(self.names)) != k:
-            raise ValueError(f"names has duplicates: {sorted({n for n in self.names if self.names.count(n) > 1})}")
-        for field in ("flip_pairs", "skeleton"):
-            for a, b in getattr(self, field):
-                if not (0 <= a < k and 0 <= b < k) or a == b:
-                    raise ValueError(f"{field} entry {[a, b]} must be two different joint indices in [0, {k})")
-        seen = [i for p in self.flip_pairs for i in p]
-        if len(seen) != len(set(seen)):
-            raise ValueError("flip_pairs: a joint appears in more than one pair")
-        if self.sigmas is not None:
-            if len(self.sigmas) != k:
-                raise ValueError(f"sigmas must list {k} values (one per joint), got {len(self.sigmas)}")
-            if not all(math.isfinite(s) and s > 0 for s in self.sigmas):
-                raise ValueError("sigmas must be finite and > 0")
-        if not all(0 <= i < k for i in self.upper_body):
-            raise ValueError(f"upper_body indices must lie in [0, {k})")
-        return self
-
-    @property
-    def flip_index(self) -> tuple[int, ...]:
-        """The one flip permutation p: flipped[..., j, :] = original[..., p[j], :] (left <-> right)."""
-        from dmpose.data.keypoints import flip_permutation
-
-        return flip_permutation(self.flip_pairs, self.num_keypoints)
-
-    @classmethod
-    def from_keypoint_set(cls, ks: Any) -> KeypointSpec:
-        """From a `dmpose.data.keypoints.KeypointSet` (the YAML files are the only source of sets)."""
-        return cls(name=ks.name, names=ks.names, flip_pairs=ks.flip_pairs, skeleton=ks.skeleton,
-                   sigmas=ks.sigmas, upper_body=ks.upper_body)
-
-    @classmethod
-    def builtin(cls, name: str) -> KeypointSpec:
-        """A built-in set ("coco17", "mpii16") or a keypoint YAML file, by `load_keypoint_set`."""
-        from dmpose.data.keypoints import load_keypoint_set
-
-        return cls.from_keypoint_set(load_keypoint_set(name))
-
-    def to_keypoint_set(self) -> Any:
-        from dmpose.data.keypoints import KeypointSet
-
-        return KeypointSet(self.name, self.names, self.flip_pairs, self.sigmas, self.skeleton, self.upper_body)
-
-
 class Normalisation(BaseModel):
     """Input normalisation: x = (pixel / 255 - mean) / std per channel, channels in `channel_order`
     (the order of the network's input channels; images are converted to it before normalising)."""
@@ -153,6 +109,62 @@ class Normalisation(BaseModel):
         return v
 
 
+class DMLossOptions(BaseModel):
+    """The distribution-matching loss options, validated once (see `dmpose.loss.dm_loss` for meaning).
+
+    `cost` is reserved: only "l2" (Euclidean distance in heatmap pixels) exists. `nonfinite`: "raise"
+    (a NaN/Inf heatmap is a ValueError naming its (batch, joint)) or "mask" (such joints are left out
+    and counted in the loss's stats).
+    """
+
+    model_config = _FROZEN
+
+    eps: float = 1.0
+    max_iters: int = 1000
+    tol: float = 1e-5
+    demander_mode: DemanderMode = "subpixel"
+    suppliers: SupplierMap = "softplus"  # relu, the paper's, dies from scratch (docs/training.md)
+    supplier_beta: float = Field(default=8.0, gt=0.0, allow_inf_nan=False)  # softplus(beta H) / beta
+    cost: Literal["l2"] = "l2"
+    grad: GradMode = "exact"
+    backend: LossBackend = "auto"
+    reduction: Reduction = "mean"
+    nonfinite: NonFinite = "raise"
+
+    # Messages name the field and the value (the wording dm_loss always had).
+    @field_validator("eps", "tol", mode="before")
+    @classmethod
+    def _positive_number(cls, v: Any, info) -> float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if info.field_name == "eps" and not (ok and v > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {v!r}")
+        if info.field_name == "tol" and not (ok and v >= 0):
+            raise ValueError(f"tol must be a finite number >= 0, got {v!r}")
+        return float(v)
+
+    @field_validator("max_iters", mode="before")
+    @classmethod
+    def _iters(cls, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"max_iters must be an integer >= 1, got {v!r}")
+        return v
+
+    @field_validator("demander_mode", "suppliers", "cost", "grad", "backend", "reduction", "nonfinite", mode="before")
+    @classmethod
+    def _choice(cls, v: Any, info) -> str:
+        choices = get_args(cls.model_fields[info.field_name].annotation)
+        if v not in choices:
+            raise ValueError(f"{info.field_name} must be one of {choices}, got {v!r}")
+        return v
+
+    @classmethod
+    def validated(cls, data: dict | None = None, source: str = "dm_loss", **kwargs) -> DMLossOptions:
+        try:
+            return cls.model_validate({**(data or {}), **kwargs})
+        except ValidationError as e:
+            raise SpecError(format_validation_error(e, source)) from None
+
+
 class CodecSpec(BaseModel):
     """Targets and decoding. name "dm": the dot itself is the target (DM loss), decode "2x2" by default;
     "gaussian": Gaussian heatmaps (MSE), sigma and flavour ("official" peak at the rounded pixel, as in
@@ -160,16 +172,17 @@ class CodecSpec(BaseModel):
 
     `supplier_map` names the map the loss was trained on and so the one the decode reads ("relu", the
     paper's, or "softplus" with `supplier_beta` for DM — `dmpose.suppliers`; "raw" for MSE, whose
-    heatmaps are read as they are).
-    `joint_threshold` is the rescoring threshold on the decode's confidence (None: the decode's default).
+    heatmaps are read as they are). A DM codec's defaults are the DM loss's (`DMLossOptions`).
+    `joint_threshold` is the rescoring threshold on the decode's confidence (None: `JOINT_THRESHOLDS` of the
+    decode rule; `rescore_threshold` resolves it).
     """
 
     model_config = _FROZEN
 
     name: Literal["dm", "gaussian"] = "dm"
-    decode: Literal["2x2", "argmax"] | None = None
-    supplier_map: Literal["relu", "softplus", "raw"] | None = None
-    supplier_beta: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    decode: DecodeRule | None = None
+    supplier_map: DecodedMap | None = None
+    supplier_beta: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     sigma: float | None = None
     flavour: Literal["official", "unbiased"] | None = None
     joint_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -181,10 +194,11 @@ class CodecSpec(BaseModel):
         if self.name == "dm":
             if self.sigma is not None or self.flavour is not None:
                 raise ValueError("sigma and flavour belong to the gaussian codec, not dm")
+            loss = DMLossOptions.model_fields
             if self.decode is None:
                 set_(self, "decode", "2x2")
             if self.supplier_map is None:
-                set_(self, "supplier_map", "relu")
+                set_(self, "supplier_map", loss["suppliers"].default)
         else:
             if self.sigma is None:
                 set_(self, "sigma", 2.0)
@@ -196,7 +210,32 @@ class CodecSpec(BaseModel):
                 set_(self, "decode", "argmax")
             if self.supplier_map is None:
                 set_(self, "supplier_map", "raw")
+        if self.supplier_beta is None:  # only softplus reads it
+            softplus = self.supplier_map == "softplus"
+            set_(self, "supplier_beta", DMLossOptions.model_fields["supplier_beta"].default if softplus else 1.0)
         return self
+
+    @property
+    def rescore_threshold(self) -> float:
+        """The rescoring joint threshold: `joint_threshold`, else the decode rule's (`JOINT_THRESHOLDS`)."""
+        return float(self.joint_threshold) if self.joint_threshold is not None else JOINT_THRESHOLDS[self.decode]
+
+    def with_decode(self, decode: str | None) -> CodecSpec:
+        """This codec decoding by `decode` instead (None: unchanged). Crossing a rule also changes the map it
+        reads: a DM codec keeps its supplier map for "2x2" and reads the raw heatmaps for "argmax"; a raw
+        (MSE) map is read through relu for "2x2" (the paper's decode of a heatmap)."""
+        if decode is None or decode == self.decode:
+            return self
+        if decode not in DECODE_RULES:
+            raise ValueError(f"unknown decode rule {decode!r}; expected one of {DECODE_RULES}")
+        if decode == "argmax":
+            supplier = "raw"
+        else:
+            supplier = "relu" if self.supplier_map == "raw" else self.supplier_map
+        data = {**self.model_dump(), "decode": decode, "supplier_map": supplier}
+        if supplier != self.supplier_map:
+            data["supplier_beta"] = None
+        return CodecSpec.model_validate(data)
 
 
 class PoseSpec(BaseModel):
@@ -227,6 +266,11 @@ class PoseSpec(BaseModel):
     @property
     def decode(self) -> str:
         return self.codec.decode
+
+    def with_decode(self, decode: str | None) -> PoseSpec:
+        """This spec decoding by `decode` ("2x2", "argmax"; None: unchanged), as `CodecSpec.with_decode`."""
+        codec = self.codec.with_decode(decode)
+        return self if codec is self.codec else self.replace(codec=codec)
 
     @model_validator(mode="after")
     def _sizes(self) -> PoseSpec:
@@ -313,80 +357,29 @@ class PoseSpec(BaseModel):
                 skeleton=tuple(map(tuple, meta.get("skeleton") or ())),
                 sigmas=base.sigmas if same else None, upper_body=base.upper_body if same else ()))
         size = meta.get("input_size") or [256, 192]
-        loss = meta.get("loss")
-        loss_name = loss.get("name") if isinstance(loss, dict) else loss
-        decode = meta.get("decode") or ("2x2" if loss_name == "dm" else "argmax")
-        codec = CodecSpec(name="dm") if decode == "2x2" else CodecSpec(name="gaussian", decode="argmax")
+        try:
+            codec = _legacy_codec(meta.get("loss"), meta.get("decode"))
+        except (ValidationError, ValueError, TypeError) as e:
+            raise SpecError(f"{source}: fields loss/decode do not describe a codec: {e}") from None
         hm = meta.get("heatmap_size")
         stride = size[0] // hm[0] if hm else 4
         return cls.validated(dict(arch=meta.get("arch"), keypoints=kps, input_wh=(size[1], size[0]),
                                   output_stride=stride, codec=codec), source)
 
 
-_LOSS_CHOICES = {
-    "demander_mode": ("subpixel", "naive"),
-    "suppliers": ("relu", "softplus"),
-    "cost": ("l2",),
-    "grad": GRAD_MODES,
-    "backend": LOSS_BACKENDS,
-    "reduction": ("mean", "sum", "none"),
-    "nonfinite": ("raise", "mask"),
-}
-
-
-class DMLossOptions(BaseModel):
-    """The distribution-matching loss options, validated once (see `dmpose.loss.dm_loss` for meaning).
-
-    `cost` is reserved: only "l2" (Euclidean distance in heatmap pixels) exists. `nonfinite`: "raise"
-    (a NaN/Inf heatmap is a ValueError naming its (batch, joint)) or "mask" (such joints are left out
-    and counted in the loss's stats).
-    """
-
-    model_config = _FROZEN
-
-    eps: float = 1.0
-    max_iters: int = 1000
-    tol: float = 1e-5
-    demander_mode: Literal["subpixel", "naive"] = "subpixel"
-    suppliers: Literal["relu", "softplus"] = "softplus"  # relu (the paper's) dies from scratch: docs/training.md
-    # beta 8: the same contrast of the normalised map from an 8x smaller range of H, measured to localise better
-    # than 1 and 4 at equal steps (docs/dm-training.md, fourth session); the default was 1 before
-    supplier_beta: float = Field(default=8.0, gt=0.0, allow_inf_nan=False)
-    cost: Literal["l2"] = "l2"
-    grad: Literal["exact", "envelope"] = "exact"
-    backend: Literal["auto", "torch", "triton", "cpu"] = "auto"
-    reduction: Literal["mean", "sum", "none"] = "mean"
-    nonfinite: Literal["raise", "mask"] = "raise"
-
-    # Messages name the field and the value (the wording dm_loss always had).
-    @field_validator("eps", "tol", mode="before")
-    @classmethod
-    def _positive_number(cls, v: Any, info) -> float:
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if info.field_name == "eps" and not (ok and v > 0):
-            raise ValueError(f"eps must be a finite number > 0, got {v!r}")
-        if info.field_name == "tol" and not (ok and v >= 0):
-            raise ValueError(f"tol must be a finite number >= 0, got {v!r}")
-        return float(v)
-
-    @field_validator("max_iters", mode="before")
-    @classmethod
-    def _iters(cls, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"max_iters must be an integer >= 1, got {v!r}")
-        return v
-
-    @field_validator(*_LOSS_CHOICES, mode="before")
-    @classmethod
-    def _choice(cls, v: Any, info) -> str:
-        choices = _LOSS_CHOICES[info.field_name]
-        if v not in choices:
-            raise ValueError(f"{info.field_name} must be one of {choices}, got {v!r}")
-        return v
-
-    @classmethod
-    def validated(cls, data: dict | None = None, source: str = "dm_loss", **kwargs) -> DMLossOptions:
-        try:
-            return cls.model_validate({**(data or {}), **kwargs})
-        except ValidationError as e:
-            raise SpecError(format_validation_error(e, source)) from None
+def _legacy_codec(loss: Any, decode: str | None) -> CodecSpec:
+    """The codec of a file written before the spec existed, from every field it carries: the loss field (a name,
+    or {"name", ...options}: a DM file's suppliers and supplier_beta, an MSE file's sigma and flavour) and the
+    decode rule (default: the loss's own). A DM loss field without `suppliers` predates that option: relu, the
+    only map then."""
+    opts = loss if isinstance(loss, dict) else {}
+    name = opts.get("name") if isinstance(loss, dict) else loss
+    if name is None:
+        name = "dm" if decode == "2x2" else "mse"
+    if name == "dm":
+        supplier = opts.get("suppliers", "relu")
+        beta = opts.get("supplier_beta") if supplier == "softplus" else None
+        codec = CodecSpec(name="dm", supplier_map=supplier, supplier_beta=beta)
+    else:
+        codec = CodecSpec(name="gaussian", sigma=opts.get("sigma"), flavour=opts.get("flavour"))
+    return codec.with_decode(decode)

@@ -18,23 +18,23 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["SUPPLIER_MAPS", "DECODE_MAPS", "supplier_map", "supplier_map_derivative", "decoded_map",
-           "log_supplier_distribution", "log_softplus", "log_softplus_derivative", "require_log_map",
-           "compute_dtype"]
+from dmpose.heatmaps import compute_dtype, normalise_mass
+from dmpose.spec import DECODED_MAPS, SUPPLIER_MAPS
 
-SUPPLIER_MAPS = ("relu", "softplus")
-DECODE_MAPS = (*SUPPLIER_MAPS, "raw")
+__all__ = ["supplier_map", "supplier_map_derivative", "decoded_map",
+           "log_supplier_distribution", "log_softplus", "log_softplus_derivative", "require_log_map"]
 
 
-def _check(name: str, beta: float, allowed=SUPPLIER_MAPS) -> None:
+
+def _check(name: str, beta: float | None, allowed=SUPPLIER_MAPS) -> None:
     if name not in allowed:
         raise ValueError(f"supplier map must be one of {allowed}, got {name!r}")
     if name == "softplus" and (isinstance(beta, bool) or not (isinstance(beta, (int, float)) and math.isfinite(beta)
                                                               and beta > 0)):
-        raise ValueError(f"supplier_beta must be a finite number > 0, got {beta!r}")
+        raise ValueError(f"supplier_beta must be a finite number > 0 for the softplus map, got {beta!r}")
 
 
-def supplier_map(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Tensor:
+def supplier_map(heatmaps: Tensor, name: str, beta: float | None = None) -> Tensor:
     """phi(H) elementwise: relu(H), or softplus(beta H) / beta (-> relu as beta -> inf; exp(beta H) / beta
     far below zero, underflowing to 0 in fp32 below beta H = -87)."""
     _check(name, beta)
@@ -43,7 +43,7 @@ def supplier_map(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Ten
     return torch.nn.functional.softplus(heatmaps * beta) / beta
 
 
-def supplier_map_derivative(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Tensor:
+def supplier_map_derivative(heatmaps: Tensor, name: str, beta: float | None = None) -> Tensor:
     """d phi / d H elementwise: [H > 0] for relu, sigmoid(beta H) for softplus."""
     _check(name, beta)
     if name == "relu":
@@ -51,33 +51,17 @@ def supplier_map_derivative(heatmaps: Tensor, name: str = "relu", beta: float = 
     return torch.sigmoid(heatmaps * beta)
 
 
-def decoded_map(heatmaps: Tensor, name: str = "relu", beta: float = 1.0) -> Tensor:
+def decoded_map(heatmaps: Tensor, name: str, beta: float | None = None) -> Tensor:
     """The distribution a DM model's decode reads: phi(H) / sum phi(H) per (..., H, W) map in float32,
     softmax(H) where phi(H) has no positive mass (the loss's rule); "raw" returns H as float32 unchanged.
 
     Traceable (no data-dependent Python branches), so ONNX export with the decode uses it as it is.
     """
-    _check(name, beta, DECODE_MAPS)
+    _check(name, beta, DECODED_MAPS)
     h = heatmaps.float()
     if name == "raw":
         return h
-    r = supplier_map(h, name, beta)
-    flat = r.flatten(-2)
-    # scale by a power of two of the peak before summing so that no finite map overflows
-    from dmpose.sinkhorn import pow2_scale
-
-    scale = pow2_scale(flat.amax(-1))
-    total = (flat * scale[..., None]).sum(-1, keepdim=True)
-    dead = total <= 0
-    normalised = flat * scale[..., None] / torch.where(dead, torch.ones_like(total), total)
-    fallback = torch.softmax(h.flatten(-2), dim=-1)
-    return torch.where(dead, fallback, normalised).reshape(h.shape)
-
-
-def compute_dtype(t: Tensor) -> torch.dtype:
-    """The dtype the maps' arithmetic runs in (the losses, the solver, the log map): float64 for float64
-    input, float32 for every other float dtype (bf16/fp16 heatmaps included)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return normalise_mass(supplier_map(h, name, beta).flatten(-2), h.flatten(-2))[0].reshape(h.shape)
 
 
 def require_log_map(name: str) -> None:
@@ -103,7 +87,7 @@ def log_softplus_derivative(x: Tensor, sp: Tensor) -> Tensor:
     return torch.where(x < _LINEAR_BELOW, torch.ones_like(x), torch.sigmoid(x) / sp.clamp_min(1e-30))
 
 
-def log_supplier_distribution(heatmaps: Tensor, name: str = "softplus", beta: float = 1.0) -> Tensor:
+def log_supplier_distribution(heatmaps: Tensor, name: str, beta: float) -> Tensor:
     """log(phi(H) / sum phi(H)) over each (..., H, W) map, flattened to (..., H*W), in float32 (float64 for
     float64 input), without underflow (`log_softplus`). Only softplus (`require_log_map`)."""
     require_log_map(name)

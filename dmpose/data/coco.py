@@ -38,25 +38,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from dmpose.data.image import ImageCache
+from dmpose.data.layouts import DEFAULT_DETECTION_FILE, coco_paths
 from dmpose.data.transforms import TopDownTransform
 from dmpose.geometry import box_to_center_scale
 
-__all__ = ["CocoKeypoints", "coco_paths", "PersonRecord", "DEFAULT_DETECTION_FILE"]
+__all__ = ["CocoKeypoints", "PersonRecord"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_DETECTION_FILE = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
-
-
-def coco_paths(root: str | Path, split: str = "val2017") -> tuple[Path, Path]:
-    """(annotation json, image folder) of a split in the standard COCO layout.
-
-    Test splits have no keypoint annotations: test-dev2017 -> annotations/image_info_test-dev2017.json
-    and the images in test2017/ (as COCO ships them)."""
-    root = Path(root)
-    if split.startswith("test"):
-        return root / "annotations" / f"image_info_{split}.json", root / "test2017"
-    return root / "annotations" / f"person_keypoints_{split}.json", root / split
 
 
 @dataclass
@@ -143,7 +131,7 @@ class CocoKeypoints(Dataset):
                  subset: int | None = None, cache_images: bool = False):
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         self.transform = transform
-        self.num_keypoints = transform.keypoint_set.num_keypoints
+        self.num_keypoints = transform.keypoints.num_keypoints
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
         data = _load_json(self.ann_file, "annotation file")
@@ -192,7 +180,7 @@ class CocoKeypoints(Dataset):
     def _check_categories(self, categories) -> None:
         """A category that names its keypoints must name the keypoint set's, in its order: the same count
         with other names would silently train joint i on another joint's labels."""
-        ks = self.transform.keypoint_set
+        ks = self.transform.keypoints
         for c in categories if isinstance(categories, list) else []:
             names = c.get("keypoints") if isinstance(c, dict) else None
             if not isinstance(names, list) or list(names) == list(ks.names):
@@ -233,7 +221,7 @@ class CocoKeypoints(Dataset):
             if not isinstance(kps, list) or len(kps) != 3 * k:
                 n = None if not isinstance(kps, list) else len(kps)
                 raise ValueError(f"{path}: annotation id {aid} has {n} keypoint values, expected {3 * k} "
-                                 f"({k} keypoints x 3) for keypoint set '{self.transform.keypoint_set.name}'")
+                                 f"({k} keypoints x 3) for keypoint set '{self.transform.keypoints.name}'")
             _field(ann, "keypoints", _numbers(3 * k), f"{3 * k} finite numbers", path, where)
             box = _box(ann, path, f"annotation id {aid}", positive=False)
             image_id = int(_field(ann, "image_id", _is_int, "an integer", path, where))

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
 from torch.utils.data import Dataset
 
 from dmpose.data.image import ImageCache
-from dmpose.data.keypoints import load_keypoint_set
 from dmpose.data.transforms import TopDownTransform
 from dmpose.geometry import fix_aspect_ratio
+from dmpose.keypoints import load_keypoint_set
 
 __all__ = ["MpiiKeypoints", "MpiiRecord", "load_mpii_gt"]
 
@@ -87,9 +88,9 @@ class MpiiKeypoints(Dataset):
     def __init__(self, ann_file: str | Path, image_dir: str | Path, transform: TopDownTransform,
                  subset: int | None = None, cache_images: bool = False):
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
-        if transform.keypoint_set.num_keypoints != NUM_JOINTS:
-            raise ValueError(f"MPII has {NUM_JOINTS} joints; keypoint set '{transform.keypoint_set.name}' has "
-                             f"{transform.keypoint_set.num_keypoints}")
+        if transform.keypoints.num_keypoints != NUM_JOINTS:
+            raise ValueError(f"MPII has {NUM_JOINTS} joints; keypoint set '{transform.keypoints.name}' has "
+                             f"{transform.keypoints.num_keypoints}")
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
         self.transform = transform
@@ -126,8 +127,6 @@ def load_mpii_gt(path: str | Path) -> dict[str, np.ndarray]:
     Returns 0-based image px: headboxes (N, 2, 2) [[x1, y1], [x2, y2]], jnt_missing (N, 16) bool,
     joints (N, 16, 2) when present.
     """
-    from scipy.io import loadmat
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MPII ground-truth file not found: {path}")

@@ -40,10 +40,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from dmpose.atomic import atomic_folder, output_error
-from dmpose.data.coco import DEFAULT_DETECTION_FILE as DETECTION_FILE
-from dmpose.data.keypoints import load_keypoint_set
+from dmpose.cache import cache_root
+from dmpose.data.layouts import DEFAULT_DETECTION_FILE as DETECTION_FILE
+from dmpose.keypoints import load_keypoint_set
 
 __all__ = ["SynthConfig", "generate_synthetic_coco", "ensure_synthetic", "default_synthetic_root",
            "synthetic_cache_key", "render_image", "DETECTION_FILE"]
@@ -289,8 +291,6 @@ def render_image(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> 
 
 
 def _annotation(person: dict, ann_id: int, image_id: int) -> dict | None:
-    from pycocotools import mask as mask_utils
-
     mask = person["mask"]
     area = int(mask.sum())
     if area == 0:
@@ -404,8 +404,6 @@ def default_synthetic_root() -> Path:
     """The cache folder of the default synthetic datasets: $DMPOSE_CACHE/synthetic-coco, where DMPOSE_CACHE
     defaults to $XDG_CACHE_HOME/dmpose (~/.cache/dmpose). Each dataset lives in its own subfolder
     (see `ensure_synthetic`)."""
-    from dmpose.cache import cache_root
-
     return cache_root() / "synthetic-coco"
 
 

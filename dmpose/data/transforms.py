@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from dmpose.codec import DMCodec, GaussianCodec, build_codec, keypoint_weights
+from dmpose.codec import HeatmapCodec, build_codec, keypoint_weights
 from dmpose.data.image import warp_affine
-from dmpose.data.keypoints import KeypointSet
 from dmpose.geometry import apply_affine, crop_affine, fix_aspect_ratio
+from dmpose.keypoints import KeypointSpec
 
 __all__ = ["AugmentConfig", "TopDownTransform", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -83,7 +83,7 @@ class _Draw:
     half_body: bool = False
 
 
-def _half_body(keypoints, visible, ks: KeypointSet, cfg: AugmentConfig, aspect: float, rng) -> tuple | None:
+def _half_body(keypoints, visible, ks: KeypointSpec, cfg: AugmentConfig, aspect: float, rng) -> tuple | None:
     labelled = visible > 0
     upper = [i for i in ks.upper_body if labelled[i]]
     lower = [i for i in ks.lower_body if labelled[i]]
@@ -102,10 +102,10 @@ class TopDownTransform:
     """Turns (image, person box, keypoints) into a training/eval sample.
 
     Args:
-        input_size: (W, H) of the network input; heatmap_size: (W, H) of its output.
-        codec: DMCodec or GaussianCodec (its heatmap size must equal heatmap_size), or None: crop only
+        input_wh: (W, H) of the network input; heatmap_wh: (W, H) of its output.
+        codec: the spec's codec (`dmpose.codec.build_codec`; its heatmap_wh must be heatmap_wh), or None: crop only
             (evaluation and prediction; the sample's target is empty).
-        keypoint_set: for flip pairs and the half-body split.
+        keypoints: the KeypointSpec (flip pairs and the half-body split).
         augment: AugmentConfig for training, None for evaluation (no randomness).
         padding: box padding used by `box_to_center_scale` callers (kept here so datasets read one value).
 
@@ -115,22 +115,22 @@ class TopDownTransform:
     generator (torch.manual_seed and the DataLoader's worker seeding fix it).
     """
 
-    def __init__(self, input_size, heatmap_size, codec: DMCodec | GaussianCodec, keypoint_set: KeypointSet,
+    def __init__(self, input_wh, heatmap_wh, codec: HeatmapCodec | None, keypoints: KeypointSpec,
                  augment: AugmentConfig | None = None, padding: float = 1.25,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order: str = "RGB"):
-        self.input_size = tuple(int(v) for v in input_size)
-        self.heatmap_size = tuple(int(v) for v in heatmap_size)
-        if codec is not None and tuple(codec.heatmap_size) != self.heatmap_size:
-            raise ValueError(f"codec heatmap size {codec.heatmap_size} != heatmap_size {self.heatmap_size}")
+        self.input_wh = tuple(int(v) for v in input_wh)
+        self.heatmap_wh = tuple(int(v) for v in heatmap_wh)
+        if codec is not None and tuple(codec.heatmap_wh) != self.heatmap_wh:
+            raise ValueError(f"codec heatmap_wh {codec.heatmap_wh} != heatmap_wh {self.heatmap_wh}")
         self.codec = codec
-        self.keypoint_set = keypoint_set
+        self.keypoints = keypoints
         self.augment = augment
         self.padding = float(padding)
         self.augment_seed: tuple[int, ...] | None = None
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be RGB or BGR, got {channel_order!r}")
         self.channels = (0, 1, 2) if channel_order == "RGB" else (2, 1, 0)  # network channel -> RGB channel
-        self.aspect_ratio = self.input_size[0] / self.input_size[1]
+        self.aspect_ratio = self.input_wh[0] / self.input_wh[1]
         # normalised = pixel * scale + offset, per channel (pixel in 0..255)
         self.scale = (1.0 / (np.asarray(std, dtype=np.float64) * 255.0)).astype(np.float32)
         self.offset = (-np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(np.float32)
@@ -148,12 +148,9 @@ class TopDownTransform:
                   padding: float = 1.25) -> TopDownTransform:
         """The transform a model's spec implies: its input and heatmap sizes, keypoint set and
         normalisation; the spec's codec encodes targets only when `encode_targets` (training)."""
-        codec = None
-        if encode_targets:
-            opts = {} if spec.codec.name == "dm" else {"sigma": spec.codec.sigma, "flavour": spec.codec.flavour}
-            codec = build_codec(spec.codec.name, spec.heatmap_wh, **opts)
+        codec = build_codec(spec) if encode_targets else None
         n = spec.normalisation
-        return cls(spec.input_wh, spec.heatmap_wh, codec, spec.keypoints.to_keypoint_set(), augment=augment,
+        return cls(spec.input_wh, spec.heatmap_wh, codec, spec.keypoints, augment=augment,
                    padding=padding, mean=n.mean, std=n.std, channel_order=n.channel_order)
 
     def draw(self, center, size, keypoints, visible, rng: np.random.Generator | None) -> _Draw:
@@ -162,9 +159,9 @@ class TopDownTransform:
         cfg = self.augment
         if cfg is None or rng is None:
             return d
-        if (cfg.half_body_prob > 0 and self.keypoint_set.upper_body
+        if (cfg.half_body_prob > 0 and self.keypoints.upper_body
                 and int((visible > 0).sum()) > cfg.half_body_min_joints and rng.random() < cfg.half_body_prob):
-            hb = _half_body(keypoints, visible, self.keypoint_set, cfg, self.aspect_ratio, rng)
+            hb = _half_body(keypoints, visible, self.keypoints, cfg, self.aspect_ratio, rng)
             if hb is not None:
                 d.center, d.size = hb
                 d.half_body = True
@@ -185,18 +182,18 @@ class TopDownTransform:
         keypoints = np.asarray(keypoints, dtype=np.float64)
         visible = np.asarray(visible)
         d = self.draw(center, size, keypoints, visible, rng)
-        m_in = crop_affine(d.center, d.size, d.rotation, self.input_size, flip=d.flip)
-        m_hm = crop_affine(d.center, d.size, d.rotation, self.heatmap_size, flip=d.flip)
-        crop = warp_affine(image, m_in, self.input_size)
+        m_in = crop_affine(d.center, d.size, d.rotation, self.input_wh, flip=d.flip)
+        m_hm = crop_affine(d.center, d.size, d.rotation, self.heatmap_wh, flip=d.flip)
+        crop = warp_affine(image, m_in, self.input_wh)
         kp_hm = apply_affine(keypoints, m_hm)
         vis = visible
         if d.flip:
-            perm = self.keypoint_set.flip_index
+            perm = np.asarray(self.keypoints.flip_index)
             kp_hm, vis = kp_hm[perm], vis[perm]
         # cropping alone when there is no codec (evaluation, prediction): no targets are encoded
         target = self.codec.encode(kp_hm, vis) if self.codec is not None else {}
-        weights = keypoint_weights(kp_hm, vis, self.heatmap_size)
-        img = np.empty((3, self.input_size[1], self.input_size[0]), np.float32)
+        weights = keypoint_weights(kp_hm, vis, self.heatmap_wh)
+        img = np.empty((3, self.input_wh[1], self.input_wh[0]), np.float32)
         for ch in range(3):  # channel-first normalisation without float temporaries of the whole crop
             np.multiply(crop[:, :, self.channels[ch]], self.scale[ch], out=img[ch])
             img[ch] += self.offset[ch]

@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval, Params
 
 from dmpose.atomic import atomic_output
+from dmpose.spec import JOINT_THRESHOLDS
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ __all__ = [
     "DEFAULT_OKS_THRESHOLD",
     "METRIC_NAMES",
     "PAPER_COLUMNS",
-        "evaluate_coco",
+    "evaluate_coco",
     "instance_score",
     "oks",
     "oks_nms",
@@ -54,7 +57,7 @@ __all__ = [
 
 # The official HRNet test defaults (TEST.IN_VIS_THRE, TEST.OKS_THRE). The joint threshold was calibrated on
 # the peak values of MSE heatmaps; the 2x2 decode's confidence is a different quantity (a mass share).
-DEFAULT_JOINT_THRESHOLD = 0.2
+DEFAULT_JOINT_THRESHOLD = JOINT_THRESHOLDS["argmax"]  # HRNet's in_vis_thre
 DEFAULT_OKS_THRESHOLD = 0.9
 
 # COCOeval('keypoints').stats, in order.
@@ -231,7 +234,6 @@ def to_coco_results(instances: Sequence[Mapping[str, Any]], category_id: int = 1
 
 
 def _load_coco(gt: Any) -> Any:
-    from pycocotools.coco import COCO
 
     if isinstance(gt, COCO):
         return gt
@@ -259,7 +261,6 @@ def evaluate_coco(
     Returns {AP, AP50, AP75, APM, APL, AR, AR50, AR75, ARM, ARL} as fractions in [0, 1]; like pycocotools,
     -1.0 where no ground truth falls in that area range.
     """
-    from pycocotools.cocoeval import COCOeval, Params
 
     coco_gt = _load_coco(gt)
     if len(results) == 0:

@@ -27,23 +27,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dmpose.atomic import atomic_output, check_not_input
+from dmpose.data.coco import CocoKeypoints
+from dmpose.data.layouts import DEFAULT_DETECTION_FILE, coco_paths, mpii_paths
+from dmpose.data.mpii import MpiiKeypoints, load_mpii_gt
+from dmpose.data.synthetic import ensure_synthetic
+from dmpose.data.transforms import TopDownTransform
 from dmpose.eval.coco import DEFAULT_OKS_THRESHOLD
-from dmpose.eval.metrics import DEFAULT_JOINT_THRESHOLDS, CocoEvaluator, MpiiEvaluator, joint_threshold_for
+from dmpose.eval.metrics import CocoEvaluator, MpiiEvaluator
 from dmpose.eval.mpii import PCKhResult
+from dmpose.eval.predictor import TopDownPredictor
 from dmpose.eval.runner import ProgressCallback, TopDownPredictions, coco_update, crop_boxes, predict_dataset
-from dmpose.spec import KeypointSpec, PoseSpec
+from dmpose.models import load_model
+from dmpose.spec import DECODE_RULES, KeypointSpec
 
 __all__ = [
-    "DEFAULT_JOINT_THRESHOLDS",
     "DetectionsNotFoundError",
     "EvalReport",
     "check_output_dir",
     "evaluate_checkpoint",
     "evaluate_coco_predictions",
     "evaluate_mpii_predictions",
-    "with_decode",
     "write_json_files",
 ]
 
@@ -58,12 +64,9 @@ class DetectionsNotFoundError(FileNotFoundError):
     def __init__(self, message: str, default: bool):
         super().__init__(message)
         self.default = default
-# MPII layout as the official HRNet code: ROOT/annot/{split}.json, ROOT/annot/gt_{split}.mat, ROOT/images/
 MPII_DEFAULT_SPLIT = "valid"
 COCO_DEFAULT_SPLIT = "val2017"
 DATASETS = {"coco": "coco17", "mpii": "mpii16"}  # dataset -> the keypoint set its annotations use
-# The map a decode reads when the rule is overridden (the average the old flip test used per rule).
-_SUPPLIER_MAP_OF_DECODE = {"2x2": "relu", "argmax": "raw"}
 
 
 @dataclass
@@ -90,18 +93,6 @@ class EvalReport:
                 "metrics": self.metrics}
 
 
-def with_decode(spec: PoseSpec, decode: str | None) -> PoseSpec:
-    """The spec, or a copy decoding by `decode` ("2x2" or "argmax") and reading the map that rule reads."""
-    if decode is None or decode == spec.decode:
-        return spec
-    if decode not in DEFAULT_JOINT_THRESHOLDS:
-        raise ValueError(f"unknown decode rule {decode!r}; expected one of {sorted(DEFAULT_JOINT_THRESHOLDS)}")
-    keep = decode == "2x2" and spec.codec.supplier_map != "raw"  # a DM model keeps the map it was trained on
-    supplier = spec.codec.supplier_map if keep else _SUPPLIER_MAP_OF_DECODE[decode]
-    codec = {**spec.codec.model_dump(), "decode": decode, "supplier_map": supplier}
-    return spec.replace(codec=codec)
-
-
 def _sigma_keypoints(sigmas: Any) -> KeypointSpec:
     sig = tuple(float(s) for s in np.asarray(sigmas, dtype=np.float64).reshape(-1))
     return KeypointSpec(name="custom", names=tuple(f"joint{i}" for i in range(len(sig))), sigmas=sig)
@@ -116,7 +107,7 @@ def evaluate_coco_predictions(
 ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
     """Collected predictions through a `CocoEvaluator`: (COCO results, metrics or {}, counts and thresholds).
 
-    joint_threshold None -> `DEFAULT_JOINT_THRESHOLDS[preds.decode]`."""
+    joint_threshold None -> `dmpose.spec.JOINT_THRESHOLDS[preds.decode]`."""
     for key in ("image_id", "score", "size", "center"):
         if key not in preds.meta:
             raise ValueError(f"COCO evaluation: the predictions' meta lacks '{key}' (not a COCO dataset?)")
@@ -193,8 +184,8 @@ class _Options:
             raise ValueError("give either detections (dets) or gt_boxes, not both")
         if dataset == "mpii" and (dets is not None or gt_boxes):
             raise ValueError("MPII evaluation uses the annotated person boxes (no detections or gt_boxes option)")
-        if decode is not None and decode not in DEFAULT_JOINT_THRESHOLDS:
-            raise ValueError(f"unknown decode rule {decode!r}; expected one of {sorted(DEFAULT_JOINT_THRESHOLDS)}")
+        if decode is not None and decode not in DECODE_RULES:
+            raise ValueError(f"unknown decode rule {decode!r}; expected one of {DECODE_RULES}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -219,15 +210,11 @@ class _Options:
 
 def _load(ckpt: Path, dataset: str, device: str | None, decode: str | None):
     """The model and its spec (decode overridden when asked); the spec's keypoint set must be the dataset's."""
-    import torch
-
-    from dmpose.models import load_model
-
     model = load_model(ckpt, map_location=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if model.spec is None:
         raise ValueError(f"{ckpt}: the checkpoint names no keypoint set ({model.num_joints} joints, no "
                          "keypoint_names); re-save it with a spec")
-    spec = with_decode(model.spec, decode)
+    spec = model.spec.with_decode(decode)
     expected = KeypointSpec.builtin(DATASETS[dataset])
     if spec.keypoints.names != expected.names:
         raise ValueError(f"{ckpt}: num_joints={spec.num_joints} ({spec.keypoints.name}) but the {dataset} "
@@ -265,9 +252,6 @@ def evaluate_checkpoint(
     out: folder for the results and metrics json (written all or none); mpii_gt: default
     ROOT/annot/gt_{split}.mat.
     """
-    from dmpose.data.transforms import TopDownTransform
-    from dmpose.eval.predictor import TopDownPredictor
-
     opts = _Options.check(ckpt, data, dataset, split, dets, gt_boxes, flip, decode, batch_size, out, num_workers,
                           joint_threshold, oks_threshold, det_score_threshold)
     ckpt = Path(ckpt)
@@ -288,16 +272,12 @@ def evaluate_checkpoint(
 def _root(opts: _Options) -> Path:
     if opts.root is not None:
         return opts.root
-    from dmpose.data.synthetic import ensure_synthetic
-
     root = ensure_synthetic()
     logger.info("no data root given: using the synthetic dataset at %s", root)
     return root
 
 
 def _coco_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_threshold: float, mpii_gt):
-    from dmpose.data.coco import DEFAULT_DETECTION_FILE, CocoKeypoints, coco_paths
-
     root = _root(opts)
     test_split = opts.split.startswith("test")
     ann_file, image_dir = coco_paths(root, opts.split)
@@ -317,7 +297,7 @@ def _coco_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_thr
                              det_score_threshold=det_score_threshold)
 
     def finish(predictor, ds, spec, settings, progress):
-        thr = joint_threshold_for(spec) if opts.joint_threshold is None else opts.joint_threshold
+        thr = spec.codec.rescore_threshold if opts.joint_threshold is None else opts.joint_threshold
         ev = CocoEvaluator(None if test_split else ann_file, spec.keypoints, thr, opts.oks_threshold,
                            decode=spec.decode)
         preds = predict_dataset(predictor, ds, opts.batch_size, opts.num_workers, coco_update(ev), progress)
@@ -335,11 +315,9 @@ def _coco_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_thr
 
 
 def _mpii_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_threshold: float, mpii_gt):
-    from dmpose.data.mpii import MpiiKeypoints, load_mpii_gt
-
     root = _root(opts)
-    ann_file, image_dir = root / "annot" / f"{opts.split}.json", root / "images"
-    gt_file = Path(mpii_gt or root / "annot" / f"gt_{opts.split}.mat")
+    ann_file, image_dir, default_gt = mpii_paths(root, opts.split)
+    gt_file = Path(mpii_gt or default_gt)
     if opts.out is not None:
         for name in (f"mpii_{opts.split}_predictions.json", f"mpii_{opts.split}_metrics.json"):
             check_not_input(opts.out / name, [ckpt, ann_file, gt_file])

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from dmpose.eval.coco import (
-    DEFAULT_JOINT_THRESHOLD,
     DEFAULT_OKS_THRESHOLD,
     evaluate_coco,
     oks_nms,
@@ -34,18 +33,9 @@ from dmpose.eval.coco import (
     to_coco_results,
 )
 from dmpose.eval.mpii import PCKhResult, evaluate_mpii
-from dmpose.spec import KeypointSpec, PoseSpec
+from dmpose.spec import JOINT_THRESHOLDS, KeypointSpec, PoseSpec
 
-__all__ = ["DEFAULT_JOINT_THRESHOLDS", "CocoEvaluator", "MpiiEvaluator", "joint_threshold_for"]
-
-# Joint threshold of the rescoring, per decode rule (see the module docstring).
-DEFAULT_JOINT_THRESHOLDS = {"argmax": DEFAULT_JOINT_THRESHOLD, "2x2": 0.05}
-
-
-def joint_threshold_for(spec: PoseSpec) -> float:
-    """The spec's rescoring threshold: `codec.joint_threshold`, else the decode rule's default."""
-    thr = spec.codec.joint_threshold
-    return float(thr) if thr is not None else DEFAULT_JOINT_THRESHOLDS[spec.decode]
+__all__ = ["CocoEvaluator", "MpiiEvaluator"]
 
 
 def _np(x: Any, dtype=np.float64) -> np.ndarray:
@@ -59,7 +49,7 @@ class CocoEvaluator:
 
     gt: a COCO keypoints json path or a loaded pycocotools COCO; None -> no metrics (test-dev: results
     only). keypoints: the KeypointSpec (its OKS sigmas). joint_threshold None -> the default of `decode`
-    (`DEFAULT_JOINT_THRESHOLDS`). oks_threshold: OKS-NMS suppression threshold.
+    (`dmpose.spec.JOINT_THRESHOLDS`). oks_threshold: OKS-NMS suppression threshold.
     """
 
     def __init__(self, gt: Any, keypoints: KeypointSpec, joint_threshold: float | None = None,
@@ -68,10 +58,10 @@ class CocoEvaluator:
             raise TypeError(f"keypoints must be a KeypointSpec, got {type(keypoints).__name__}")
         if keypoints.sigmas is None:
             raise ValueError(f"keypoint set '{keypoints.name}' has no OKS sigmas: COCO AP needs them")
-        if decode not in DEFAULT_JOINT_THRESHOLDS:
-            raise ValueError(f"unknown decode rule {decode!r}; expected one of {sorted(DEFAULT_JOINT_THRESHOLDS)}")
+        if decode not in JOINT_THRESHOLDS:
+            raise ValueError(f"unknown decode rule {decode!r}; expected one of {sorted(JOINT_THRESHOLDS)}")
         self.gt, self.keypoints = gt, keypoints
-        self.joint_threshold = DEFAULT_JOINT_THRESHOLDS[decode] if joint_threshold is None else float(joint_threshold)
+        self.joint_threshold = JOINT_THRESHOLDS[decode] if joint_threshold is None else float(joint_threshold)
         if not 0.0 <= self.joint_threshold <= 1.0:
             raise ValueError(f"joint_threshold must lie in [0, 1], got {self.joint_threshold}")
         self.oks_threshold = float(oks_threshold)
@@ -85,7 +75,7 @@ class CocoEvaluator:
     def for_spec(cls, gt: Any, spec: PoseSpec, joint_threshold: float | None = None,
                  oks_threshold: float = DEFAULT_OKS_THRESHOLD) -> CocoEvaluator:
         """An evaluator for a model's spec: its keypoint set, and its joint threshold unless given."""
-        thr = joint_threshold_for(spec) if joint_threshold is None else joint_threshold
+        thr = spec.codec.rescore_threshold if joint_threshold is None else joint_threshold
         return cls(gt, spec.keypoints, thr, oks_threshold, decode=spec.decode)
 
     def __len__(self) -> int:

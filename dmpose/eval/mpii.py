@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dmpose.data.keypoints import load_keypoint_set
+from dmpose.keypoints import load_keypoint_set
 
 __all__ = [
     "MPII_JOINT_NAMES",

@@ -4,14 +4,13 @@ For a batch of normalised input crops (B, 3, H_in, W_in) (built as the spec says
 `spec.normalisation`) and their image -> heatmap affines (B, 2, 3):
 
 1. the model runs on the crops (float16 autocast on CUDA when `amp`) and, with the flip test, on the
-   mirrored crops; the mirrored heatmaps are flipped back with the spec's one flip permutation
-   (`KeypointSpec.flip_index`); each is read through the codec's supplier map
-   (`dmpose.suppliers.decoded_map`: the normalised distribution phi(H) / sum phi(H) the DM loss was
-   trained on, softmax(H) for a dead map; the raw heatmaps for "raw", MSE) and the two are averaged; no
-   one-pixel shift (see dmpose.eval.inference). Without the flip test the decode reads the same map;
-2. the heatmaps are decoded by the spec's decode rule (`spec.codec.decode`: "2x2" or "argmax") into
-   heatmap pixels plus a confidence;
-3. the inverse of each image -> heatmap affine maps them to image pixels (`dmpose.codec.heatmap_to_image`).
+   mirrored crops; the mirrored heatmaps are flipped back with the spec's flip pairs; the spec's codec
+   (`dmpose.codec.build_codec`) reads each (the normalised distribution phi(H) / sum phi(H) of the supplier
+   map the DM loss was trained on; the raw heatmaps of an MSE model) and averages the two; no one-pixel shift
+   (see dmpose.eval.inference);
+2. the codec decodes the read maps by the spec's decode rule ("2x2" or "argmax") into heatmap pixels plus
+   a confidence;
+3. the inverse of each image -> heatmap affine maps them to image pixels (`HeatmapCodec.to_image`).
 
 The caller's model mode is left as it was (the predictor switches to eval mode inside a context that
 restores every module's flag). Coordinates: pixel centres at integer coordinates in every space.
@@ -27,10 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dmpose.codec import heatmap_to_image
-from dmpose.eval.inference import DECODERS, predict_heatmaps
+from dmpose.codec import build_codec
+from dmpose.eval.inference import predict_heatmaps
 from dmpose.spec import PoseSpec
-from dmpose.suppliers import decoded_map
 
 __all__ = ["TopDownOutput", "TopDownPredictor", "eval_mode", "model_device"]
 
@@ -91,7 +89,7 @@ class TopDownPredictor:
                              f"'{spec.keypoints.name}' has {spec.num_joints}")
         self.model, self.spec, self.flip, self.amp = model, spec, bool(flip), bool(amp)
         self.device = torch.device(device) if device is not None else model_device(model)
-        self.decoder = DECODERS[spec.codec.decode]
+        self.codec = build_codec(spec)
 
     def __repr__(self) -> str:
         return (f"TopDownPredictor({self.spec.arch}, {self.spec.keypoints.name}, input_wh={self.spec.input_wh}, "
@@ -106,7 +104,8 @@ class TopDownPredictor:
 
     @torch.no_grad()
     def heatmaps(self, images: Tensor) -> Tensor:
-        """The (flip-averaged) heatmaps (B, K, h, w) float32 the decode reads, for normalised crops."""
+        """The maps (B, K, h, w) float32 the decode reads (the codec's, flip-averaged with the flip test), for
+        normalised crops."""
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
         w_in, h_in = self.spec.input_wh
@@ -114,15 +113,11 @@ class TopDownPredictor:
             raise ValueError(f"images are {tuple(images.shape[-2:])} (H, W) but the spec's input_wh is "
                              f"{self.spec.input_wh} (W, H)")
         images = images.to(self.device, non_blocking=True)
-        codec = self.spec.codec
         with eval_mode(self.model):
-            heatmaps = predict_heatmaps(self.model, images, codec.decode,
-                                        self.spec.keypoints.flip_pairs if self.flip else None, self.amp,
-                                        codec.supplier_map, codec.supplier_beta)
-        self._check_output(heatmaps, len(images))
-        if self.flip:
-            return heatmaps  # the flip-averaged decoded maps
-        return decoded_map(heatmaps, codec.supplier_map, codec.supplier_beta)  # the map the loss saw
+            maps = predict_heatmaps(self.model, images, self.codec,
+                                    self.spec.keypoints.flip_pairs if self.flip else None, self.amp)
+        self._check_output(maps, len(images))
+        return maps
 
     def predict(self, images: Tensor, affines_hm: Tensor | np.ndarray) -> TopDownOutput:
         """Keypoints in image pixels (B, K, 2) float64, scores (B, K), and the decoded heatmaps."""
@@ -131,6 +126,6 @@ class TopDownPredictor:
         if m.shape != (len(images), 2, 3):
             raise ValueError(f"affines_hm must be (B, 2, 3) = {(len(images), 2, 3)}, got {m.shape}")
         hm = self.heatmaps(images)
-        coords_hm, conf = self.decoder(hm)
-        keypoints = torch.from_numpy(heatmap_to_image(coords_hm, m))
+        coords_hm, conf = self.codec.decode_maps(hm)
+        keypoints = torch.from_numpy(self.codec.to_image(coords_hm, m))
         return TopDownOutput(keypoints, conf.float().cpu(), hm)

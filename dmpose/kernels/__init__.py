@@ -15,6 +15,7 @@ import sys
 import torch
 
 from dmpose.constants import BACKENDS, LOSS_BACKENDS, triton_interpret
+from dmpose.kernels.cpu import cpu_kernel_status
 
 __all__ = ["triton_status", "select_backend", "select_loss_backend", "KERNEL_MODULES"]
 
@@ -88,8 +89,6 @@ def select_loss_backend(backend: str, device: torch.device | str) -> str:
         raise ValueError(f"backend must be one of {LOSS_BACKENDS}, got {backend!r}")
     dev = torch.device(device)
     if backend in ("auto", "cpu") and dev.type == "cpu":
-        from dmpose.kernels.cpu import cpu_kernel_status
-
         ok, reason = cpu_kernel_status()
         if ok:
             return "cpu"

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dmpose.cache import cache_root
+
 __all__ = ["cpu_kernel_status", "cpu_kernel_skip_reason", "cpu_tensor_skip_reason", "dm_sinkhorn_cpu",
            "demander_ce_cpu", "SOURCE", "FLAGS"]
 
@@ -91,8 +93,6 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"the C compiler {cc} does not run: {e}"
-    from dmpose.cache import cache_root
-
     key = hashlib.sha256("\0".join([SOURCE.read_text(), repr(_ATTEMPTS), version, platform.machine(),
                                     _cpu_id()]).encode()).hexdigest()[:16]
     path = cache_root() / "kernels" / f"dm_cpu-{key}.so"
@@ -155,7 +155,8 @@ def cpu_kernel_skip_reason(heatmaps: Tensor, demander_xy: Tensor, eps: float) ->
 
 
 def dm_sinkhorn_cpu(heatmaps: Tensor, demander_xy: Tensor, demander_mass: Tensor, *, eps: float, max_iters: int,
-                    tol: float, grad: str, supplier: str = "relu", beta: float = 1.0, rows: Tensor | None = None,
+                    tol: float, grad: str, supplier: str = "relu", beta: float | None = None,
+                    rows: Tensor | None = None,
                     grad_out: Tensor | None = None, grad_weight: Tensor | None = None
                     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """`dmpose.sinkhorn.dm_sinkhorn_torch`'s contract on the compiled kernel: heatmaps (P, H, W) (float32, or
@@ -198,7 +199,8 @@ def dm_sinkhorn_cpu(heatmaps: Tensor, demander_xy: Tensor, demander_mass: Tensor
     table = torch.empty(2, th * (2 * tw - 1), dtype=torch.float64)
     if p:
         lib.dm_loss_f32(p, h, w, hm.data_ptr(), _ptr(rows), xy.data_ptr(), mass.data_ptr(),
-                        int(supplier == "softplus"), float(beta), float(eps), int(max_iters), float(tol), modes[grad],
+                        int(supplier == "softplus"), float(beta or 1.0), float(eps), int(max_iters), float(tol),
+                        modes[grad],
                         _ptr(gw), cost.data_ptr(), _ptr(g), err.data_ptr(), iters.data_ptr(), work.data_ptr(), th, tw,
                         table[0].data_ptr(), table[1].data_ptr())
     return cost.float(), g, err.float(), iters

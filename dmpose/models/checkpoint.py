@@ -49,7 +49,8 @@ from torch import nn
 
 from dmpose.atomic import atomic_write_bytes
 from dmpose.models.registry import build_model
-from dmpose.spec import DMLossOptions, PoseSpec, SpecError
+from dmpose.spec import DECODE_RULES, DMLossOptions, PoseSpec, SpecError
+from dmpose.version import __version__
 
 __all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "read_checkpoint_spec", "model_meta",
            "checkpoint_summary", "spec_meta"]
@@ -60,7 +61,6 @@ FORMAT = "dmpose-checkpoint/1"
 REQUIRED = ("format", "arch", "num_joints")
 TEXT_FIELDS = ("format", "arch", "dmpose_version", "decode", "config")
 JSON_FIELDS = ("spec", "num_joints", "input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss")
-DECODE_RULES = ("2x2", "argmax")
 # the output stride of every registered architecture (a legacy file's heatmap_size must be input_size / 4)
 LEGACY_OUTPUT_STRIDE = 4
 FIELD_ORDER = ("format", "spec", "arch", "num_joints", "dmpose_version", "input_size", "heatmap_size", "keypoint_names",
@@ -171,7 +171,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, spec: PoseSpec | 
                     meta: dict[str, Any] | None = None) -> Path:
     """Write `model`'s weights, its `spec` and metadata to one `.safetensors` file, atomically.
 
-    `spec` (a PoseSpec; default: the spec the model was loaded with, if its file stored one) is written
+    `spec` (a PoseSpec; default: the model's `spec`, the one it was loaded or built with) is written
     under ``spec`` together with the old field-per-key values it implies; its arch and keypoint count must
     be the model's. `meta` adds or overrides fields (see the module docstring); `arch` and `num_joints` come from the
     model and may not contradict it. torch.compile and DataParallel wrappers are unwrapped, so the
@@ -179,8 +179,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, spec: PoseSpec | 
     bytes go to a temporary file in the target's directory, are flushed to disk, then renamed over
     `path`: a crash never leaves a partial file under the final name.
     """
-    from dmpose import __version__
-
     path = Path(path)
     model = unwrap_model(model)
     full = model_meta(model)
@@ -191,6 +189,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, spec: PoseSpec | 
     full.update(format=FORMAT, dmpose_version=__version__)
     if isinstance(full.get("loss"), DMLossOptions):  # the loss field: {"name": "dm", ...the options}
         full["loss"] = {"name": "dm", **full["loss"].model_dump(mode="json")}
+    if spec is None and isinstance(getattr(model, "spec", None), PoseSpec):  # load_model's, or build_model's default
+        spec = model.spec
     if spec is None and isinstance(full.get("spec"), dict):
         spec = PoseSpec.validated(full["spec"], source="save_checkpoint spec")
     if spec is not None:

@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 from dmpose.atomic import check_not_input
 from dmpose.models.checkpoint import list_key_problems, save_checkpoint
-from dmpose.models.registry import build_model
+from dmpose.models.hrformer import relative_position_index
+from dmpose.models.registry import DEFAULT_KEYPOINT_SETS, build_model
 from dmpose.spec import DECODE_RULES, CodecSpec, KeypointSpec, Normalisation, PoseSpec
 
 __all__ = [
@@ -194,8 +195,6 @@ def hrformer_layout_map(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], st
     MMPose's fused layer); an incomplete triple or a `relative_position_index` that differs from
     dmpose's is a ConversionError. Keys already in dmpose's layout pass unchanged.
     """
-    from dmpose.models.hrformer import relative_position_index
-
     out: dict[str, Tensor] = {}
     triples: dict[str, dict[str, Tensor]] = {}
     dropped: list[str] = []
@@ -319,8 +318,6 @@ def convert_state_dict(
     return model, report
 
 
-OFFICIAL_KEYPOINTS = {17: "coco17", 16: "mpii16"}  # joint count -> the set the official models use
-OFFICIAL_INPUT_WH = {"coco17": (192, 256), "mpii16": (256, 256)}
 
 
 def official_spec(arch: str, num_joints: int, input_wh: tuple[int, int] | None = None,
@@ -330,7 +327,7 @@ def official_spec(arch: str, num_joints: int, input_wh: tuple[int, int] | None =
     docstring). Returns (spec, names of the facts that were defaulted)."""
     defaulted = []
     if keypoints is None:
-        keypoints = OFFICIAL_KEYPOINTS.get(num_joints)
+        keypoints = DEFAULT_KEYPOINT_SETS.get(num_joints, (None,))[0]
         if keypoints is None:
             raise ValueError(f"{num_joints} joints match no built-in keypoint set; give the keypoint set "
                              "(a keypoint YAML file)")
@@ -339,7 +336,7 @@ def official_spec(arch: str, num_joints: int, input_wh: tuple[int, int] | None =
     if kps.num_keypoints != num_joints:
         raise ValueError(f"keypoint set '{kps.name}' has {kps.num_keypoints} joints but the model has {num_joints}")
     if input_wh is None:
-        input_wh = OFFICIAL_INPUT_WH.get(kps.name, (192, 256))
+        input_wh = next((wh for name, wh in DEFAULT_KEYPOINT_SETS.values() if name == kps.name), (192, 256))
         defaulted.append(f"input_wh={input_wh[0]}x{input_wh[1]}")
     if normalisation is None:
         normalisation = Normalisation()
@@ -349,7 +346,8 @@ def official_spec(arch: str, num_joints: int, input_wh: tuple[int, int] | None =
         defaulted.append("decode=argmax")
     if decode not in DECODE_RULES:
         raise ValueError(f"unknown decode rule {decode!r}; expected one of {DECODE_RULES}")
-    codec = CodecSpec(name="gaussian") if decode == "argmax" else CodecSpec(name="dm")
+    # foreign weights decoded by 2x2 are read through the paper's relu map
+    codec = CodecSpec(name="gaussian") if decode == "argmax" else CodecSpec(name="dm", supplier_map="relu")
     return PoseSpec.build(arch, kps, input_wh, codec=codec, normalisation=normalisation), defaulted
 
 

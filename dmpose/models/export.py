@@ -21,47 +21,41 @@ import torch
 from torch import Tensor, nn
 
 from dmpose.atomic import atomic_output, check_not_input
-from dmpose.decode import decode_2x2, decode_argmax
-from dmpose.models.checkpoint import load_model, model_meta, save_checkpoint
-from dmpose.spec import DECODE_RULES
-from dmpose.suppliers import decoded_map
+from dmpose.codec import HeatmapCodec, build_codec
+from dmpose.models.checkpoint import load_model, model_meta, save_checkpoint, spec_from_meta
+from dmpose.spec import PoseSpec, SpecError
 
 __all__ = ["DecodedPoseModel", "export_onnx", "export_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_INPUT_WH = (192, 256)  # COCO's, for a model without a spec or an input size
-
-
 class DecodedPoseModel(nn.Module):
-    """A pose network followed by a decode ("2x2" or "argmax"): (heatmaps, coords, confidence)."""
+    """A pose network followed by its codec's decode: (heatmaps, coords, confidence). The decode reads the map the
+    codec reads (`HeatmapCodec.read`: a DM model's supplier distribution, an MSE model's raw heatmaps), as the
+    predictor does, with the torch decoders (traceable)."""
 
-    def __init__(self, model: nn.Module, decode: str = "2x2", supplier_map: str = "relu", beta: float = 1.0):
+    def __init__(self, model: nn.Module, codec: HeatmapCodec):
         super().__init__()
-        if decode not in DECODE_RULES:
-            raise ValueError(f"unknown decode rule {decode!r}; expected one of {DECODE_RULES}")
-        self.model, self.decode, self.supplier_map, self.beta = model, decode, supplier_map, beta
+        self.model, self.codec = model, codec
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         heatmaps = self.model(image)
-        if self.decode == "2x2":  # the map the loss was trained on (dmpose.suppliers), as the predictor reads it
-            read = decoded_map(heatmaps, self.supplier_map, self.beta) if self.supplier_map != "raw" else heatmaps
-            coords, confidence = decode_2x2(read, backend="torch")
-        else:
-            coords, confidence = decode_argmax(heatmaps)
+        options = {"backend": "torch"} if self.codec.decode_rule == "2x2" else {}
+        coords, confidence = self.codec.decode(heatmaps, **options)
         return heatmaps, coords, confidence
 
 
-def _facts(model: nn.Module) -> tuple[tuple[int, int] | None, str]:
-    """(input_wh, decode rule) of a model: its spec's, else its old metadata's (decode default 2x2)."""
-    from dmpose.spec import PoseSpec
-
+def _spec(model: nn.Module) -> PoseSpec:
+    """The model's spec (`load_model` sets it), else one rebuilt from its checkpoint metadata."""
     spec = getattr(model, "spec", None)
     if isinstance(spec, PoseSpec):
-        return spec.input_wh, spec.decode
+        return spec
     meta = model_meta(model)
-    hw = meta.get("input_size")
-    return (None if hw is None else (int(hw[1]), int(hw[0]))), meta.get("decode") or "2x2"
+    try:
+        return spec_from_meta(meta, f"{meta['arch']} model")
+    except SpecError as e:
+        raise ValueError(f"cannot export: the model carries no spec ({e}); load it with dmpose.load_model or build "
+                         "it with a spec") from None
 
 
 def export_onnx(
@@ -84,14 +78,10 @@ def export_onnx(
         raise ImportError("ONNX export needs the onnx extra: pip install 'dmpose[onnx]'") from e
     path = Path(path)
     meta = model_meta(model)
-    spec_wh, rule = _facts(model)
-    w, h = input_wh or spec_wh or DEFAULT_INPUT_WH
-    rule = decode or rule
-    spec = getattr(model, "spec", None)
-    codec = getattr(spec, "codec", None)
-    supplier = codec.supplier_map if codec is not None and rule == codec.decode else "relu"
-    beta = codec.supplier_beta if codec is not None else 1.0
-    module = (DecodedPoseModel(model, rule, supplier, beta) if with_decode else model).eval()
+    spec = _spec(model).with_decode(decode)
+    w, h = input_wh or spec.input_wh
+    rule = spec.decode
+    module = (DecodedPoseModel(model, build_codec(spec)) if with_decode else model).eval()
     outputs = ["heatmaps", "coords", "confidence"] if with_decode else ["heatmaps"]
     example = _check_input_size(model, (h, w), meta["arch"])
     batch = torch.export.Dim("batch", min=1)

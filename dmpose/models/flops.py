@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dmpose.models.hrformer import WindowAttention
 from dmpose.models.registry import build_model
 
 __all__ = ["count_macs", "count_params"]
@@ -30,8 +31,6 @@ def count_macs(model: nn.Module | str, input_size: tuple[int, int] = (256, 192),
                attention: bool = False) -> int:
     """MACs of one forward pass on one (3, H, W) image; `model` is a module or a registered name
     (built on the meta device; a module is run as given, so pass a meta-device one to stay free)."""
-    from dmpose.models.hrformer import WindowAttention
-
     if isinstance(model, str):
         model = build_model(model, num_joints=num_joints, device="meta")
     total = 0

@@ -2,6 +2,9 @@
 
 Every factory takes `num_joints` plus architecture-specific keywords and returns a module whose
 `arch` and `num_joints` attributes are enough to rebuild it (`dmpose.load_model` relies on this).
+`build_model` also gives the module a complete default `spec` (`default_spec`: the built-in keypoint set of its
+joint count, the dataset's usual input size, the DM codec's defaults), so `save_checkpoint` of a freshly built
+model writes a file that `dmpose predict` and `dmpose eval` read; `load_model` replaces it with the file's.
 """
 
 from __future__ import annotations
@@ -10,7 +13,13 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["register_model", "build_model", "list_models"]
+from dmpose.spec import PoseSpec
+
+__all__ = ["register_model", "build_model", "list_models", "default_spec", "DEFAULT_KEYPOINT_SETS"]
+
+#: The built-in keypoint set and usual input size (W, H) by joint count (the official recipes): COCO's 192x256,
+#: MPII's 256x256.
+DEFAULT_KEYPOINT_SETS = {17: ("coco17", (192, 256)), 16: ("mpii16", (256, 256))}
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -35,4 +44,15 @@ def build_model(name: str, num_joints: int = 17, **kwargs) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     if not isinstance(num_joints, int) or isinstance(num_joints, bool) or num_joints < 1:
         raise ValueError(f"num_joints must be a positive int, got {num_joints!r}")
-    return _REGISTRY[name](num_joints=num_joints, **kwargs)
+    model = _REGISTRY[name](num_joints=num_joints, **kwargs)
+    model.spec = default_spec(name, num_joints)
+    return model
+
+
+def default_spec(arch: str, num_joints: int) -> PoseSpec | None:
+    """The spec `build_model` attaches: the built-in set of `num_joints` joints (COCO-17, MPII-16) at its usual
+    input size with the default DM codec; None for another joint count (no built-in set describes it)."""
+    if num_joints not in DEFAULT_KEYPOINT_SETS:
+        return None
+    keypoints, input_wh = DEFAULT_KEYPOINT_SETS[num_joints]
+    return PoseSpec.build(arch, keypoints, input_wh)

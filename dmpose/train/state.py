@@ -1,14 +1,16 @@
-"""The resume state (`last.state.pt`): everything needed to continue a run exactly.
+"""Where a run is (`TrainState`) and the resume state (`last.state.pt`): everything needed to continue exactly.
 
-Raw weights, EMA weights (when on), optimiser, scheduler, AMP scaler, epoch, step, step within the epoch,
-best metric and epoch, and every RNG state (python, numpy, torch CPU, CUDA, the data-loader generator),
-stored as tensors and plain Python values only, so that `torch.load(path, weights_only=True)` reads it.
+The file holds raw weights, EMA weights (when on), optimiser, scheduler, AMP scaler, epoch, step, step within
+the epoch, best metric and epoch, and every RNG state (python, numpy, torch CPU, CUDA, the data-loader
+generator), stored as tensors and plain Python values only, so that `torch.load(path, weights_only=True)`
+reads it.
 """
 
 from __future__ import annotations
 
 import io
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,36 @@ import torch
 
 from dmpose.atomic import atomic_write_bytes
 
-__all__ = ["rng_state", "set_rng_state", "save_state", "load_state", "STATE_VERSION"]
+__all__ = ["TrainState", "rng_state", "set_rng_state", "save_state", "load_state", "STATE_VERSION"]
 
 STATE_VERSION = 1
+
+
+@dataclass
+class TrainState:
+    """The run's position and bookkeeping, saved with the weights in the resume state.
+
+    epoch: epochs completed (it moves on once an epoch's validation is done, so a state saved during the
+    validation resumes into it); step: optimiser steps done in the run; step_in_epoch: of them, in the current
+    epoch; best: {"metric", "value", "epoch", "weights", "boxes"}; skipped: non-finite steps so far;
+    epoch_losses: the logged loss of each step of the current epoch (metrics.csv train_loss); rng: the RNG
+    states after the last completed step (what a resume restores); smoothed_loss: the progress line's average.
+    """
+
+    best: dict[str, Any]
+    epoch: int = 0
+    step: int = 0
+    step_in_epoch: int = 0
+    skipped: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    rng: dict[str, Any] | None = None
+    smoothed_loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields the resume state stores (besides weights, optimiser and RNG states)."""
+        return {"epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
+                "epoch_losses": list(self.epoch_losses) if self.step_in_epoch else [], "best": self.best,
+                "skipped": self.skipped}
 
 
 def rng_state(loader_generator: torch.Generator | None = None) -> dict[str, Any]:

@@ -20,14 +20,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dmpose.eval.inference import DECODERS
+from dmpose.codec import HeatmapCodec
 from dmpose.eval.metrics import CocoEvaluator, MpiiEvaluator
 from dmpose.eval.predictor import TopDownPredictor
 from dmpose.eval.runner import coco_update, mpii_update, predict_dataset
+from dmpose.loss import dm_loss, mse_loss
+from dmpose.spec import PoseSpec
+from dmpose.train.config import TrainConfig
+from dmpose.train.run_folder import RunFolder
 
-__all__ = ["ValData", "validate", "heatmap_pass", "heatmap_metrics", "shard_indices"]
+__all__ = ["ValData", "validate", "heatmap_pass", "heatmap_metrics", "step_diagnostics", "shard_indices",
+           "validate_epoch"]
 
 
 @dataclass
@@ -72,8 +79,6 @@ def validate(model, spec, val: ValData, flip: bool, batch_size: int, oks_thresho
     ds = val.dataset if world == 1 else _Shard(val.dataset, shard_indices(len(val.dataset), rank, world))
     predict_dataset(predictor, ds, batch_size=batch_size, workers=0, on_batch=on_batch)
     if world > 1:
-        import torch.distributed as dist
-
         states = [None] * world
         dist.all_gather_object(states, evaluator.state())
         if rank != 0:
@@ -82,51 +87,61 @@ def validate(model, spec, val: ValData, flip: bool, batch_size: int, oks_thresho
     return dict(evaluator.compute()), evaluator
 
 
-def decoded_and_normalised(hm: torch.Tensor, codec) -> tuple[torch.Tensor, torch.Tensor]:
-    """The map the spec's decode reads (`TopDownPredictor` without the flip test: `decoded_map` of the
-    codec's supplier map, the raw H for "raw") and that map normalised to sum 1 per (B, K) map (for
-    "raw", relu(H) normalised, softmax(H) where no pixel is positive: the same rule as the training
-    diagnostics' mass share)."""
-    from dmpose.suppliers import decoded_map
-
-    if codec.supplier_map == "raw":
-        return hm, decoded_map(hm, "relu")
-    p = decoded_map(hm, codec.supplier_map, codec.supplier_beta)
-    return p, p
-
-
-def heatmap_metrics(hm: torch.Tensor, kp: torch.Tensor, w: torch.Tensor, codec) -> dict[str, torch.Tensor]:
-    """Per labelled joint (w > 0), in the order of `hm[w > 0]`: the decode's localisation error in heatmap
-    px ("error"), the share of the normalised decoded map's mass within 2 px (distance <= 2, pixel centres
-    at integers) of the decoded prediction ("compactness"), and whether the raw map has no positive value
-    ("dead"); plus the decoded coordinates (B, K, 2) and the normalised maps (B, K, H, W) of every joint."""
+def heatmap_metrics(hm: torch.Tensor, kp: torch.Tensor, w: torch.Tensor,
+                    codec: HeatmapCodec) -> dict[str, torch.Tensor]:
+    """Per labelled joint (w > 0), in the order of `hm[w > 0]`: the codec's decode's localisation error in heatmap
+    px ("error"), the share of the normalised read map's mass within 2 px (distance <= 2, pixel centres at
+    integers) of the decoded prediction ("compactness", the paper's Fig. 3) and of the dot ("mass_near_dot"), and
+    whether the raw map has no positive value ("dead"); plus the decoded coordinates (B, K, 2) and the
+    normalised maps (B, K, H, W) of every joint."""
     hm = hm.float()
-    src, q = decoded_and_normalised(hm, codec)
-    coords, _ = DECODERS[codec.decode](src)
-    h, w_ = hm.shape[-2:]
-    ys = torch.arange(h, device=hm.device, dtype=torch.float32).view(1, 1, h, 1)
-    xs = torch.arange(w_, device=hm.device, dtype=torch.float32).view(1, 1, 1, w_)
-    near = ((xs - coords[..., 0, None, None]) ** 2 + (ys - coords[..., 1, None, None]) ** 2) <= 4.0
+    maps = codec.read(hm)
+    q = codec.normalised(maps)
+    coords, _ = codec.decode_maps(maps)
     lab = w > 0
     return {"error": torch.linalg.vector_norm(coords - kp, dim=-1)[lab],
-            "compactness": (q * near).sum(dim=(-2, -1))[lab],
-            "dead": (hm.amax(dim=(-2, -1)) <= 0)[lab],
-            "coords": coords, "normalised": q}
+            "compactness": _mass_within(q, coords, 2.0)[lab], "mass_near_dot": _mass_within(q, kp, 2.0)[lab],
+            "dead": (hm.amax(dim=(-2, -1)) <= 0)[lab], "coords": coords, "normalised": q}
 
 
-def _gaussian_targets(kp: torch.Tensor, w: torch.Tensor, codec, heatmap_wh) -> torch.Tensor:
-    from dmpose.codec import GaussianCodec
-
-    enc = GaussianCodec(heatmap_wh, sigma=codec.sigma, flavour=codec.flavour)
-    kp_np, w_np = kp.cpu().numpy(), w.cpu().numpy()
-    return torch.from_numpy(np.stack([enc.encode(a, b)["heatmaps"] for a, b in zip(kp_np, w_np)])).to(kp.device)
+def _mass_within(q: torch.Tensor, centres: torch.Tensor, radius: float) -> torch.Tensor:
+    """(B, K): the mass of maps q (B, K, H, W) on pixels within `radius` of centres (B, K, 2) (x, y)."""
+    h, w = q.shape[-2:]
+    ys = torch.arange(h, device=q.device, dtype=torch.float32).view(1, 1, h, 1)
+    xs = torch.arange(w, device=q.device, dtype=torch.float32).view(1, 1, 1, w)
+    near = ((xs - centres[..., 0, None, None]) ** 2 + (ys - centres[..., 1, None, None]) ** 2) <= radius ** 2
+    return (q * near).sum(dim=(-2, -1))
 
 
 @torch.no_grad()
-def heatmap_pass(model, dataset: Dataset, codec, dm_options, batch_size: int, crops: int = 0,
+def step_diagnostics(hm: torch.Tensor, batch: dict, codec: HeatmapCodec, grad_hm: torch.Tensor | None,
+                     final: nn.Module | None) -> dict[str, float]:
+    """A logged training step's diagnostics on its batch (`heatmap_metrics`): the share of labelled joints whose
+    raw heatmap has no positive value (dead_share), the read map's mass within 2 px of the dot (mass_2px), the
+    median localisation error (median_error_hm, heatmap px), the gradient norm reaching the heatmaps, the final
+    layer's bias mean and gradient norm."""
+    hm = hm.detach().float()
+    out: dict[str, float] = {}
+    w = batch["weights"].to(hm.device)
+    if int((w > 0).sum()):
+        m = heatmap_metrics(hm, batch["keypoints_hm"].to(hm.device), w, codec)
+        out["dead_share"] = float(m["dead"].float().mean())
+        out["mass_2px"] = float(m["mass_near_dot"].mean())
+        out["median_error_hm"] = float(m["error"].median())
+    if grad_hm is not None:
+        out["grad_norm_heatmaps"] = float(grad_hm.float().norm())
+    if final is not None and final.bias is not None:
+        out["final_bias_mean"] = float(final.bias.mean())
+        if final.bias.grad is not None:
+            out["grad_norm_final_bias"] = float(final.bias.grad.norm())
+    return out
+
+
+@torch.no_grad()
+def heatmap_pass(model, dataset: Dataset, codec: HeatmapCodec, dm_options, batch_size: int, crops: int = 0,
                  device=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Heatmap-level metrics on GT boxes (no flip), decoded as the spec's codec decodes (`codec`: the
-    PoseSpec's CodecSpec: decode rule, supplier map and beta; see `heatmap_metrics`):
+    """Heatmap-level metrics on GT boxes (no flip), decoded as the spec's codec decodes (`codec`, from
+    `dmpose.codec.build_codec(spec)`: decode rule, supplier map and beta; see `heatmap_metrics`):
 
       val_loc_error_hm / val_median_loc_error_hm  mean / median decode-vs-dot distance, heatmap px
       val_compactness_2px  mean share of the normalised decoded map's mass within 2 px of the prediction
@@ -137,8 +152,6 @@ def heatmap_pass(model, dataset: Dataset, codec, dm_options, batch_size: int, cr
 
     and the first `crops` samples' images, heatmaps (normalised decoded maps), predictions and keypoints
     for the figure."""
-    from dmpose.loss import dm_loss, mse_loss
-
     device = device or next(model.parameters()).device
     parts: dict[str, list] = {"error": [], "compactness": [], "dead": []}
     losses, mse, count = 0.0, 0.0, 0
@@ -152,8 +165,8 @@ def heatmap_pass(model, dataset: Dataset, codec, dm_options, batch_size: int, cr
             parts[k].append(m[k].cpu())
         losses += float(dm_loss(hm, kp, w, dm_options, reduction="sum"))
         if codec.name == "gaussian":
-            target = _gaussian_targets(kp, w, codec, (hm.shape[-1], hm.shape[-2]))
-            mse += float(mse_loss(hm, target, w, reduction="sum"))
+            target = np.stack([codec.encode(a, b)["heatmaps"] for a, b in zip(kp.cpu().numpy(), w.cpu().numpy())])
+            mse += float(mse_loss(hm, torch.from_numpy(target).to(device), w, reduction="sum"))
         count += len(x)
         if len(fig["images"]) < crops:
             take = crops - len(fig["images"])
@@ -171,3 +184,30 @@ def heatmap_pass(model, dataset: Dataset, codec, dm_options, batch_size: int, cr
                "val_dm_loss": losses / max(count, 1)}
     metrics["val_loss"] = mse / max(count, 1) if codec.name == "gaussian" else metrics["val_dm_loss"]
     return metrics, {k: np.stack(v) if v else np.zeros(0) for k, v in fig.items()}
+
+
+def validate_epoch(module: nn.Module, spec: PoseSpec, codec: HeatmapCodec, val: ValData, cfg: TrainConfig,
+                   rank: int, world: int, folder: RunFolder | None, epoch: int) -> dict[str, Any]:
+    """A training run's validation after `epoch`: the main metrics on the validation boxes (every rank; {} on ranks
+    > 0) plus, on rank 0, the `heatmap_pass` metrics and the val_epochNNN.jpg crops. `module` (the raw or EMA
+    network) is left in eval mode; the caller puts the trained network back in train mode."""
+    module.eval()
+    metrics, _ = validate(module, spec, val, cfg.val.flip, cfg.val.batch_size, cfg.val.oks_threshold, rank, world)
+    if rank != 0:
+        return metrics
+    crops = cfg.val.crops if folder is not None else 0
+    extra, fig = heatmap_pass(module, val.gt_dataset, codec, cfg.loss.dm, cfg.val.batch_size, crops)
+    metrics.update(extra)
+    if folder is not None and cfg.val.crops and len(fig.get("images", ())):
+        n = spec.normalisation
+        mean = np.asarray(n.mean, np.float32)[:, None, None]
+        std = np.asarray(n.std, np.float32)[:, None, None]
+        imgs = np.clip((fig["images"] * std + mean) * 255, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        s = spec.output_stride
+
+        def to_input(p: np.ndarray) -> np.ndarray:  # heatmap px -> input px (pixel centres at integers)
+            return (p + 0.5) * s - 0.5
+
+        folder.write_val_crops(epoch, imgs, fig["heatmaps"], to_input(fig["pred"]), to_input(fig["gt"]),
+                               fig["weights"], "GT boxes")
+    return metrics

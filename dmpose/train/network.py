@@ -1,0 +1,55 @@
+"""The network of a run: built from the spec, initialised from `model.pretrained` (foreign or dmpose weights, read
+by `dmpose convert`'s reader), and prepared for the device (SyncBatchNorm, memory format, DDP, torch.compile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dmpose.models import build_model
+from dmpose.models.convert import convert_state_dict, read_foreign_state_dict
+from dmpose.spec import PoseSpec
+from dmpose.train.config import TrainConfig
+from dmpose.train.syncbn import convert_cpu_sync_bn
+
+__all__ = ["build_network", "final_layer", "prepare_network"]
+
+
+def build_network(cfg: TrainConfig, spec: PoseSpec, log: Callable[[str], None]) -> nn.Module:
+    """The spec's architecture with its joints, initialised from model.pretrained when set (logged)."""
+    model = build_model(spec.arch, num_joints=spec.num_joints)
+    if cfg.model.pretrained is not None:
+        loaded, report = convert_state_dict(read_foreign_state_dict(cfg.model.pretrained), spec.arch,
+                                            num_joints=spec.num_joints, partial=True)
+        model.load_state_dict(loaded.state_dict())
+        log(f"initialised from {cfg.model.pretrained} ({report})")
+    else:
+        log("no model.pretrained: training from scratch")
+    return model
+
+
+def final_layer(model: nn.Module, k: int) -> nn.Module | None:
+    """The convolution that outputs the K heatmaps (its bias is a training diagnostic)."""
+    layer = getattr(model, "final_layer", None)
+    if isinstance(layer, nn.Conv2d):
+        return layer
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == k]
+    return convs[-1] if convs else None
+
+
+def sync_batch_norm(model: nn.Module, cfg: TrainConfig, device: torch.device, world: int) -> nn.Module:
+    """model.sync_bn under DDP: torch's SyncBatchNorm on GPUs, dmpose's CPU version on the CPU."""
+    if not (cfg.model.sync_bn and world > 1):
+        return model
+    return convert_cpu_sync_bn(model) if device.type == "cpu" else nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def prepare_network(raw: nn.Module, cfg: TrainConfig, device: torch.device, world: int
+                    ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """(the model as trained: DDP-wrapped under DDP, its forward: torch.compile'd when model.compile)."""
+    model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else raw
+    return model, torch.compile(model) if cfg.model.compile else model
