@@ -115,7 +115,7 @@ def main():
 
     from dmpose.codec import DMCodec, GaussianCodec
     from dmpose.data.coco import CocoKeypoints, coco_paths
-    from dmpose.data.keypoints import load_keypoint_set
+    from dmpose.keypoints import load_keypoint_set
     from dmpose.data.transforms import AugmentConfig, TopDownTransform
 
     torch.set_num_threads(1)

@@ -37,7 +37,7 @@ from dmpose.heatmaps import inside_heatmap
 from dmpose.spec import DECODE_RULES, CodecSpec, PoseSpec
 from dmpose.suppliers import decoded_map
 
-__all__ = ["DECODERS", "HeatmapCodec", "DMCodec", "GaussianCodec", "build_codec", "heatmap_weights",
+__all__ = ["DECODERS", "HeatmapCodec", "DMCodec", "GaussianCodec", "build_codec", "codec_for", "heatmap_weights",
            "keypoint_weights", "heatmap_to_image", "image_to_heatmap"]
 
 #: Decode rule (`spec.DecodeRule`) -> decoder of read maps: (B, K, H, W) -> (coords (B, K, 2) heatmap px, conf (B, K)).
@@ -227,6 +227,9 @@ def build_codec(spec: PoseSpec) -> DMCodec | GaussianCodec:
     heatmap size."""
     if not isinstance(spec, PoseSpec):
         raise TypeError(f"build_codec takes a dmpose.spec.PoseSpec, got {type(spec).__name__}")
-    if spec.codec.name == "dm":
-        return DMCodec(spec.heatmap_wh, spec.codec)
-    return GaussianCodec(spec.heatmap_wh, spec=spec.codec)
+    return codec_for(spec.codec, spec.heatmap_wh)
+
+
+def codec_for(codec: CodecSpec, heatmap_wh) -> DMCodec | GaussianCodec:
+    """The codec of a codec spec at a heatmap size (W, H) (`build_codec` of a whole PoseSpec is the usual way)."""
+    return DMCodec(heatmap_wh, codec) if codec.name == "dm" else GaussianCodec(heatmap_wh, spec=codec)

@@ -20,6 +20,7 @@ import functools
 import math
 from pathlib import Path
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -82,9 +83,10 @@ class KeypointSpec(BaseModel):
         return self
 
     @property
-    def flip_index(self) -> tuple[int, ...]:
-        """The one flip permutation p: flipped[..., j, :] = original[..., p[j], :] (left <-> right)."""
-        return flip_permutation(self.flip_pairs, self.num_keypoints)
+    def flip_index(self) -> np.ndarray:
+        """The one flip permutation p as an index array: flipped[..., j, :] = original[..., p[j], :] (left <->
+        right)."""
+        return np.asarray(flip_permutation(self.flip_pairs, self.num_keypoints))
 
     @property
     def lower_body(self) -> tuple[int, ...]:

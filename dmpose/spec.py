@@ -42,6 +42,7 @@ __all__ = [
     "PoseSpec",
     "DMLossOptions",
     "SpecError",
+    "legacy_codec",
     "format_validation_error",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -358,7 +359,7 @@ class PoseSpec(BaseModel):
                 sigmas=base.sigmas if same else None, upper_body=base.upper_body if same else ()))
         size = meta.get("input_size") or [256, 192]
         try:
-            codec = _legacy_codec(meta.get("loss"), meta.get("decode"))
+            codec = legacy_codec(meta.get("loss"), meta.get("decode"))
         except (ValidationError, ValueError, TypeError) as e:
             raise SpecError(f"{source}: fields loss/decode do not describe a codec: {e}") from None
         hm = meta.get("heatmap_size")
@@ -367,7 +368,7 @@ class PoseSpec(BaseModel):
                                   output_stride=stride, codec=codec), source)
 
 
-def _legacy_codec(loss: Any, decode: str | None) -> CodecSpec:
+def legacy_codec(loss: Any, decode: str | None) -> CodecSpec:
     """The codec of a file written before the spec existed, from every field it carries: the loss field (a name,
     or {"name", ...options}: a DM file's suppliers and supplier_beta, an MSE file's sigma and flavour) and the
     decode rule (default: the loss's own). A DM loss field without `suppliers` predates that option: relu, the

@@ -36,8 +36,8 @@ import dmpose
 from dmpose.cli import app
 from dmpose.codec import DMCodec
 from dmpose.data.coco import CocoKeypoints
-from dmpose.data.keypoints import KeypointSet, load_keypoint_set
 from dmpose.data.transforms import TopDownTransform
+from dmpose.keypoints import KeypointSpec, load_keypoint_set
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels.reference import solve_one, subpixel_demanders  # noqa: E402
@@ -316,7 +316,7 @@ def test_boundary_values_are_validated(synth, tmp_path):
     # OKS sigmas must be finite
     names = ["a", "b"]
     with pytest.raises(ValueError, match=r"sigmas\[1\] \(b\) is inf"):
-        KeypointSet.from_dict({"keypoints": names, "sigmas": [0.1, float("inf")]}, source="mine.yaml")
+        KeypointSpec.from_dict({"keypoints": names, "sigmas": [0.1, float("inf")]}, source="mine.yaml")
     # NaN/Inf in a ground-truth box or a detection box, and a size-0 detection box
     ann_file = synth / "annotations" / "person_keypoints_val2017.json"
     data = json.loads(ann_file.read_text())

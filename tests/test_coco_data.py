@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 from dmpose.codec import DMCodec, GaussianCodec
 from dmpose.data.coco import CocoKeypoints
 from dmpose.data.image import read_image, warp_affine
-from dmpose.data.keypoints import load_keypoint_set
 from dmpose.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, TopDownTransform
 from dmpose.geometry import apply_affine, compose_affine, invert_affine
+from dmpose.keypoints import load_keypoint_set
 
 COCO17 = load_keypoint_set("coco17")
 
@@ -171,7 +171,7 @@ def test_bad_inputs(tmp_path):
     ann, img = _write_coco(tmp_path, [_ann(8, bbox=[0, 0, -3, 10])])
     with pytest.raises(ValueError, match="annotation id 8 has a negative box size"):
         CocoKeypoints(ann, img, t)
-    names = list(t.keypoint_set.names)
+    names = list(t.keypoints.names)
     ann, img = _write_coco(tmp_path, [_ann(11)], category_keypoints=names[:5] + ["chin"] + names[6:])
     with pytest.raises(ValueError, match=r"ann.json: category 'person' names other keypoints than keypoint set "
                                          r"'coco17' \(keypoint 5 is 'chin' there and 'left_shoulder'"):

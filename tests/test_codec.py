@@ -9,6 +9,7 @@ import torch
 
 from dmpose.codec import DMCodec, GaussianCodec, build_codec, heatmap_to_image, image_to_heatmap, keypoint_weights
 from dmpose.geometry import box_to_center_scale, crop_affine
+from dmpose.spec import CodecSpec, DMLossOptions, PoseSpec
 
 
 def splat_bilinear(points_hm, size_wh):
@@ -27,7 +28,7 @@ def splat_bilinear(points_hm, size_wh):
 @pytest.mark.parametrize("input_wh,hm_wh", [((192, 256), (48, 64)), ((288, 384), (72, 96))])
 def test_round_trip_image_heatmap_image(input_wh, hm_wh):
     rng = np.random.default_rng(0)
-    codec = DMCodec(hm_wh)
+    codec = DMCodec(hm_wh, CodecSpec(name="dm", supplier_map="relu"))  # reads the bilinear masses as they are
     for _ in range(10):
         box = [rng.uniform(0, 300), rng.uniform(0, 200), rng.uniform(40, 300), rng.uniform(40, 400)]
         center, size = box_to_center_scale(box, input_wh[0] / input_wh[1])
@@ -94,10 +95,16 @@ def test_gaussian_zero_weight_gives_empty_heatmap_and_decode_argmax():
 
 
 def test_build_codec_and_errors():
-    assert isinstance(build_codec("dm", (48, 64)), DMCodec)
-    g = build_codec("gaussian", (48, 64), sigma=3.0, flavour="unbiased")
-    assert g.sigma == 3.0 and g.flavour == "unbiased"
+    dm = build_codec(PoseSpec.build("hrnet_tiny", "coco17", (192, 256)))
+    assert isinstance(dm, DMCodec) and dm.heatmap_wh == (48, 64)
+    # one default per option: a DM codec reads the DM loss's default supplier map
+    assert (dm.spec.supplier_map, dm.spec.supplier_beta) == (DMLossOptions().suppliers, DMLossOptions().supplier_beta)
+    g = build_codec(PoseSpec.build("hrnet_tiny", "coco17", (192, 256),
+                                   codec=CodecSpec(name="gaussian", sigma=3.0, flavour="unbiased")))
+    assert isinstance(g, GaussianCodec) and g.sigma == 3.0 and g.flavour == "unbiased" and g.decode_rule == "argmax"
     with pytest.raises(ValueError, match="flavour"):
         GaussianCodec((48, 64), flavour="dark")
-    with pytest.raises(ValueError, match="unknown codec"):
-        build_codec("mse", (48, 64))
+    with pytest.raises(TypeError, match="PoseSpec"):
+        build_codec("mse")
+    with pytest.raises(ValueError, match="needs a 'dm' codec spec"):
+        DMCodec((48, 64), CodecSpec(name="gaussian"))

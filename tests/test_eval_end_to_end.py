@@ -23,12 +23,12 @@ from typer.testing import CliRunner
 
 from dmpose.codec import DMCodec
 from dmpose.data.coco import CocoKeypoints
-from dmpose.data.keypoints import load_keypoint_set
 from dmpose.data.mpii import MpiiKeypoints
 from dmpose.data.transforms import TopDownTransform
 from dmpose.eval.evaluate import evaluate_coco_predictions, evaluate_mpii_predictions
 from dmpose.eval.predictor import TopDownPredictor
 from dmpose.eval.runner import predict_dataset
+from dmpose.keypoints import load_keypoint_set
 from dmpose.spec import CodecSpec, PoseSpec
 
 torch.set_num_threads(1)  # 2 shared cores: more threads are slower under load
@@ -114,7 +114,7 @@ class Oracle(nn.Module):
         return torch.from_numpy(render(points, labelled, self.heatmap_wh, self.kind)).float()
 
 
-COCO_SPEC = PoseSpec.build("oracle", "coco17", INPUT_WH)
+COCO_SPEC = PoseSpec.build("oracle", "coco17", INPUT_WH, codec=CodecSpec(name="dm", supplier_map="relu"))  # dots
 MPII_SPEC = PoseSpec.build("oracle", "mpii16", (256, 256))
 
 
@@ -419,17 +419,15 @@ def test_checkpoint_metadata_problems_are_named(tiny_synthetic, tmp_path):
 def test_decode_rule_comes_from_the_spec():
     """Old files: the decode field, else the loss name (dm -> 2x2), else argmax (foreign weights are
     MSE-trained); an override swaps the rule and the map it reads."""
-    from dmpose.eval.evaluate import with_decode
-
     def rule(**meta):
         return PoseSpec.from_legacy_meta({"arch": "hrnet_tiny", "num_joints": 17, **meta}).decode
 
     assert rule(decode="2x2") == "2x2" and rule(loss={"name": "dm", "eps": 1.0}) == "2x2"
     assert rule(loss="mse") == "argmax" and rule() == "argmax"
-    spec = with_decode(COCO_SPEC, "argmax")
-    assert spec.decode == "argmax" and spec.codec.supplier_map == "raw" and with_decode(COCO_SPEC, None) is COCO_SPEC
+    spec = COCO_SPEC.with_decode("argmax")
+    assert spec.decode == "argmax" and spec.codec.supplier_map == "raw" and COCO_SPEC.with_decode(None) is COCO_SPEC
     with pytest.raises(ValueError, match="decode rule 'soft'"):
-        with_decode(COCO_SPEC, "soft")
+        COCO_SPEC.with_decode("soft")
 
 
 def test_predict_dataset_refuses_augmentation(coco_sample):

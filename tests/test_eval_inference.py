@@ -1,16 +1,21 @@
-"""dmpose.eval.inference: flip_back geometry, flip averaging, and the flip test with an oracle model."""
+"""dmpose.eval.inference and the codec's reading: flip_back geometry, flip averaging, and the flip test with an
+oracle model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from dmpose.codec import DMCodec, GaussianCodec
 from dmpose.decode import decode_2x2
-from dmpose.eval.inference import average_flip, flip_back, normalise_heatmaps, predict_heatmaps
+from dmpose.eval.inference import flip_back, predict_heatmaps
+from dmpose.spec import CodecSpec
 
 H, W = 16, 12
 FLIP_PAIRS = [(0, 1), (2, 3)]  # joint 4 (say, the nose) has no partner
 PARTNER = [1, 0, 3, 2, 4]
+RELU = DMCodec((W, H), CodecSpec(name="dm", supplier_map="relu"))  # the paper's map
+MSE = GaussianCodec((W, H))  # reads raw heatmaps
 
 
 def render_dots(xy: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -70,15 +75,18 @@ def test_flip_test_with_oracle_model_decodes_exactly():
     xy = _keypoints()
     crops = torch.rand(3, 3, 4 * H, 4 * W, generator=torch.Generator().manual_seed(1))
     model = OracleModel(crops, xy)
-    heatmaps = predict_heatmaps(model, crops, decode="2x2", flip_pairs=FLIP_PAIRS)
+    heatmaps = predict_heatmaps(model, crops, RELU, flip_pairs=FLIP_PAIRS)
     assert model.calls == 2
-    coords, conf = decode_2x2(heatmaps)
+    coords, conf = RELU.decode_maps(heatmaps)
     assert torch.allclose(coords.double(), xy, atol=1e-5)
     assert torch.allclose(conf, torch.ones_like(conf))
-    # Without the flip test: one call, the raw heatmaps.
+    # Without the flip test: one call, the map the codec reads (the rendering is already a distribution).
     model = OracleModel(crops, xy)
-    plain = predict_heatmaps(model, crops, decode="2x2")
-    assert model.calls == 1 and torch.equal(plain, render_dots(xy))
+    plain = predict_heatmaps(model, crops, RELU)
+    assert model.calls == 1 and torch.allclose(plain, render_dots(xy), atol=1e-7)
+    # An MSE model's codec reads the raw heatmaps
+    model = OracleModel(crops, xy)
+    assert torch.equal(predict_heatmaps(model, crops, MSE), render_dots(xy))
 
 
 def test_dm_average_uses_normalised_distributions():
@@ -86,17 +94,17 @@ def test_dm_average_uses_normalised_distributions():
     # distributions decodes to 10.5; averaging raw values would follow the larger one.
     a = render_dots(torch.tensor([[[10.3 - 5, 7.0]]], dtype=torch.float64), scale=1.0)
     b = render_dots(torch.tensor([[[10.7 - 5, 7.0]]], dtype=torch.float64), scale=100.0)
-    dm, _ = decode_2x2(average_flip(a, b, decode="2x2"))
-    raw, _ = decode_2x2(average_flip(a, b, decode="argmax"))
+    dm, _ = decode_2x2(RELU.average_flip(RELU.read(a), RELU.read(b)))
+    raw, _ = decode_2x2(MSE.average_flip(MSE.read(a), MSE.read(b)))
     assert dm[0, 0, 0].item() == pytest.approx(5.5, abs=1e-5)
     assert raw[0, 0, 0].item() == pytest.approx((0.3 + 70.0) / 101 + 5, abs=1e-5)
-    assert torch.equal(average_flip(a, b, decode="argmax"), 0.5 * (a + b))
+    assert torch.equal(MSE.average_flip(MSE.read(a), MSE.read(b)), 0.5 * (a + b))
 
 
-def test_normalise_heatmaps():
+def test_a_relu_codec_reads_normalised_maps_and_softmax_for_dead_ones():
     hm = torch.randn(2, 3, H, W)
     hm[1, 2] = -1.0  # no positive mass
-    p = normalise_heatmaps(hm)
+    p = RELU.read(hm)
     assert (p >= 0).all()
     sums = p.sum(dim=(-2, -1))
     assert torch.allclose(sums[0], torch.ones(3)) and torch.allclose(sums[1, :2], torch.ones(2))
@@ -115,9 +123,9 @@ def test_flip_back_rejects_bad_pairs(pairs, match):
 
 def test_bad_decode_and_shapes():
     hm = torch.zeros(1, 5, H, W)
-    with pytest.raises(ValueError, match="decode rule"):
-        average_flip(hm, hm, decode="soft-argmax")
+    with pytest.raises(ValueError, match="decode"):
+        CodecSpec(name="dm", decode="soft-argmax")
     with pytest.raises(ValueError, match="shapes differ"):
-        average_flip(hm, hm[:, :4], decode="2x2")
+        RELU.average_flip(hm, hm[:, :4])
     with pytest.raises(ValueError, match="heatmaps"):
         flip_back(hm[0], FLIP_PAIRS)

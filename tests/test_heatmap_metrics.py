@@ -11,15 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from dmpose.codec import GaussianCodec
+from dmpose.codec import GaussianCodec, codec_for
 from dmpose.decode import decode_2x2
 from dmpose.spec import CodecSpec, DMLossOptions
 from dmpose.suppliers import decoded_map
 from dmpose.train.validate import heatmap_metrics, heatmap_pass
 
-DM_RELU = CodecSpec(name="dm", supplier_map="relu")
-DM_SOFTPLUS = CodecSpec(name="dm", supplier_map="softplus", supplier_beta=1.0)
-MSE = CodecSpec(name="gaussian", sigma=1.0, flavour="unbiased")
+# codecs (the heatmap size matters only to the MSE codec's targets, (12, 10) in the heatmap_pass test)
+DM_RELU = codec_for(CodecSpec(name="dm", supplier_map="relu"), (8, 8))
+DM_SOFTPLUS = codec_for(CodecSpec(name="dm", supplier_map="softplus", supplier_beta=1.0), (8, 8))
+MSE = codec_for(CodecSpec(name="gaussian", sigma=1.0, flavour="unbiased"), (12, 10))
 
 
 def one(hm: np.ndarray) -> torch.Tensor:
@@ -41,7 +42,8 @@ def test_floor_plus_peak_gives_the_counted_fraction():
     # exactly (3, 4); 13 pixels lie within 2 px of it (dx^2 + dy^2 <= 4), so the share is (13 + 1) / 65
     hm = np.ones((8, 8))
     hm[4, 3] = 2.0
-    m = heatmap_metrics(one(hm), torch.tensor([[[3.0, 4.0]]]), torch.ones(1, 1), CodecSpec(name="gaussian"))
+    raw = codec_for(CodecSpec(name="gaussian"), (8, 8))
+    m = heatmap_metrics(one(hm), torch.tensor([[[3.0, 4.0]]]), torch.ones(1, 1), raw)
     assert m["coords"][0, 0].tolist() == [3.0, 4.0]
     assert float(m["compactness"][0]) == pytest.approx(14 / 65, abs=1e-6)
     # the normalised map of a raw (MSE) model sums to 1

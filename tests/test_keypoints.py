@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools.cocoeval import Params
 
-from dmpose.data.keypoints import KeypointSet, builtin_keypoint_sets, load_keypoint_set
+from dmpose.keypoints import KeypointSpec, builtin_keypoint_sets, load_keypoint_set
 
 
 def test_builtins():
@@ -39,7 +39,7 @@ def test_custom_yaml_round_trip(tmp_path):
                  "sigmas: [0.05, 0.08, 0.08]\nskeleton: [[nose, left_paw]]\n")
     ks = load_keypoint_set(f)
     assert ks.name == "paw" and ks.flip_index.tolist() == [0, 2, 1] and ks.upper_body == ()
-    assert KeypointSet.from_dict(ks.to_dict()) == ks
+    assert KeypointSpec.from_dict(ks.to_dict()) == ks
 
 
 @pytest.mark.parametrize(

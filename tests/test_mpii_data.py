@@ -8,10 +8,10 @@ import torch
 from scipy.io import savemat
 
 from dmpose.codec import DMCodec
-from dmpose.data.keypoints import load_keypoint_set
 from dmpose.data.mpii import MpiiKeypoints, load_mpii_gt
 from dmpose.data.transforms import AugmentConfig, TopDownTransform
 from dmpose.geometry import apply_affine
+from dmpose.keypoints import load_keypoint_set
 
 MPII16 = load_keypoint_set("mpii16")
 

@@ -14,7 +14,7 @@ from dmpose.spec import CodecSpec, PoseSpec
 from dmpose.suppliers import decoded_map
 
 torch.set_num_threads(1)
-SPEC = PoseSpec.build("toy", "coco17", (32, 64))  # heatmaps 8 x 16 (W x H)
+SPEC = PoseSpec.build("toy", "coco17", (32, 64), codec=CodecSpec(name="dm", supplier_map="relu"))  # heatmaps 8 x 16
 
 
 class Toy(nn.Module):
@@ -64,6 +64,7 @@ def test_flip_test_uses_the_spec_permutation():
 
 
 def test_flip_average_of_the_predictor_and_predict_heatmaps_read_the_softplus_map():
+    from dmpose.codec import build_codec
     from dmpose.eval.inference import predict_heatmaps
 
     model = Toy().eval()
@@ -74,7 +75,7 @@ def test_flip_average_of_the_predictor_and_predict_heatmaps_read_the_softplus_ma
     back = mirrored.flip(-1)[:, list(SPEC.keypoints.flip_index)]
     expected = 0.5 * (decoded_map(direct, "softplus", 8.0) + decoded_map(back, "softplus", 8.0))
     torch.testing.assert_close(TopDownPredictor(model, spec).heatmaps(images), expected)
-    helper = predict_heatmaps(model, images, "2x2", spec.keypoints.flip_pairs, supplier_map="softplus", beta=8.0)
+    helper = predict_heatmaps(model, images, build_codec(spec), spec.keypoints.flip_pairs)
     torch.testing.assert_close(helper, expected)
     relu = 0.5 * (decoded_map(direct, "relu", 1.0) + decoded_map(back, "relu", 1.0))
     assert not torch.allclose(expected, relu)  # the two maps differ here: the test can tell them apart

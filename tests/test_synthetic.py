@@ -95,8 +95,8 @@ def test_cocoeval_gt_as_predictions_is_perfect(synth):
 
 def test_loader_reads_synthetic(synth):
     from dmpose.codec import DMCodec
-    from dmpose.data.keypoints import load_keypoint_set
     from dmpose.data.transforms import TopDownTransform
+    from dmpose.keypoints import load_keypoint_set
 
     t = TopDownTransform((192, 256), (48, 64), DMCodec((48, 64)), load_keypoint_set("coco17"))
     ds = CocoKeypoints.from_root(synth, "val2017", t, detections=True)
@@ -154,8 +154,8 @@ def test_dataloader_workers_reproducible(synth):
     from torch.utils.data import DataLoader
 
     from dmpose.codec import DMCodec
-    from dmpose.data.keypoints import load_keypoint_set
     from dmpose.data.transforms import AugmentConfig, TopDownTransform
+    from dmpose.keypoints import load_keypoint_set
 
     t = TopDownTransform((96, 128), (24, 32), DMCodec((24, 32)), load_keypoint_set("coco17"), AugmentConfig())
     ds = CocoKeypoints.from_root(synth, "train2017", t)

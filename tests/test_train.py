@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from dmpose.train import ConfigError, TrainingError, load_config, train
 from dmpose.train.config import check_paths, packaged_configs
+from dmpose.train.epoch import DEAD_WARN_SHARE
 from dmpose.train.events import EpochEnd, StepEnd
-from dmpose.train.loop import DEAD_WARN_SHARE
 from dmpose.train.run_folder import RUN_FILES
 from dmpose.train.state import load_state
 
@@ -233,7 +233,6 @@ def test_a_real_sigint_stops_at_a_safe_point_and_resumes_exactly(synth_root, tmp
     import os
     import signal
 
-    import dmpose.train.loop as loop
 
     full = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "full")
     at = full.plan["steps_per_epoch"] + 1
@@ -254,7 +253,9 @@ def test_a_real_sigint_stops_at_a_safe_point_and_resumes_exactly(synth_root, tmp
 
     # during the validation at the end of epoch 1 the state is consistent: it stops at once, and the resumed
     # run starts with that validation (the epoch's steps are all done)
-    real_validate, calls = loop.validate, {"n": 0}
+    import dmpose.train.validate as validate_module
+
+    real_validate, calls = validate_module.validate, {"n": 0}
 
     def validate_interrupted_once(*args, **kwargs):
         calls["n"] += 1
@@ -264,7 +265,7 @@ def test_a_real_sigint_stops_at_a_safe_point_and_resumes_exactly(synth_root, tmp
 
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"val.every": 1}))
     every = train(cfg, run_dir=tmp_path / "every_full")
-    monkeypatch.setattr(loop, "validate", validate_interrupted_once)
+    monkeypatch.setattr(validate_module, "validate", validate_interrupted_once)
     cut = train(cfg, run_dir=tmp_path / "every_cut")
     state = torch.load(cut.run_dir / "last.state.pt", weights_only=True)
     assert cut.status == "interrupted" and state["epoch"] == 0
@@ -294,7 +295,7 @@ def test_a_second_sigint_stops_at_once_without_saving(synth_root, tmp_path, term
 def test_training_crops_do_not_depend_on_workers_or_torch_rng(synth_root):
     from torch.utils.data import DataLoader
 
-    from dmpose.train.loop import build_datasets
+    from dmpose.train.datasets import build_datasets
 
     cfg = load_config(data=tiny(synth_root, synth_root.parent))
     ds, _ = build_datasets(cfg, cfg.pose_spec())
@@ -311,7 +312,7 @@ def test_training_crops_do_not_depend_on_workers_or_torch_rng(synth_root):
 
 
 def test_training_puts_the_denormal_flushing_back(synth_root, tmp_path):
-    from dmpose.train.loop import denormals_flushed
+    from dmpose.train.runtime import denormals_flushed
 
     assert not denormals_flushed()  # torch's default: gradual underflow
     train(load_config(data=tiny(synth_root, tmp_path, **{"train.epochs": 1})), run_dir=tmp_path / "dn")
@@ -319,7 +320,7 @@ def test_training_puts_the_denormal_flushing_back(synth_root, tmp_path):
 
 
 def test_cpu_threads_workers_and_amp_are_chosen_for_the_machine(monkeypatch):
-    import dmpose.train.loop as loop
+    import dmpose.train.runtime as loop
 
     cfg = load_config(data={"train": {"threads": "auto", "workers": "auto"}})
     cpu = torch.device("cpu")
@@ -328,26 +329,26 @@ def test_cpu_threads_workers_and_amp_are_chosen_for_the_machine(monkeypatch):
         assert loop.choose_threads_workers(cfg, cpu, 1)[:2] == expected
     for native, expected in ((True, torch.bfloat16), (False, None)):
         monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda v=native: v)
-        assert loop._amp(cfg, cpu) == (expected, False)
+        assert loop.autocast_dtype(cfg, cpu) == (expected, False)
     off = load_config(data={"train": {"amp": "off"}})
-    assert loop._amp(off, cpu) == (None, False)
+    assert loop.autocast_dtype(off, cpu) == (None, False)
 
 
 def test_non_finite_steps_are_skipped_then_stop_naming_the_step(synth_root, tmp_path, monkeypatch):
-    import dmpose.train.loop as loop
+    from dmpose.train.criterion import Criterion
 
-    real = loop.loss_fn
-    monkeypatch.setattr(loop, "loss_fn", lambda cfg, hm, batch, dev, *progress: real(cfg, hm, batch, dev, *progress)
-                        * float("nan"))
+    real = Criterion.terms
+    monkeypatch.setattr(Criterion, "terms", lambda self, hm, batch, *progress: {
+        k: v * float("nan") for k, v in real(self, hm, batch, *progress).items()})
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"train.max_bad_steps": 2, "train.epochs": 3}))
     with pytest.raises(TrainingError, match=r"2 non-finite steps in a row, the last at step 2"):
         train(cfg, run_dir=tmp_path / "nan")
 
 
 def test_non_finite_heatmaps_skip_the_step_and_leave_the_model_as_it_was(synth_root, tmp_path, monkeypatch):
-    import dmpose.train.loop as loop
+    import dmpose.train.network as network
 
-    real_build, calls = loop.build_model, {"train": 0}
+    real_build, calls = network.build_model, {"train": 0}
 
     def build(*args, **kwargs):
         model = real_build(*args, **kwargs)
@@ -363,7 +364,7 @@ def test_non_finite_heatmaps_skip_the_step_and_leave_the_model_as_it_was(synth_r
         first_conv.register_forward_hook(nan_at_second_training_forward)
         return model
 
-    monkeypatch.setattr(loop, "build_model", build)
+    monkeypatch.setattr(network, "build_model", build)
     messages = []
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"train.epochs": 1}))
     result = train(cfg, run_dir=tmp_path / "nanhm", callbacks=[lambda e: messages.append(getattr(e, "text", ""))])
@@ -651,7 +652,8 @@ def test_aux_mse_adds_the_mse_loss_with_a_linearly_falling_weight(synth_root, tm
     from torch.utils.data import DataLoader
 
     from dmpose.loss import dm_loss, mse_loss
-    from dmpose.train.loop import aux_targets, build_datasets, loss_fn
+    from dmpose.train.criterion import Criterion
+    from dmpose.train.datasets import build_datasets
 
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_mse": 100.0, "loss.aux_until": 0.5,
                                                           "loss.mse.sigma": 1.0, "loss.mse.flavour": "unbiased"}))
@@ -662,24 +664,24 @@ def test_aux_mse_adds_the_mse_loss_with_a_linearly_falling_weight(synth_root, tm
     batch = next(iter(DataLoader(ds, batch_size=4)))
     hm = torch.randn(4, 17, 16, 12)
     w = batch["weights"]
-    target = aux_targets(cfg, batch, (12, 16))
+    target = Criterion(cfg).gaussian_targets(batch)
     # the codec's Gaussian rule: peak 1 at a dot on a pixel centre, all-zero maps for unlabelled joints
     assert target.shape == hm.shape and float(target.amax()) <= 1.0
     peaks = target.flatten(2).amax(-1)
     assert bool((peaks[w == 0] == 0).all()) and bool((peaks[w > 0] > 0.3).all())
     pure = dm_loss(hm, batch["keypoints_hm"], w, cfg.loss.dm)
-    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.25), pure + 50.0 * mse_loss(hm, target, w))
-    assert torch.equal(loss_fn(cfg, hm, batch, "cpu", 0.6), pure)
+    assert torch.allclose(Criterion(cfg)(hm, batch, 0.25), pure + 50.0 * mse_loss(hm, target, w))
+    assert torch.equal(Criterion(cfg)(hm, batch, 0.6), pure)
     from dmpose.loss import demander_cross_entropy
 
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_ce": 2.0}))
     ce = demander_cross_entropy(hm, batch["keypoints_hm"], w, cfg.loss.dm)
-    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.5), pure + 1.0 * ce)
+    assert torch.allclose(Criterion(cfg)(hm, batch, 0.5), pure + 1.0 * ce)
     # loss.dm_weight weights the DM term; 0 leaves the cross-entropy alone (the ablation of what DM adds)
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_ce": 2.0, "loss.dm_weight": 0.5}))
-    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.5), 0.5 * pure + 1.0 * ce)
+    assert torch.allclose(Criterion(cfg)(hm, batch, 0.5), 0.5 * pure + 1.0 * ce)
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_ce": 2.0, "loss.dm_weight": 0.0}))
-    assert torch.equal(loss_fn(cfg, hm, batch, "cpu", 0.5), 1.0 * ce)
+    assert torch.equal(Criterion(cfg)(hm, batch, 0.5), 1.0 * ce)
 
 
 def test_aux_terms_are_refused_for_the_mse_loss_and_ce_for_relu_maps(tmp_path):
@@ -696,9 +698,10 @@ def test_aux_terms_are_refused_for_the_mse_loss_and_ce_for_relu_maps(tmp_path):
 def test_joint_weights_multiply_the_visibility_weights_of_every_training_loss(synth_root, tmp_path):
     from torch.utils.data import DataLoader
 
-    from dmpose.data.keypoints import load_keypoint_set
+    from dmpose.keypoints import load_keypoint_set
     from dmpose.loss import demander_cross_entropy, dm_loss, mse_loss
-    from dmpose.train.loop import build_datasets, loss_fn
+    from dmpose.train.criterion import Criterion
+    from dmpose.train.datasets import build_datasets
 
     sigmas = np.array(load_keypoint_set("coco17").sigmas)
     oks = load_config(data={"loss": {"joint_weights": "oks"}}).joint_weights()
@@ -711,7 +714,7 @@ def test_joint_weights_multiply_the_visibility_weights_of_every_training_loss(sy
     hm, kp = torch.randn(4, 17, 16, 12), batch["keypoints_hm"]
     w = batch["weights"] * torch.tensor(oks, dtype=torch.float32)
     expected = dm_loss(hm, kp, w, cfg.loss.dm) + 2.0 * demander_cross_entropy(hm, kp, w, cfg.loss.dm)
-    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu", 0.5), expected)
+    assert torch.allclose(Criterion(cfg)(hm, batch, 0.5), expected)
     assert not torch.allclose(expected, dm_loss(hm, kp, batch["weights"], cfg.loss.dm)
                               + 2.0 * demander_cross_entropy(hm, kp, batch["weights"], cfg.loss.dm))
     listed = [float(v) for v in range(1, 18)]
@@ -719,7 +722,7 @@ def test_joint_weights_multiply_the_visibility_weights_of_every_training_loss(sy
     ds, _ = build_datasets(cfg, cfg.pose_spec())
     batch = next(iter(DataLoader(ds, batch_size=4)))
     w = batch["weights"] * torch.tensor(listed)
-    assert torch.allclose(loss_fn(cfg, hm, batch, "cpu"), mse_loss(hm, batch["target"]["heatmaps"], w))
+    assert torch.allclose(Criterion(cfg)(hm, batch), mse_loss(hm, batch["target"]["heatmaps"], w))
     with pytest.raises(ConfigError, match="loss.joint_weights lists 3 weights; keypoint set 'coco17' has 17"):
         load_config(data={"loss": {"joint_weights": [1.0, 2.0, 3.0]}})
     with pytest.raises(ConfigError, match="greater than 0"):
@@ -738,3 +741,41 @@ def test_linear_and_cosine_schedules_warm_up_then_fall_to_min_lr():
     assert lr_factor(60, lin, 7, 110, 1e-3) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way: half-way down, linearly
     assert lr_factor(35, lin, 7, 110, 1e-3) == pytest.approx(0.1 + 0.9 * 0.75)
     assert lr_factor(35, cos, 7, 110, 1e-3) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_gradient_shares_are_each_terms_share_of_the_heatmap_gradient_and_are_logged(synth_root, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from dmpose.loss import demander_cross_entropy, dm_loss
+    from dmpose.train.criterion import Criterion, gradient_shares
+    from dmpose.train.datasets import build_datasets
+
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"loss.aux_ce": 3.0, "loss.aux_until": None,
+                                                          "loss.dm_weight": 2.0}))
+    ds, _ = build_datasets(cfg, cfg.pose_spec())
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    hm = torch.randn(4, 17, 16, 12, requires_grad=True)
+    criterion = Criterion(cfg)
+    terms = criterion.terms(hm, batch, 0.5)
+    assert list(terms) == ["dm", "ce"] and criterion.term_names == ("dm", "ce")
+    shares = gradient_shares(terms, hm)
+    # the reference: each weighted term's gradient by autograd on a fresh graph
+    kp, w = batch["keypoints_hm"], batch["weights"]
+    norms = {}
+    for name, fn in (("dm", lambda h: 2.0 * dm_loss(h, kp, w, cfg.loss.dm)),
+                     ("ce", lambda h: 3.0 * demander_cross_entropy(h, kp, w, cfg.loss.dm))):
+        h = hm.detach().clone().requires_grad_(True)
+        fn(h).backward()
+        norms[name] = float(h.grad.norm())
+    for name in ("dm", "ce"):
+        assert shares[f"grad_norm_{name}"] == pytest.approx(norms[name], rel=1e-5)
+        assert shares[f"grad_share_{name}"] == pytest.approx(norms[name] / sum(norms.values()), rel=1e-5)
+    # the graph is kept: the step's own backward still runs, and gives the sum of the terms' gradients
+    criterion.total(terms, hm).backward()
+    assert hm.grad is not None and torch.isfinite(hm.grad).all()
+    # a run logs them per logged step (metrics.jsonl, from the first step) and per epoch (metrics.csv)
+    res = train(cfg, run_dir=tmp_path / "shares")
+    steps = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0]["step"] == 1 and steps[0]["grad_share_dm"] + steps[0]["grad_share_ce"] == pytest.approx(1.0)
+    epochs = metric_rows(res.run_dir, "metrics.csv")
+    assert 0 < float(epochs[0]["grad_share_dm"]) < 1

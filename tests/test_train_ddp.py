@@ -39,7 +39,7 @@ def _env(rank: int, world: int, port: int) -> None:
 def _validation(cfg_data: dict, out: str):
     from dmpose.models import build_model
     from dmpose.train import load_config
-    from dmpose.train.loop import build_datasets
+    from dmpose.train.datasets import build_datasets
 
     cfg = load_config(data=cfg_data)
     spec = cfg.pose_spec()

@@ -115,7 +115,6 @@ def predict_command(
     import numpy as np
 
     from dmpose.data.image import read_image
-    from dmpose.eval.metrics import joint_threshold_for
     from dmpose.predict import (
         Predictor,
         coco_id_from_name,
@@ -152,7 +151,7 @@ def predict_command(
         fail(str(err))
     spec = predictor.spec
     names = list(spec.keypoints.names)
-    joint_thr = joint_threshold_for(spec)
+    joint_thr = spec.codec.rescore_threshold
     if box_map is None:
         console.print("no --boxes: each image (or video frame) is one person filling the frame", highlight=False)
     outputs = _Outputs(out, files)

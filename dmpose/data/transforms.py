@@ -188,7 +188,7 @@ class TopDownTransform:
         kp_hm = apply_affine(keypoints, m_hm)
         vis = visible
         if d.flip:
-            perm = np.asarray(self.keypoints.flip_index)
+            perm = self.keypoints.flip_index
             kp_hm, vis = kp_hm[perm], vis[perm]
         # cropping alone when there is no codec (evaluation, prediction): no targets are encoded
         target = self.codec.encode(kp_hm, vis) if self.codec is not None else {}

@@ -63,6 +63,8 @@ TEXT_FIELDS = ("format", "arch", "dmpose_version", "decode", "config")
 JSON_FIELDS = ("spec", "num_joints", "input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss")
 # the output stride of every registered architecture (a legacy file's heatmap_size must be input_size / 4)
 LEGACY_OUTPUT_STRIDE = 4
+# the field-per-key metadata that describes a model without a spec (files written before the spec existed)
+LEGACY_SPEC_FIELDS = ("input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss", "decode")
 FIELD_ORDER = ("format", "spec", "arch", "num_joints", "dmpose_version", "input_size", "heatmap_size", "keypoint_names",
                "flip_pairs", "skeleton", "loss", "decode", "config", "extra")
 
@@ -171,7 +173,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, spec: PoseSpec | 
                     meta: dict[str, Any] | None = None) -> Path:
     """Write `model`'s weights, its `spec` and metadata to one `.safetensors` file, atomically.
 
-    `spec` (a PoseSpec; default: the model's `spec`, the one it was loaded or built with) is written
+    `spec` (a PoseSpec; default: the spec stored in the file the model was loaded from, else, unless `meta`
+    describes the model by the old fields (`LEGACY_SPEC_FIELDS`), a freshly built model's default `spec`) is written
     under ``spec`` together with the old field-per-key values it implies; its arch and keypoint count must
     be the model's. `meta` adds or overrides fields (see the module docstring); `arch` and `num_joints` come from the
     model and may not contradict it. torch.compile and DataParallel wrappers are unwrapped, so the
@@ -189,10 +192,12 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, spec: PoseSpec | 
     full.update(format=FORMAT, dmpose_version=__version__)
     if isinstance(full.get("loss"), DMLossOptions):  # the loss field: {"name": "dm", ...the options}
         full["loss"] = {"name": "dm", **full["loss"].model_dump(mode="json")}
-    if spec is None and isinstance(getattr(model, "spec", None), PoseSpec):  # load_model's, or build_model's default
-        spec = model.spec
     if spec is None and isinstance(full.get("spec"), dict):
         spec = PoseSpec.validated(full["spec"], source="save_checkpoint spec")
+    described = any(k in (meta or {}) for k in LEGACY_SPEC_FIELDS)
+    if (spec is None and not described and not hasattr(model, "checkpoint_meta")
+            and isinstance(getattr(model, "spec", None), PoseSpec)):
+        spec = model.spec  # a freshly built model: build_model's default (a loaded one keeps its file's fields)
     if spec is not None:
         if not isinstance(spec, PoseSpec):
             raise TypeError(f"spec must be a dmpose.spec.PoseSpec, got {type(spec).__name__}")

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from dmpose.atomic import atomic_output, check_not_input
-from dmpose.codec import HeatmapCodec, build_codec
-from dmpose.models.checkpoint import load_model, model_meta, save_checkpoint, spec_from_meta
-from dmpose.spec import PoseSpec, SpecError
+from dmpose.codec import HeatmapCodec, codec_for
+from dmpose.models.checkpoint import load_model, model_meta, save_checkpoint
+from dmpose.spec import PoseSpec, legacy_codec
 
 __all__ = ["DecodedPoseModel", "export_onnx", "export_checkpoint"]
 
@@ -45,17 +45,20 @@ class DecodedPoseModel(nn.Module):
         return heatmaps, coords, confidence
 
 
-def _spec(model: nn.Module) -> PoseSpec:
-    """The model's spec (`load_model` sets it), else one rebuilt from its checkpoint metadata."""
+def _export_facts(model: nn.Module, decode: str | None, input_wh) -> tuple[HeatmapCodec, tuple[int, int]]:
+    """(the codec the export decodes with, the input (W, H)): the model's spec (`load_model` and `build_model` set
+    it; `decode` overrides its rule), else, for a file that names no keypoint set, its loss/decode fields
+    (default decode 2x2) and input_size (default COCO's 192x256)."""
     spec = getattr(model, "spec", None)
     if isinstance(spec, PoseSpec):
-        return spec
-    meta = model_meta(model)
-    try:
-        return spec_from_meta(meta, f"{meta['arch']} model")
-    except SpecError as e:
-        raise ValueError(f"cannot export: the model carries no spec ({e}); load it with dmpose.load_model or build "
-                         "it with a spec") from None
+        codec, wh = spec.codec.with_decode(decode), tuple(input_wh or spec.input_wh)
+    else:
+        meta = model_meta(model)
+        hw = meta.get("input_size")
+        wh = tuple(input_wh or ((int(hw[1]), int(hw[0])) if hw else (192, 256)))
+        codec = legacy_codec(meta.get("loss"), meta.get("decode") or "2x2").with_decode(decode)
+    stride = int(getattr(model, "output_stride", 4))
+    return codec_for(codec, (max(wh[0] // stride, 2), max(wh[1] // stride, 2))), wh
 
 
 def export_onnx(
@@ -78,10 +81,9 @@ def export_onnx(
         raise ImportError("ONNX export needs the onnx extra: pip install 'dmpose[onnx]'") from e
     path = Path(path)
     meta = model_meta(model)
-    spec = _spec(model).with_decode(decode)
-    w, h = input_wh or spec.input_wh
-    rule = spec.decode
-    module = (DecodedPoseModel(model, build_codec(spec)) if with_decode else model).eval()
+    codec, (w, h) = _export_facts(model, decode, input_wh)
+    rule = codec.decode_rule
+    module = (DecodedPoseModel(model, codec) if with_decode else model).eval()
     outputs = ["heatmaps", "coords", "confidence"] if with_decode else ["heatmaps"]
     example = _check_input_size(model, (h, w), meta["arch"])
     batch = torch.export.Dim("batch", min=1)
