@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dmpose.cli.app import app
 from dmpose.cli.errors import reported
 from dmpose.cli.parsing import parse_device
+from dmpose.cli.tables import coco_metrics_table, pckh_table
+from dmpose.data.synthetic import default_synthetic_root
+from dmpose.eval.evaluate import DetectionsNotFoundError, evaluate_checkpoint
 
 
-@app.command("eval")
 def eval_command(
     ckpt: Path = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors)."),
     data: Path | None = typer.Option(None, "--data", help="Dataset root; default: the synthetic dataset cache "
@@ -40,18 +42,11 @@ def eval_command(
 ) -> None:
     """Top-down evaluation: crops -> model (+ flip test) -> decode -> image pixels -> rescoring + OKS-NMS
     -> COCOeval (or PCKh for MPII). Prints AP, AP50, AP75, APM, APL, AR and writes the json files."""
-    from dmpose.cli.tables import coco_metrics_table, pckh_table
-    from dmpose.eval.evaluate import DetectionsNotFoundError, evaluate_checkpoint
-
     device = parse_device(device)
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)
     console = Console()
     if data is None and dataset == "coco":
-        from dmpose.data.synthetic import default_synthetic_root
-
         console.print(f"no --data: the synthetic dataset cached under {default_synthetic_root()} (generated on "
                       "first use)", highlight=False)
     columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),

@@ -9,15 +9,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dmpose.cli.app import app
 from dmpose.cli.errors import fail, reported
 from dmpose.cli.parsing import parse_pair
+from dmpose.models import build_model, list_models
+from dmpose.models.checkpoint import checkpoint_summary
+from dmpose.models.convert import convert_checkpoint
+from dmpose.models.export import export_checkpoint
+from dmpose.models.flops import count_macs
+from dmpose.spec import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["convert_command", "export_command", "info_command"]
 
 console = Console()
 
 
-@app.command()
-def convert(
+def convert_command(
     src: Path = typer.Argument(..., help="Foreign weights: .pth/.pt/.ckpt (read weights_only) or .safetensors."),
     arch: str = typer.Option(..., "--arch", help="Target architecture, e.g. hrnet_w32 (see `dmpose info --list`)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output dmpose checkpoint (.safetensors)."),
@@ -36,9 +42,6 @@ def convert(
 ) -> None:
     """Convert official HRNet/HRFormer, MMPose, ImageNet HRNet or torchvision ResNet weights to a dmpose
     checkpoint with a full spec (what the weights do not say defaults to the official recipes, listed below)."""
-    from dmpose.models.convert import convert_checkpoint
-    from dmpose.spec import IMAGENET_MEAN, IMAGENET_STD
-
     def triple(text: str | None, option: str, default):
         if text is None:
             return default
@@ -93,9 +96,6 @@ def convert(
 
 def _compute_rows(arch: str, num_joints: int, size: tuple[int, int]) -> list[tuple[str, str]]:
     """Parameter count and GFLOPs (MACs) at `size` in both counting conventions (see dmpose.models.flops)."""
-    from dmpose.models import build_model
-    from dmpose.models.flops import count_macs
-
     model = build_model(arch, num_joints=num_joints, device="meta")
     params = sum(p.numel() for p in model.parameters())
     plain = count_macs(model, size)
@@ -108,10 +108,9 @@ def _compute_rows(arch: str, num_joints: int, size: tuple[int, int]) -> list[tup
     return rows
 
 
-@app.command()
-def info(
+def info_command(
     ckpt: Path | None = typer.Argument(None, help="A dmpose checkpoint (.safetensors)."),
-    list_models: bool = typer.Option(False, "--list", help="List the architecture names instead."),
+    list_: bool = typer.Option(False, "--list", help="List the architecture names instead."),
     arch: str | None = typer.Option(None, "--arch", help="Show an architecture's parameters and GFLOPs instead."),
     input_size: str | None = typer.Option(None, help="GFLOPs at HEIGHTxWIDTH; default: the checkpoint's, "
                                           "else 256x192."),
@@ -130,13 +129,9 @@ def info(
             table.add_row(*row)
         console.print(table)
         return
-    if list_models or ckpt is None:
-        from dmpose.models import list_models as names
-
-        console.print("\n".join(names()))
+    if list_ or ckpt is None:
+        console.print("\n".join(list_models()))
         return
-    from dmpose.models.checkpoint import checkpoint_summary
-
     with reported(console):
         summary = checkpoint_summary(ckpt)
     table = Table(title=str(ckpt))
@@ -156,8 +151,7 @@ def info(
     console.print(table)
 
 
-@app.command()
-def export(
+def export_command(
     ckpt: Path = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors)."),
     fmt: str = typer.Option("onnx", "--format", help="onnx or safetensors."),
     with_decode: bool = typer.Option(False, "--with-decode", help="ONNX: add the checkpoint's decode (its spec's "
@@ -168,8 +162,6 @@ def export(
                                           "--input-wh, other order)."),
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch axis) or re-write it as a dmpose .safetensors file."""
-    from dmpose.models.export import export_checkpoint
-
     if input_wh and input_size:
         fail(ValueError("give --input-wh or --input-size, not both"), console)
     size = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None

@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -16,7 +18,19 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from dmpose.cli.app import app
+from dmpose.atomic import atomic_output
+from dmpose.data.image import read_image
+from dmpose.eval.coco import rescore, to_coco_results, write_json
+from dmpose.eval.metrics import joint_threshold_for
+from dmpose.predict import (
+    Predictor,
+    coco_id_from_name,
+    collect_inputs,
+    is_video,
+    load_boxes_file,
+    open_video,
+)
+from dmpose.viz import draw_heatmaps, draw_pose
 
 NO_CKPT_HELP = ("no --ckpt given and no runs/*/best.safetensors found: train a model with `dmpose train` "
                 "(its run folder holds best.safetensors), or convert official HRNet/MMPose weights with "
@@ -57,17 +71,11 @@ class _Outputs:
         return p
 
     def json(self, obj: Any, name: str) -> Path:
-        from dmpose.eval.coco import write_json
-
         p = write_json(obj, self.path(name))
         self.written.append(p)
         return p
 
     def image(self, image, name: str) -> Path:
-        import cv2
-
-        from dmpose.atomic import atomic_output
-
         p = self.path(name)
         ok, buf = cv2.imencode(p.suffix, image)
         if not ok:
@@ -84,16 +92,11 @@ def _people_json(people) -> list[dict]:
 
 def _coco_rows(people, image_id: int, joint_threshold: float) -> list[dict]:
     """COCO results rows, scored as evaluation scores (box score x mean confidence above the threshold)."""
-    import numpy as np
-
-    from dmpose.eval.coco import rescore, to_coco_results
-
     inst = [{"image_id": image_id, "box_score": p.bbox_score,
              "keypoints": np.concatenate([p.keypoints, np.asarray(p.scores, np.float64)[:, None]], 1)} for p in people]
     return to_coco_results(rescore(inst, joint_threshold)) if inst else []
 
 
-@app.command("predict")
 def predict_command(
     inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders, globs and video files."),
     ckpt: Path | None = typer.Option(None, "--ckpt", help="A dmpose checkpoint (.safetensors); default: the newest "
@@ -111,20 +114,6 @@ def predict_command(
 ) -> None:
     """Top-down keypoints for every person box: one JSON and one overlay per image, a COCO results json for
     the call, per video a JSON with a record per frame and an annotated mp4."""
-    import cv2
-    import numpy as np
-
-    from dmpose.data.image import read_image
-    from dmpose.eval.metrics import joint_threshold_for
-    from dmpose.predict import (
-        Predictor,
-        coco_id_from_name,
-        collect_inputs,
-        is_video,
-        load_boxes_file,
-    )
-    from dmpose.viz import draw_heatmaps, draw_pose
-
     console = Console()
 
     def fail(message: str) -> None:
@@ -190,12 +179,8 @@ def predict_command(
                 stem = outputs.stem(path)
                 if is_video(path):
                     records, writer = [], None
-                    from dmpose.predict import open_video
-
                     cap, fps, size = open_video(path)
                     cap.release()
-                    from dmpose.atomic import atomic_output
-
                     video_path = outputs.path(f"{stem}_pose.mp4")
                     with atomic_output(video_path) as tmp:
                         mp4 = tmp.with_suffix(".mp4")

@@ -12,8 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from dmpose.cli.app import app
 from dmpose.cli.errors import fail
+from dmpose.train.config import ConfigError, load_config
+from dmpose.train.events import EpochEnd, Message, RunEnd, RunStart, StepEnd, ValidationEnd
+from dmpose.train.loop import TrainingError, train
+from dmpose.train.run_folder import latest_run_dir, new_run_dir
 
 
 def _fmt_eta(s: float) -> str:
@@ -31,8 +34,6 @@ class _Display:
         self.last_draw = 0.0
 
     def __call__(self, event) -> None:
-        from dmpose.train.events import EpochEnd, Message, RunEnd, RunStart, StepEnd, ValidationEnd
-
         c = self.console
         if isinstance(event, Message):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
@@ -81,7 +82,6 @@ class _Display:
                     f"run folder {event.run_dir}", highlight=False)
 
 
-@app.command("train")
 def train_command(
     config: str | None = typer.Argument(None, help="A YAML config or a shipped config name (synthetic, "
                                         "coco/hrnet_w32_256x192_dm, ...). Optional with --resume-from."),
@@ -94,10 +94,6 @@ def train_command(
                                  "step, print the plan, write nothing."),
 ) -> None:
     """Train a pose model; the run folder holds the config, metrics, curves, checkpoints and resume state."""
-    from dmpose.train.config import ConfigError, load_config
-    from dmpose.train.loop import TrainingError, train
-    from dmpose.train.run_folder import latest_run_dir, new_run_dir
-
     console = Console()
     try:
         state = run_dir = None
