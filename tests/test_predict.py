@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import dmpose
 from dmpose.geometry import box_to_center_scale, crop_affine
-from dmpose.predict import BOX_PADDING, Person, Predictor, load_boxes_file
+from dmpose.predict import BOX_PADDING, AnnotatedVideoWriter, Person, Predictor, load_boxes_file
 from dmpose.spec import PoseSpec
 from dmpose.viz import confidence_colour, draw_heatmaps, draw_pose
 
@@ -312,6 +312,29 @@ def test_video_round_trip(coco_sample, tiny_ckpt, tmp_path):
     cap.release()
     assert n == 3
     assert not list(out.glob(".*.tmp"))
+
+
+def test_annotated_video_writer_is_atomic(tmp_path):
+    frame = np.full((32, 48, 3), 128, np.uint8)
+    path = tmp_path / "v.mp4"
+    with AnnotatedVideoWriter(path, 10.0) as video:
+        for _ in range(3):
+            video.write(frame)
+        assert not path.exists()  # under its final name only once complete
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    cap.release()
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="boom"), AnnotatedVideoWriter(path, 10.0) as video:
+        video.write(frame)
+        raise RuntimeError("boom")
+    with pytest.raises(ValueError, match="frame 1 is 24x32"), AnnotatedVideoWriter(path, 10.0) as video:
+        video.write(frame)
+        video.write(frame[:, :24])
+    with pytest.raises(ValueError, match="no frame"), AnnotatedVideoWriter(tmp_path / "empty.mp4", 10.0):
+        pass
+    assert path.read_bytes() == before  # an existing file is left as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]  # no temporary file, no empty video
 
 
 # --- bad input ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BoxEntry", "as_box_array", "coco_id_from_name", "full_frame_box", "load_boxes_file"]
+__all__ = ["BoxEntry", "as_box_array", "boxes_for_input", "coco_id_from_name", "full_frame_box", "load_boxes_file"]
 
 
 def full_frame_box(width: int, height: int) -> np.ndarray:
@@ -164,3 +164,14 @@ def load_boxes_file(path: str | os.PathLike, inputs: Sequence[Path]) -> dict[Pat
     for target, (b, s, image_id) in lists.items():
         out[target] = BoxEntry(np.asarray(b, np.float64).reshape(-1, 4), np.asarray(s, np.float64), image_id)
     return out
+
+
+def boxes_for_input(box_map: dict[Path, BoxEntry] | None, path: Path) -> np.ndarray | None:
+    """The boxes argument of `Predictor` for the input `path`: None without a box file (one person filling
+    the frame), else (N, 5) [x, y, w, h, score] from `box_map`, (0, 5) for an input it does not mention."""
+    if box_map is None:
+        return None
+    entry = box_map.get(path)
+    if entry is None:
+        return np.zeros((0, 5))
+    return np.concatenate([entry.boxes, entry.scores[:, None]], 1)

@@ -1,7 +1,8 @@
-"""Media in and out for prediction: images (`load_image`), videos (`open_video`, `iter_video`,
-`is_video`) and the command line's inputs (`collect_inputs`: files, folders, globs).
+"""Media in and out for prediction: images (`load_image`), videos (`open_video`, `video_info`,
+`iter_video`, `is_video`, and `AnnotatedVideoWriter` for the annotated copy) and the command line's
+inputs (`collect_inputs`: files, folders, globs).
 
-Images are numpy arrays (H, W, 3) uint8; frames read from videos are BGR, as OpenCV gives them.
+Images are numpy arrays (H, W, 3) uint8; video frames, read or written, are BGR, as OpenCV has them.
 """
 
 from __future__ import annotations
@@ -9,26 +10,33 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from dmpose.atomic import atomic_output
 from dmpose.data.image import read_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "VIDEO_CODEC",
     "VIDEO_EXTENSIONS",
+    "AnnotatedVideoWriter",
     "collect_inputs",
     "is_video",
     "iter_video",
     "load_image",
     "open_video",
+    "video_info",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: The annotated videos' codec (an OpenCV FourCC) in an .mp4 container: the one place that chooses it.
+VIDEO_CODEC = "mp4v"
 
 
 def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, float, tuple[int, int]]:
@@ -43,6 +51,13 @@ def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, float, tuple[
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     return cap, float(fps if fps > 0 else 25.0), size
+
+
+def video_info(path: str | os.PathLike) -> tuple[float, tuple[int, int]]:
+    """(fps, (W, H)) of a video file; errors as `open_video`."""
+    cap, fps, size = open_video(path)
+    cap.release()
+    return fps, size
 
 
 def iter_video(path: str | os.PathLike, stride: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -68,6 +83,67 @@ def iter_video(path: str | os.PathLike, stride: int = 1) -> Iterator[tuple[int, 
 
 def is_video(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+class AnnotatedVideoWriter:
+    """An .mp4 video (codec `VIDEO_CODEC`) written frame by frame, atomically:
+
+        with AnnotatedVideoWriter(path, fps) as video:
+            video.write(frame)  # BGR uint8 (H, W, 3); every frame the size of the first
+
+    The file appears under `path` only when the block ends without an error and at least one frame was
+    written; on any error nothing is left, neither under `path` nor as a temporary file."""
+
+    def __init__(self, path: str | os.PathLike, fps: float):
+        self.path, self.fps = Path(path), float(fps)
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+        self._file: Path | None = None
+        self._session = None
+
+    def __enter__(self) -> AnnotatedVideoWriter:
+        self._session = self._open()
+        return self._session.__enter__()
+
+    def __exit__(self, *exc) -> bool | None:
+        return self._session.__exit__(*exc)
+
+    @contextmanager
+    def _open(self) -> Iterator[AnnotatedVideoWriter]:
+        with atomic_output(self.path) as tmp:
+            file = self._file = tmp.with_suffix(".mp4")  # OpenCV picks the container by the extension
+            try:
+                yield self
+                self._release()
+                if not self.frames:
+                    raise ValueError(f"no frame to write to {self.path}")
+                file.replace(tmp)  # atomic_output then renames it onto self.path
+            finally:
+                self._release()
+                self._file = None
+                file.unlink(missing_ok=True)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append a BGR uint8 (H, W, 3) frame."""
+        if self._file is None:
+            raise RuntimeError("AnnotatedVideoWriter.write outside its `with` block")
+        size = (frame.shape[1], frame.shape[0])
+        if self._writer is None:
+            self._writer = cv2.VideoWriter(str(self._file), cv2.VideoWriter_fourcc(*VIDEO_CODEC), self.fps, size)
+            if not self._writer.isOpened():
+                raise ValueError(f"cannot write the video {self.path}: OpenCV has no {VIDEO_CODEC} encoder")
+            self._size = size
+        elif size != self._size:
+            raise ValueError(f"video {self.path}: frame {self.frames} is {size[0]}x{size[1]}, "
+                             f"the first was {self._size[0]}x{self._size[1]}")
+        self._writer.write(frame)
+        self.frames += 1
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
 
 
 def load_image(image: Any, rgb: bool = False) -> np.ndarray:
