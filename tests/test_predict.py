@@ -355,6 +355,24 @@ def test_bad_images_and_videos_are_named_and_counted(coco_sample, tiny_ckpt, tmp
     assert not (out / "broken_pose.mp4").exists() and not list(out.glob(".*.tmp"))
 
 
+def test_names_with_rich_markup_print_literally(coco_sample, tiny_ckpt, tmp_path):
+    """A path that reads as rich markup (x[/b].jpg: the folder 'x[' and the file 'b].jpg') neither crashes
+    the run nor is swallowed; the next input is still predicted, and its name a[red]b prints as it is."""
+    bad = tmp_path / "x[" / "b].jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a jpeg")
+    good = tmp_path / "a[red]b.jpg"
+    shutil.copy(coco_sample / IMAGES[0], good)
+    out = tmp_path / "out"
+    result = invoke(str(bad), str(good), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip")
+    assert result.exit_code == 1, result.output
+    assert f"corrupt or unsupported image file: {bad}" in result.output  # the literal path
+    assert "1 images, 0 video frames, 1 people" in result.output and "1 input(s) failed" in result.output
+    assert "not COCO ids (a[red]b.jpg)" in result.output
+    assert json.loads((out / "a[red]b.json").read_text())["source"] == str(good)
+    assert (out / "a[red]b_pose.jpg").is_file() and not (out / "b].json").exists()
+
+
 def test_checkpoint_and_boxes_problems_are_named(coco_sample, tiny_ckpt, tmp_path, monkeypatch):
     img = str(coco_sample / IMAGES[0])
     no_size = dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny", num_joints=17), tmp_path / "nosize.safetensors",

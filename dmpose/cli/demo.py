@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -32,7 +33,7 @@ def demo_command(
                                      on_step=lambda s, l: progress.update(task, advance=1, loss=l))
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-    table = Table(title=f"DM loss demo: {h}x{w} heatmap, eps={eps}, grad={grad}, {steps} Adam steps")
+    table = Table(title=escape(f"DM loss demo: {h}x{w} heatmap, eps={eps}, grad={grad}, {steps} Adam steps"))
     for col in ("dot (x, y)", "decoded (x, y)", "error px", "confidence", "loss start", "loss end"):
         table.add_column(col, justify="right")
     table.add_row(f"({res.dot[0]:.3f}, {res.dot[1]:.3f})", f"({res.decoded[0]:.3f}, {res.decoded[1]:.3f})",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dmpose.cli.errors import fail, reported
@@ -66,32 +67,33 @@ def convert_command(
             if "partial=True" not in str(err):
                 raise
             raise ValueError(str(err).replace("partial=True", "--partial")) from None
-    table = Table(title=f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)")
+    table = Table(title=escape(f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)"))
     table.add_column("what")
     table.add_column("keys", justify="right")
     table.add_column("detail", overflow="fold")
     table.add_row("loaded", str(len(report.loaded)), f"{report.renamed} renamed by prefix rules")
     if report.layout:
-        table.add_row("layout", str(report.layout_renamed), f"{report.layout}: renamed or merged to dmpose's names")
+        table.add_row("layout", str(report.layout_renamed),
+                      escape(f"{report.layout}: renamed or merged to dmpose's names"))
     for reason, keys in report.dropped.items():
-        table.add_row("dropped", str(len(keys)), reason)
+        table.add_row("dropped", str(len(keys)), escape(reason))
     if report.missing:
         shown = ", ".join(report.missing[:12]) + (" ..." if len(report.missing) > 12 else "")
-        table.add_row("[yellow]left at init[/yellow]", str(len(report.missing)), shown)
+        table.add_row("[yellow]left at init[/yellow]", str(len(report.missing)), escape(shown))
     if report.head_shape_skipped:
         skipped = report.head_shape_skipped
-        table.add_row("[yellow]head shape differs[/yellow]", str(len(skipped)), "; ".join(skipped))
+        table.add_row("[yellow]head shape differs[/yellow]", str(len(skipped)), escape("; ".join(skipped)))
     if report.tracking_missing:
         table.add_row("absent num_batches_tracked", str(report.tracking_missing), "left at 0 (no effect on outputs)")
     console.print(table)
     spec = report.spec
-    console.print(f"spec: {spec.keypoints.name}, input {spec.input_wh[0]}x{spec.input_wh[1]} (W x H), heatmaps "
-                  f"{spec.heatmap_wh[0]}x{spec.heatmap_wh[1]}, decode {spec.decode}, normalisation "
-                  f"{spec.normalisation.channel_order} mean {spec.normalisation.mean} std {spec.normalisation.std}",
-                  highlight=False)
+    console.print(escape(f"spec: {spec.keypoints.name}, input {spec.input_wh[0]}x{spec.input_wh[1]} (W x H), "
+                         f"heatmaps {spec.heatmap_wh[0]}x{spec.heatmap_wh[1]}, decode {spec.decode}, normalisation "
+                         f"{spec.normalisation.channel_order} mean {spec.normalisation.mean} "
+                         f"std {spec.normalisation.std}"), highlight=False)
     if report.defaulted:
-        console.print("defaults of the official recipes (not stated by the weights): " + ", ".join(report.defaulted),
-                      highlight=False)
+        console.print(escape("defaults of the official recipes (not stated by the weights): "
+                             + ", ".join(report.defaulted)), highlight=False)
 
 
 def _compute_rows(arch: str, num_joints: int, size: tuple[int, int]) -> list[tuple[str, str]]:
@@ -122,19 +124,19 @@ def info_command(
     if arch is not None:
         with reported(console):
             rows = _compute_rows(arch, 17, size or (256, 192))
-        table = Table(title=f"{arch} (17 joints)")
+        table = Table(title=escape(f"{arch} (17 joints)"))
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(escape, row))
         console.print(table)
         return
     if list_ or ckpt is None:
-        console.print("\n".join(list_models()))
+        console.print(escape("\n".join(list_models())))
         return
     with reported(console):
         summary = checkpoint_summary(ckpt)
-    table = Table(title=str(ckpt))
+    table = Table(title=escape(str(ckpt)))
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in summary.items():
@@ -144,10 +146,10 @@ def info_command(
             value = f"{value / 1e6:.1f} MB"
         elif not isinstance(value, str):
             value = json.dumps(value)
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     size = size or tuple(summary.get("input_size") or (256, 192))
     for row in _compute_rows(summary["arch"], summary["num_joints"], size)[1:]:
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     console.print(table)
 
 
@@ -181,4 +183,4 @@ def export_command(
             if "with_decode" not in str(err):
                 raise
             raise ValueError(str(err).replace("with_decode", "--with-decode")) from None
-    console.print(f"wrote {path}", highlight=False)
+    console.print(escape(f"wrote {path}"), highlight=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from dmpose.cli.errors import EXIT_FAILED, REPORTED_ERRORS, fail, report, reported
 from dmpose.data.image import read_image
 from dmpose.predict.boxes import boxes_for_input, load_boxes_file
 from dmpose.predict.media import collect_inputs, is_video, video_info
@@ -30,6 +32,11 @@ def latest_run_checkpoint(runs: Path = Path("runs")) -> Path | None:
     """The newest (by mtime) runs/*/best.safetensors, or None."""
     found = [p for p in runs.glob("*/best.safetensors") if p.is_file()] if runs.is_dir() else []
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _first(names: list[str], n: int = 3) -> str:
+    """The first `n` names, comma-separated, with ", ..." when there are more."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 def predict_command(
@@ -50,30 +57,18 @@ def predict_command(
     """Top-down keypoints for every person box: one JSON and one overlay per image, a COCO results json for
     the call, per video a JSON with a record per frame and an annotated mp4."""
     console = Console()
-
-    def fail(message: str) -> None:
-        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-
     if ckpt is None:
         ckpt = latest_run_checkpoint()
         if ckpt is None:
-            fail(NO_CKPT_HELP)
-        console.print(f"no --ckpt: using {ckpt} (the newest runs/*/best.safetensors)", highlight=False)
+            fail(NO_CKPT_HELP, console)
+        console.print(f"no --ckpt: using {escape(str(ckpt))} (the newest runs/*/best.safetensors)", highlight=False)
     files, problems = collect_inputs(inputs)
-    failures: list[str] = [msg for _, msg in problems]
-    for msg in failures:
-        console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
-    box_map = None
-    if boxes is not None:
-        try:
-            box_map = load_boxes_file(boxes, files)
-        except (ValueError, OSError) as err:
-            fail(str(err))
-    try:
+    failures = len(problems)
+    for _, message in problems:
+        report(message, console)
+    with reported(console):
+        box_map = None if boxes is None else load_boxes_file(boxes, files)
         predictor = Predictor(ckpt, device=device, flip=flip, batch_size=batch)
-    except (ValueError, OSError) as err:
-        fail(str(err))
     if box_map is None:
         console.print("no --boxes: each image (or video frame) is one person filling the frame", highlight=False)
     outputs = PredictionOutputs(out, files, predictor.spec, kpt_thr=kpt_thr, heatmaps=heatmaps,
@@ -108,28 +103,28 @@ def predict_command(
                     outputs.image_result(path, image, people, image_ids(path, entry))
                     n_images += 1
                     n_people += len(people)
-            except (ValueError, OSError) as err:
-                failures.append(str(err))
-                progress.console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            except REPORTED_ERRORS as err:
+                failures += 1
+                report(err, progress.console)
             show_rate(advance=1)
     if n_images:
         outputs.coco_results()
     unboxed = [] if box_map is None else [f.name for f in files if f not in box_map]
     if unboxed:
-        console.print(f"{len(unboxed)} input(s) have no boxes in {boxes} and so no people: "
-                      f"{', '.join(unboxed[:3])}{', ...' if len(unboxed) > 3 else ''}", highlight=False)
+        console.print(escape(f"{len(unboxed)} input(s) have no boxes in {boxes} and so no people: {_first(unboxed)}"),
+                      highlight=False)
     if image_ids.assigned:
         assigned = image_ids.assigned
-        console.print(f"image ids: {len(assigned)} file name(s) are not COCO ids ({', '.join(assigned[:3])}"
-                      f"{', ...' if len(assigned) > 3 else ''}); their ids in {COCO_RESULTS_NAME} were assigned "
-                      "in input order and are recorded in each image's JSON (image_id)", highlight=False)
+        console.print(escape(f"image ids: {len(assigned)} file name(s) are not COCO ids ({_first(assigned)}); their "
+                             f"ids in {COCO_RESULTS_NAME} were assigned in input order and are recorded in each "
+                             "image's JSON (image_id)"), highlight=False)
     elapsed = max(time.perf_counter() - start, 1e-9)
-    console.print(f"{n_images} images, {n_frames} video frames, {n_people} people, {len(outputs.written)} files "
-                  f"written to {out} ({(n_images + n_frames) / elapsed:.1f} images/s)"
-                  + (f"; {len(failures)} failed" if failures else ""), highlight=False)
+    console.print(escape(f"{n_images} images, {n_frames} video frames, {n_people} people, {len(outputs.written)} "
+                         f"files written to {out} ({(n_images + n_frames) / elapsed:.1f} images/s)"
+                         + (f"; {failures} failed" if failures else "")), highlight=False)
     if failures:
-        console.print(f"[red]{len(failures)} input(s) failed[/red]", highlight=False)
-        raise typer.Exit(1)
+        console.print(f"[red]{failures} input(s) failed[/red]", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
 
 
 __all__ = ["latest_run_checkpoint", "predict_command"]
