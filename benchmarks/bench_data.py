@@ -114,9 +114,10 @@ def main():
     import torch
 
     from dmpose.codec import DMCodec, GaussianCodec
-    from dmpose.data.coco import CocoKeypoints, coco_paths
-    from dmpose.keypoints import load_keypoint_set
+    from dmpose.data.coco import CocoKeypoints
+    from dmpose.data.layouts import coco_paths
     from dmpose.data.transforms import AugmentConfig, TopDownTransform
+    from dmpose.keypoints import load_keypoint_set
 
     torch.set_num_threads(1)
     ks = load_keypoint_set("coco17")

@@ -46,7 +46,7 @@ def draw_pose(image: np.ndarray, people: Sequence[Any], keypoint_spec: Any = Non
     """The image with each person's box, box score, skeleton and joints drawn.
 
     people: `dmpose.predict.Person` objects or dicts with bbox, bbox_score, keypoints, scores (or
-    keypoint_scores). keypoint_spec: a `KeypointSpec`/`KeypointSet` (for the skeleton) or None.
+    keypoint_scores). keypoint_spec: a `KeypointSpec` (for the skeleton) or None.
     kpt_thr: joints scoring below it are hidden. rgb: the image (and the result) are RGB."""
     canvas = np.ascontiguousarray(np.array(image, dtype=np.uint8, copy=True))
     if canvas.ndim == 2:

@@ -1,12 +1,19 @@
 """The command line: help, version, demo, and errors that name the bad option."""
 
+import io
 import re
 from pathlib import Path
 
+import pytest
+import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
 import dmpose
 from dmpose.cli import app
+from dmpose.cli.errors import fail, report
+from dmpose.cli.train import _Display
+from dmpose.train.events import RunEnd, RunStart, ValidationEnd
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,3 +50,25 @@ def test_readme_test_command_is_what_ci_runs():
     test_cmd = next(c for c in commands if "pytest" in c)
     install_and_test = test_cmd.split("&& ", 2)[-1]  # drop the venv creation / activation
     assert install_and_test in (ROOT / ".ci" / "run").read_text()
+
+
+def test_user_strings_print_literally_not_as_rich_markup():
+    out = io.StringIO()
+    console = Console(file=out, width=300, color_system=None)
+    report(ValueError("bad file a[red]b and x[/b].jpg"), console)
+    with pytest.raises(typer.Exit) as exit_:
+        fail("missing: c[/red]", console)
+    assert exit_.value.exit_code == 1
+    display = _Display(console, live=None)
+    plan = dict(arch="hrnet[/b]", input_wh=(48, 64), loss="dm", decode="2x2", train_samples=2, epochs=1,
+                steps_per_epoch=1, total_steps=1, effective_batch=2, batch_per_device=2, accum_steps=1, world_size=1,
+                lr=1e-3, base_lr=1e-3, ref_batch=None, device="cpu", amp=False, val_samples=1, val_boxes="GT boxes")
+    run = Path("runs/a[/b]")
+    best = {"metric": "AP", "value": 0.5, "epoch": 1, "weights": "raw", "boxes": "[red]boxes"}
+    display(RunStart(run, plan))
+    display(ValidationEnd(1, "[bold]gt", {"AP": 0.5}, "AP", True, best))
+    display(RunEnd(run, "finished", best, 1, 2.0))
+    text = out.getvalue()
+    assert "error: bad file a[red]b and x[/b].jpg" in text and "error: missing: c[/red]" in text
+    assert "run folder: runs/a[/b]" in text and "hrnet[/b] 48x64" in text
+    assert "[bold]gt" in text and "(epoch 1, [red]boxes); run folder runs/a[/b]" in text  # the table title wraps

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import dmpose
 from dmpose.geometry import box_to_center_scale, crop_affine
-from dmpose.predict import BOX_PADDING, Person, Predictor, load_boxes_file
+from dmpose.predict import BOX_PADDING, AnnotatedVideoWriter, Person, Predictor, load_boxes_file
 from dmpose.spec import CodecSpec, PoseSpec
 from dmpose.viz import confidence_colour, draw_heatmaps, draw_pose
 
@@ -314,6 +314,29 @@ def test_video_round_trip(coco_sample, tiny_ckpt, tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
+def test_annotated_video_writer_is_atomic(tmp_path):
+    frame = np.full((32, 48, 3), 128, np.uint8)
+    path = tmp_path / "v.mp4"
+    with AnnotatedVideoWriter(path, 10.0) as video:
+        for _ in range(3):
+            video.write(frame)
+        assert not path.exists()  # under its final name only once complete
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    cap.release()
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="boom"), AnnotatedVideoWriter(path, 10.0) as video:
+        video.write(frame)
+        raise RuntimeError("boom")
+    with pytest.raises(ValueError, match="frame 1 is 24x32"), AnnotatedVideoWriter(path, 10.0) as video:
+        video.write(frame)
+        video.write(frame[:, :24])
+    with pytest.raises(ValueError, match="no frame"), AnnotatedVideoWriter(tmp_path / "empty.mp4", 10.0):
+        pass
+    assert path.read_bytes() == before  # an existing file is left as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]  # no temporary file, no empty video
+
+
 # --- bad input ----------------------------------------------------------------------------------------
 
 def test_bad_images_and_videos_are_named_and_counted(coco_sample, tiny_ckpt, tmp_path):
@@ -330,6 +353,24 @@ def test_bad_images_and_videos_are_named_and_counted(coco_sample, tiny_ckpt, tmp
     assert "3 input(s) failed" in result.output and "1 images" in result.output
     assert (out / "000000196141.json").is_file() and not (out / "broken.json").exists()
     assert not (out / "broken_pose.mp4").exists() and not list(out.glob(".*.tmp"))
+
+
+def test_names_with_rich_markup_print_literally(coco_sample, tiny_ckpt, tmp_path):
+    """A path that reads as rich markup (x[/b].jpg: the folder 'x[' and the file 'b].jpg') neither crashes
+    the run nor is swallowed; the next input is still predicted, and its name a[red]b prints as it is."""
+    bad = tmp_path / "x[" / "b].jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a jpeg")
+    good = tmp_path / "a[red]b.jpg"
+    shutil.copy(coco_sample / IMAGES[0], good)
+    out = tmp_path / "out"
+    result = invoke(str(bad), str(good), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip")
+    assert result.exit_code == 1, result.output
+    assert f"corrupt or unsupported image file: {bad}" in result.output  # the literal path
+    assert "1 images, 0 video frames, 1 people" in result.output and "1 input(s) failed" in result.output
+    assert "not COCO ids (a[red]b.jpg)" in result.output
+    assert json.loads((out / "a[red]b.json").read_text())["source"] == str(good)
+    assert (out / "a[red]b_pose.jpg").is_file() and not (out / "b].json").exists()
 
 
 def test_checkpoint_and_boxes_problems_are_named(coco_sample, tiny_ckpt, tmp_path, monkeypatch):

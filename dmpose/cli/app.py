@@ -1,8 +1,17 @@
-"""Root Typer app; each command group lives in its own module and registers itself here."""
+"""The root Typer app. Command modules define plain functions (and `data` its own sub-app) and know
+nothing of this app; it registers them here, in the order `dmpose --help` lists them."""
 
 import typer
 
-import dmpose
+from dmpose.cli.data import data_app
+from dmpose.cli.demo import demo_command
+from dmpose.cli.eval import eval_command
+from dmpose.cli.models import convert_command, export_command, info_command
+from dmpose.cli.predict import predict_command
+from dmpose.cli.train import train_command
+from dmpose.cli.version import version_command
+
+__all__ = ["app"]
 
 app = typer.Typer(
     name="dmpose",
@@ -12,28 +21,12 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-
-@app.command()
-def version() -> None:
-    """Print the dmpose, torch and triton versions."""
-    import torch
-
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:  # triton is Linux-only
-        triton_version = "not installed"
-    typer.echo(f"dmpose {dmpose.__version__} (torch {torch.__version__}, triton {triton_version})")
-
-
-
-# Command modules register themselves on import (keep this list explicit).
-from dmpose.cli import (
-    data,  # noqa: E402,F401
-    demo,  # noqa: E402,F401
-    eval,  # noqa: E402,F401
-    models,  # noqa: E402,F401
-    predict,  # noqa: E402,F401
-    train,  # noqa: E402,F401
-)
+app.command("version")(version_command)
+app.command("demo")(demo_command)
+app.command("eval")(eval_command)
+app.command("convert")(convert_command)
+app.command("info")(info_command)
+app.command("export")(export_command)
+app.command("predict")(predict_command)
+app.command("train")(train_command)
+app.add_typer(data_app, name="data")

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import typer
 
-from dmpose.cli.app import app
 from dmpose.cli.errors import reported
+from dmpose.data.synthetic import generate_synthetic_coco
+
+__all__ = ["data_app"]
 
 data_app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 
 
 @data_app.command("synth")
@@ -21,8 +22,6 @@ def synth(
 ) -> None:
     """Write a synthetic COCO-format person-keypoints dataset (train2017/, val2017/, annotations/,
     person_detection_results/) that every COCO code path, pycocotools included, reads unchanged."""
-    from dmpose.data.synthetic import generate_synthetic_coco
-
     with reported():
         stats = generate_synthetic_coco(out, train, val, seed)
     for split, s in stats.items():

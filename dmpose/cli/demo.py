@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dmpose.cli.app import app
 from dmpose.cli.parsing import parse_pair
+from dmpose.demo import fit_heatmap_to_dot
+
+__all__ = ["demo_command"]
 
 
-@app.command()
-def demo(
+def demo_command(
     dot: str = typer.Option("20.3,11.7", help="Target dot 'x,y' in heatmap pixels (pixel centres at integers)."),
     size: str = typer.Option("64x48", help="Heatmap size 'HxW'."),
     steps: int = typer.Option(500, min=1, help="Adam steps."),
@@ -21,8 +23,6 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the random initial heatmap."),
 ) -> None:
     """Fit a free heatmap to a dot with the DM loss, then decode it with the 2x2 rule."""
-    from dmpose.demo import fit_heatmap_to_dot
-
     x, y = parse_pair(dot, ",", "--dot", float)
     h, w = parse_pair(size, "x", "--size", int)
     console = Console()
@@ -33,7 +33,7 @@ def demo(
                                      on_step=lambda s, l: progress.update(task, advance=1, loss=l))
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-    table = Table(title=f"DM loss demo: {h}x{w} heatmap, eps={eps}, grad={grad}, {steps} Adam steps")
+    table = Table(title=escape(f"DM loss demo: {h}x{w} heatmap, eps={eps}, grad={grad}, {steps} Adam steps"))
     for col in ("dot (x, y)", "decoded (x, y)", "error px", "confidence", "loss start", "loss end"):
         table.add_column(col, justify="right")
     table.add_row(f"({res.dot[0]:.3f}, {res.dot[1]:.3f})", f"({res.decoded[0]:.3f}, {res.decoded[1]:.3f})",

@@ -5,7 +5,9 @@ Exit codes: 0 success; 1 the command could not do its work because of its inputs
 reported as one line "error: <message naming the file/entry/field>", never a traceback; 2 a malformed
 option value or command line (Typer's own convention, via `typer.BadParameter`).
 
-Commands run their library call inside `with reported(console):`, or call `fail(err, console)` directly.
+Commands run their library call inside `with reported(console):`, or call `fail(err, console)` directly;
+a command that goes on after a failed input (predict) prints it with `report(err, console)`. Every
+message is escaped for rich: a file named `x[/b].jpg` prints as it is named.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "REPORTED_ERRORS", "describe", "fail", "reported"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "REPORTED_ERRORS", "describe", "fail", "report", "reported"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -36,9 +38,15 @@ def describe(err: BaseException) -> str:
     return text if text else type(err).__name__
 
 
-def fail(err: BaseException, console: Console | None = None) -> NoReturn:
-    """Print "error: ..." for `err` and exit with EXIT_FAILED."""
-    (console or Console()).print(f"[red]error:[/red] {escape(describe(err))}", highlight=False, soft_wrap=True)
+def report(err: BaseException | str, console: Console | None = None) -> None:
+    """Print "error: ..." for `err` (an exception, or a message) and go on."""
+    text = err if isinstance(err, str) else describe(err)
+    (console or Console()).print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def fail(err: BaseException | str, console: Console | None = None) -> NoReturn:
+    """Print "error: ..." for `err` (an exception, or a message) and exit with EXIT_FAILED."""
+    report(err, console)
     raise typer.Exit(EXIT_FAILED)
 
 

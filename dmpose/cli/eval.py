@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dmpose.cli.app import app
 from dmpose.cli.errors import reported
 from dmpose.cli.parsing import parse_device
+from dmpose.cli.tables import coco_metrics_table, pckh_table
+from dmpose.data.synthetic import default_synthetic_root
+from dmpose.eval.evaluate import DetectionsNotFoundError, evaluate_checkpoint
 
 
-@app.command("eval")
 def eval_command(
     ckpt: Path = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors)."),
     data: Path | None = typer.Option(None, "--data", help="Dataset root; default: the synthetic dataset cache "
@@ -40,20 +43,13 @@ def eval_command(
 ) -> None:
     """Top-down evaluation: crops -> model (+ flip test) -> decode -> image pixels -> rescoring + OKS-NMS
     -> COCOeval (or PCKh for MPII). Prints AP, AP50, AP75, APM, APL, AR and writes the json files."""
-    from dmpose.cli.tables import coco_metrics_table, pckh_table
-    from dmpose.eval.evaluate import DetectionsNotFoundError, evaluate_checkpoint
-
     device = parse_device(device)
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)
     console = Console()
     if data is None and dataset == "coco":
-        from dmpose.data.synthetic import default_synthetic_root
-
-        console.print(f"no --data: the synthetic dataset cached under {default_synthetic_root()} (generated on "
-                      "first use)", highlight=False)
+        console.print(escape(f"no --data: the synthetic dataset cached under {default_synthetic_root()} (generated "
+                             "on first use)"), highlight=False)
     columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
     with reported(console):  # OSError: missing or unreadable files (images, json, checkpoint)
@@ -79,16 +75,18 @@ def eval_command(
                 raise FileNotFoundError(f"{err} (pass --dets FILE, or --gt-boxes to use the annotated boxes)") from None
     s = report.settings
     title = f"{report.dataset.upper()} {report.split} | {report.boxes.split(' (')[0]}"
-    console.print(f"{Path(s['checkpoint']).name}: {s['arch']}, decode {s['decode']}, "
-                  f"flip {'on' if s['flip'] else 'off'}, {s['images_per_second']:.1f} images/s", highlight=False)
+    console.print(escape(f"{Path(s['checkpoint']).name}: {s['arch']}, decode {s['decode']}, "
+                         f"flip {'on' if s['flip'] else 'off'}, {s['images_per_second']:.1f} images/s"),
+                  highlight=False)
     if report.dataset == "mpii":
         console.print(pckh_table(report.pckh, title=title))
     elif report.metrics:
         console.print(coco_metrics_table(report.metrics, title=title))
     else:
-        console.print(f"{title}: no ground truth for {report.split}; results written for the evaluation server")
+        console.print(escape(f"{title}: no ground truth for {report.split}; results written for the evaluation "
+                             "server"))
     for what, path in report.files.items():
-        console.print(f"wrote {what}: {path}", highlight=False)
+        console.print(escape(f"wrote {what}: {path}"), highlight=False)
     if out is None:
         console.print("(no --out given: nothing written)")
     if report.boxes == "GT boxes":

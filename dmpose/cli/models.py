@@ -7,17 +7,24 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from dmpose.cli.app import app
 from dmpose.cli.errors import fail, reported
 from dmpose.cli.parsing import parse_pair
+from dmpose.models import build_model, list_models
+from dmpose.models.checkpoint import checkpoint_summary
+from dmpose.models.convert import convert_checkpoint
+from dmpose.models.export import export_checkpoint
+from dmpose.models.flops import count_macs
+from dmpose.spec import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["convert_command", "export_command", "info_command"]
 
 console = Console()
 
 
-@app.command()
-def convert(
+def convert_command(
     src: Path = typer.Argument(..., help="Foreign weights: .pth/.pt/.ckpt (read weights_only) or .safetensors."),
     arch: str = typer.Option(..., "--arch", help="Target architecture, e.g. hrnet_w32 (see `dmpose info --list`)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output dmpose checkpoint (.safetensors)."),
@@ -36,9 +43,6 @@ def convert(
 ) -> None:
     """Convert official HRNet/HRFormer, MMPose, ImageNet HRNet or torchvision ResNet weights to a dmpose
     checkpoint with a full spec (what the weights do not say defaults to the official recipes, listed below)."""
-    from dmpose.models.convert import convert_checkpoint
-    from dmpose.spec import IMAGENET_MEAN, IMAGENET_STD
-
     def triple(text: str | None, option: str, default):
         if text is None:
             return default
@@ -63,39 +67,37 @@ def convert(
             if "partial=True" not in str(err):
                 raise
             raise ValueError(str(err).replace("partial=True", "--partial")) from None
-    table = Table(title=f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)")
+    table = Table(title=escape(f"{src.name} -> {out} ({report.arch}, {report.num_joints} joints)"))
     table.add_column("what")
     table.add_column("keys", justify="right")
     table.add_column("detail", overflow="fold")
     table.add_row("loaded", str(len(report.loaded)), f"{report.renamed} renamed by prefix rules")
     if report.layout:
-        table.add_row("layout", str(report.layout_renamed), f"{report.layout}: renamed or merged to dmpose's names")
+        table.add_row("layout", str(report.layout_renamed),
+                      escape(f"{report.layout}: renamed or merged to dmpose's names"))
     for reason, keys in report.dropped.items():
-        table.add_row("dropped", str(len(keys)), reason)
+        table.add_row("dropped", str(len(keys)), escape(reason))
     if report.missing:
         shown = ", ".join(report.missing[:12]) + (" ..." if len(report.missing) > 12 else "")
-        table.add_row("[yellow]left at init[/yellow]", str(len(report.missing)), shown)
+        table.add_row("[yellow]left at init[/yellow]", str(len(report.missing)), escape(shown))
     if report.head_shape_skipped:
         skipped = report.head_shape_skipped
-        table.add_row("[yellow]head shape differs[/yellow]", str(len(skipped)), "; ".join(skipped))
+        table.add_row("[yellow]head shape differs[/yellow]", str(len(skipped)), escape("; ".join(skipped)))
     if report.tracking_missing:
         table.add_row("absent num_batches_tracked", str(report.tracking_missing), "left at 0 (no effect on outputs)")
     console.print(table)
     spec = report.spec
-    console.print(f"spec: {spec.keypoints.name}, input {spec.input_wh[0]}x{spec.input_wh[1]} (W x H), heatmaps "
-                  f"{spec.heatmap_wh[0]}x{spec.heatmap_wh[1]}, decode {spec.decode}, normalisation "
-                  f"{spec.normalisation.channel_order} mean {spec.normalisation.mean} std {spec.normalisation.std}",
-                  highlight=False)
+    console.print(escape(f"spec: {spec.keypoints.name}, input {spec.input_wh[0]}x{spec.input_wh[1]} (W x H), "
+                         f"heatmaps {spec.heatmap_wh[0]}x{spec.heatmap_wh[1]}, decode {spec.decode}, normalisation "
+                         f"{spec.normalisation.channel_order} mean {spec.normalisation.mean} "
+                         f"std {spec.normalisation.std}"), highlight=False)
     if report.defaulted:
-        console.print("defaults of the official recipes (not stated by the weights): " + ", ".join(report.defaulted),
-                      highlight=False)
+        console.print(escape("defaults of the official recipes (not stated by the weights): "
+                             + ", ".join(report.defaulted)), highlight=False)
 
 
 def _compute_rows(arch: str, num_joints: int, size: tuple[int, int]) -> list[tuple[str, str]]:
     """Parameter count and GFLOPs (MACs) at `size` in both counting conventions (see dmpose.models.flops)."""
-    from dmpose.models import build_model
-    from dmpose.models.flops import count_macs
-
     model = build_model(arch, num_joints=num_joints, device="meta")
     params = sum(p.numel() for p in model.parameters())
     plain = count_macs(model, size)
@@ -108,10 +110,9 @@ def _compute_rows(arch: str, num_joints: int, size: tuple[int, int]) -> list[tup
     return rows
 
 
-@app.command()
-def info(
+def info_command(
     ckpt: Path | None = typer.Argument(None, help="A dmpose checkpoint (.safetensors)."),
-    list_models: bool = typer.Option(False, "--list", help="List the architecture names instead."),
+    list_: bool = typer.Option(False, "--list", help="List the architecture names instead."),
     arch: str | None = typer.Option(None, "--arch", help="Show an architecture's parameters and GFLOPs instead."),
     input_size: str | None = typer.Option(None, help="GFLOPs at HEIGHTxWIDTH; default: the checkpoint's, "
                                           "else 256x192."),
@@ -123,23 +124,19 @@ def info(
     if arch is not None:
         with reported(console):
             rows = _compute_rows(arch, 17, size or (256, 192))
-        table = Table(title=f"{arch} (17 joints)")
+        table = Table(title=escape(f"{arch} (17 joints)"))
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(escape, row))
         console.print(table)
         return
-    if list_models or ckpt is None:
-        from dmpose.models import list_models as names
-
-        console.print("\n".join(names()))
+    if list_ or ckpt is None:
+        console.print(escape("\n".join(list_models())))
         return
-    from dmpose.models.checkpoint import checkpoint_summary
-
     with reported(console):
         summary = checkpoint_summary(ckpt)
-    table = Table(title=str(ckpt))
+    table = Table(title=escape(str(ckpt)))
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in summary.items():
@@ -149,15 +146,14 @@ def info(
             value = f"{value / 1e6:.1f} MB"
         elif not isinstance(value, str):
             value = json.dumps(value)
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     size = size or tuple(summary.get("input_size") or (256, 192))
     for row in _compute_rows(summary["arch"], summary["num_joints"], size)[1:]:
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     console.print(table)
 
 
-@app.command()
-def export(
+def export_command(
     ckpt: Path = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors)."),
     fmt: str = typer.Option("onnx", "--format", help="onnx or safetensors."),
     with_decode: bool = typer.Option(False, "--with-decode", help="ONNX: add the checkpoint's decode (its spec's "
@@ -168,8 +164,6 @@ def export(
                                           "--input-wh, other order)."),
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch axis) or re-write it as a dmpose .safetensors file."""
-    from dmpose.models.export import export_checkpoint
-
     if input_wh and input_size:
         fail(ValueError("give --input-wh or --input-size, not both"), console)
     size = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
@@ -189,4 +183,4 @@ def export(
             if "with_decode" not in str(err):
                 raise
             raise ValueError(str(err).replace("with_decode", "--with-decode")) from None
-    console.print(f"wrote {path}", highlight=False)
+    console.print(escape(f"wrote {path}"), highlight=False)

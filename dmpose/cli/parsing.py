@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import torch
 import typer
 
 T = TypeVar("T")
@@ -27,8 +28,6 @@ def parse_device(text: str | None, option: str = "--device") -> str | None:
     Raises a BadParameter naming the option: unknown device types, and CUDA/MPS devices that are not there."""
     if text is None:
         return None
-    import torch
-
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from rich.markup import escape
 from rich.table import Table
 
 from dmpose.eval.coco import PAPER_COLUMNS
@@ -13,9 +14,14 @@ from dmpose.eval.mpii import PCKH_COLUMNS, PCKhResult
 __all__ = ["coco_metrics_table", "pckh_table"]
 
 
+def _plain(text: str | None) -> str | None:
+    return None if text is None else escape(text)
+
+
 def coco_metrics_table(metrics: Mapping[str, float], title: str | None = None) -> Table:
-    """A rich Table with the paper's columns (AP, AP50, AP75, APM, APL, AR) in percent; '-' for -1."""
-    table = Table(title=title)
+    """A rich Table with the paper's columns (AP, AP50, AP75, APM, APL, AR) in percent; '-' for -1.
+    `title` is plain text (not rich markup)."""
+    table = Table(title=_plain(title))
     for name in PAPER_COLUMNS:
         table.add_column(name, justify="right")
     table.add_row(*("-" if metrics[name] < 0 else f"{100 * metrics[name]:.1f}" for name in PAPER_COLUMNS))
@@ -23,8 +29,9 @@ def coco_metrics_table(metrics: Mapping[str, float], title: str | None = None) -
 
 
 def pckh_table(results: Sequence[PCKhResult], title: str | None = None) -> Table:
-    """A rich Table: one row per threshold ("PCKh@0.5", ...), the paper's columns Head ... Mean."""
-    table = Table(title=title)
+    """A rich Table: one row per threshold ("PCKh@0.5", ...), the paper's columns Head ... Mean. `title` is
+    plain text (not rich markup)."""
+    table = Table(title=_plain(title))
     table.add_column("Metric")
     for name in PCKH_COLUMNS:
         table.add_column(name, justify="right")

@@ -12,8 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from dmpose.cli.app import app
 from dmpose.cli.errors import fail
+from dmpose.train.config import ConfigError, load_config
+from dmpose.train.events import EpochEnd, Message, RunEnd, RunStart, StepEnd, ValidationEnd
+from dmpose.train.loop import TrainingError, train
+from dmpose.train.run_folder import latest_run_dir, new_run_dir
 
 
 def _fmt_eta(s: float) -> str:
@@ -31,23 +34,22 @@ class _Display:
         self.last_draw = 0.0
 
     def __call__(self, event) -> None:
-        from dmpose.train.events import EpochEnd, Message, RunEnd, RunStart, StepEnd, ValidationEnd
-
         c = self.console
         if isinstance(event, Message):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
             c.print(Text(event.text, style=style))
         elif isinstance(event, RunStart):
             p = event.plan
-            c.print(f"run folder: {event.run_dir}" if event.run_dir else "dry run: nothing is written", highlight=False)
-            c.print(f"{p['arch']} {p['input_wh'][0]}x{p['input_wh'][1]} (WxH), loss {p['loss']} "
+            c.print(escape(f"run folder: {event.run_dir}") if event.run_dir else "dry run: nothing is written",
+                    highlight=False)
+            c.print(escape(f"{p['arch']} {p['input_wh'][0]}x{p['input_wh'][1]} (WxH), loss {p['loss']} "
                     f"(decode {p['decode']}), "
                     f"{p['train_samples']} training samples, {p['epochs']} epochs x {p['steps_per_epoch']} steps = "
                     f"{p['total_steps']} steps, effective batch {p['effective_batch']} ({p['batch_per_device']} x "
                     f"{p['accum_steps']} accum x {p['world_size']} process(es)), lr {p['lr']:.3g}"
                     + (f" (scaled from {p['base_lr']:.3g} at reference batch {p['ref_batch']})"
                        if p['ref_batch'] else "")
-                    + f", {p['device']}, amp {p['amp']}; validation on {p['val_samples']} {p['val_boxes']}",
+                    + f", {p['device']}, amp {p['amp']}; validation on {p['val_samples']} {p['val_boxes']}"),
                     highlight=False)
         elif isinstance(event, StepEnd):
             now = time.perf_counter()
@@ -59,15 +61,15 @@ class _Display:
                 f"lr {event.lr:.3g}  {event.images_per_second:.1f} img/s  data wait {event.data_wait:.0%}  "
                 f"ETA {_fmt_eta(event.eta_s)}" + (f"  skipped {event.skipped}" if event.skipped else "")))
         elif isinstance(event, ValidationEnd):
-            t = Table(title=f"epoch {event.epoch} validation | {event.boxes}", title_justify="left")
+            t = Table(title=escape(f"epoch {event.epoch} validation | {event.boxes}"), title_justify="left")
             keys = [k for k in event.metrics if isinstance(event.metrics[k], (int, float))]
             shown = [k for k in keys if "_" not in k or k.startswith("val_")][:12]
             for k in shown:
-                t.add_column(k, justify="right")
+                t.add_column(escape(k), justify="right")
             t.add_row(*(f"{event.metrics[k]:.3f}" for k in shown))
             c.print(t)
             b = event.best
-            c.print(f"best {b['metric']} {b['value']:.4f} at epoch {b['epoch']} ({b['weights']} weights)"
+            c.print(escape(f"best {b['metric']} {b['value']:.4f} at epoch {b['epoch']} ({b['weights']} weights)")
                     + ("  [green]new best[/green]" if event.is_best else ""), highlight=False)
         elif isinstance(event, EpochEnd):
             r = event.row
@@ -77,11 +79,11 @@ class _Display:
             b = event.best
             best = f"best {b['metric']} {b['value']:.4f} (epoch {b['epoch']}, {b.get('boxes', '')})" \
                 if b.get("value") is not None else "no validation yet"
-            c.print(f"[bold]{event.status}[/bold]: {event.steps} steps in {event.wall_s:.0f} s; {best}; "
-                    f"run folder {event.run_dir}", highlight=False)
+            c.print(f"[bold]{escape(event.status)}[/bold]: "
+                    + escape(f"{event.steps} steps in {event.wall_s:.0f} s; {best}; run folder {event.run_dir}"),
+                    highlight=False)
 
 
-@app.command("train")
 def train_command(
     config: str | None = typer.Argument(None, help="A YAML config or a shipped config name (synthetic, "
                                         "coco/hrnet_w32_256x192_dm, ...). Optional with --resume-from."),
@@ -94,10 +96,6 @@ def train_command(
                                  "step, print the plan, write nothing."),
 ) -> None:
     """Train a pose model; the run folder holds the config, metrics, curves, checkpoints and resume state."""
-    from dmpose.train.config import ConfigError, load_config
-    from dmpose.train.loop import TrainingError, train
-    from dmpose.train.run_folder import latest_run_dir, new_run_dir
-
     console = Console()
     try:
         state = run_dir = None
@@ -134,7 +132,7 @@ def train_command(
     if result.status == "dry-run":
         table = Table(title="plan", show_header=False, title_justify="left")
         for k, v in result.plan.items():
-            table.add_row(k, str(v))
+            table.add_row(escape(k), escape(str(v)))
         console.print(table)
     elif result.status == "interrupted":
         raise typer.Exit(130)
