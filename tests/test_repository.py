@@ -76,7 +76,7 @@ def test_every_relative_markdown_link_in_the_docs_resolves():
 
 
 def test_every_doc_path_in_the_packaged_configs_resolves():
-    """The comments of dmpose/configs/**/*.yaml cite docs by repository path (docs/training.md#losses): each resolves."""
+    """The comments of dmpose/configs/**/*.yaml cite docs by repository path (docs/training.md#losses): all resolve."""
     cited = re.compile(r"\b((?:docs|benchmarks)/[\w./-]+?\.(?:md|py|png))(#[\w-]+)?")
     problems = []
     for cfg in sorted((ROOT / "dmpose" / "configs").rglob("*.yaml")):
