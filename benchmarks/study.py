@@ -81,11 +81,11 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     # 2. supplier maps
     Arm("dm_relu", 2, ("loss.dm.suppliers=relu",), "the paper's supplier map relu(H): AP, dead joints, compactness"),
     Arm("dm_softplus", 2, ("loss.dm.suppliers=softplus", "loss.dm.supplier_beta=1.0"),
-        "softplus(H), the default job's supplier map (docs/dm-training.md)"),
+        "softplus(H): the base config's supplier map, spelled out (docs/dm-training.md#supplier-maps)"),
     Arm("dm_softplus_b4", 2, ("loss.dm.suppliers=softplus", "loss.dm.supplier_beta=4.0"),
-        "softplus(4H)/4, the sharper candidate measured in docs/dm-training.md"),
+        "softplus(4H)/4, a sharper map (docs/dm-training.md#supplier-maps)"),
     Arm("dm_softplus_b8", 2, ("loss.dm.suppliers=softplus", "loss.dm.supplier_beta=8.0"),
-        "softplus(8H)/8: a given contrast of the normalised map from an 8x smaller range of H (fourth session)"),
+        "softplus(8H)/8, the library default: a given contrast of the normalised map from an 8x smaller range of H"),
     Arm("dm_softplus_b16", 2, ("loss.dm.suppliers=softplus", "loss.dm.supplier_beta=16.0"),
         "softplus(16H)/16, nearer relu"),
     # 3. sub-pixel vs naive demanders at two heatmap resolutions (32x24 and 16x12... here 12x16: 64x48 input)
