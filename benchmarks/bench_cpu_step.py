@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     from dmpose.loss import mse_loss
     from dmpose.models import build_model
-    from dmpose.train.loop import cpu_has_native_bf16, tune_cpu_process
+    from dmpose.train.runtime import cpu_has_native_bf16, tune_cpu_process
 
     tuning = tune_cpu_process()
     print(header("hrnet_tiny CPU step: threads x memory format x precision", "cpu", tuning=tuning,

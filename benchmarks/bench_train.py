@@ -32,7 +32,7 @@ def batch_for(input_wh, n: int, seed: int = 0):
 
     from dmpose.data.synthetic import ensure_synthetic
     from dmpose.train import load_config
-    from dmpose.train.loop import build_datasets
+    from dmpose.train.datasets import build_datasets
 
     cfg = load_config(data={"model": {"input_wh": list(input_wh)}, "loss": {"name": "mse", "mse": {"sigma": 2.0}},
                             "data": {"root": str(ensure_synthetic()), "subset": 64}})
@@ -107,13 +107,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from dmpose.train import load_config
-    from dmpose.train.loop import _amp
+    from dmpose.train.runtime import autocast_dtype as _amp
 
     amp_dtype = _amp(load_config(data={"train": {"amp": args.amp}}), torch.device(args.device))[0]
     channels_last = not args.contiguous and load_config("synthetic").model.channels_last
     tuning = "untuned"
     if args.device == "cpu" and not args.no_cpu_tuning:
-        from dmpose.train.loop import tune_cpu_process
+        from dmpose.train.runtime import tune_cpu_process
 
         tuning = tune_cpu_process()
     rows = [("hrnet_tiny", (96, 128), 32)]

@@ -196,8 +196,9 @@ def panel(run_dir: Path, cfg, crops: int = PANEL_CROPS) -> dict[str, Any] | None
     import torch
     from torch.utils.data import Subset
 
+    from dmpose.codec import build_codec
     from dmpose.models.checkpoint import load_model
-    from dmpose.train.loop import build_datasets
+    from dmpose.train.datasets import build_datasets
     from dmpose.train.validate import heatmap_pass
 
     ckpt = run_dir / "last.safetensors"
@@ -208,7 +209,7 @@ def panel(run_dir: Path, cfg, crops: int = PANEL_CROPS) -> dict[str, Any] | None
     spec = model.spec or cfg.pose_spec()
     _, val = build_datasets(cfg, spec)
     sub = Subset(val.gt_dataset, list(range(min(crops, len(val.gt_dataset)))))
-    metrics, fig = heatmap_pass(model, sub, spec.codec, cfg.loss.dm, batch_size=crops, crops=crops)
+    metrics, fig = heatmap_pass(model, sub, build_codec(spec), cfg.loss.dm, batch_size=crops, crops=crops)
     mean = np.asarray(spec.normalisation.mean, np.float32)[:, None, None]
     std = np.asarray(spec.normalisation.std, np.float32)[:, None, None]
     w, h = spec.heatmap_wh

@@ -15,8 +15,10 @@ any machine; `check_paths` checks them before training and names the missing pat
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -322,8 +324,6 @@ def _field_names(model: type[BaseModel] | Any) -> list[str]:
 
 
 def _sub_type(model: Any, name: str) -> Any:
-    import typing
-
     fields = getattr(model, "model_fields", None)
     ann = fields[name].annotation if fields and name in fields else None
     if ann is None and getattr(model, "__dataclass_fields__", None) and name in model.__dataclass_fields__:
@@ -455,8 +455,6 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | N
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: not valid YAML: {e}") from None
     else:
-        import copy
-
         data = copy.deepcopy(data)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping, got {type(data).__name__}")

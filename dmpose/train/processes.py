@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import multiprocessing as mp
 import os
 import socket
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import torch.distributed as dist
 
 __all__ = ["LOCAL_TIMEOUT_S", "free_port", "local_process_env", "run_local_processes"]
 
@@ -57,16 +60,12 @@ def local_process_env(rank: int, world: int, port: int) -> Iterator[None]:
 
 
 def _init_group() -> None:
-    import torch.distributed as dist
-
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=LOCAL_TIMEOUT_S))
 
 
 def _child(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any, rank: int, world: int, port: int,
            errors: Any) -> None:
     """A spawned rank: the same training, no callbacks; its error goes back to rank 0 through `errors`."""
-    import torch.distributed as dist
-
     try:
         with local_process_env(rank, world, port):
             _init_group()
@@ -84,10 +83,6 @@ def run_local_processes(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any,
     """`train_fn(cfg, run_dir, resume, callbacks, False)` as rank 0 of `cfg.train.processes` local ranks (this
     process) while spawned children run ranks 1..N-1; returns rank 0's result. A failed rank raises
     `error_type` naming it (its traceback in the message's last lines)."""
-    import multiprocessing as mp
-
-    import torch.distributed as dist
-
     world = cfg.train.processes
     port = free_port()
     ctx = mp.get_context("spawn")  # not fork: the parent's OpenMP pool and torch state do not survive a fork

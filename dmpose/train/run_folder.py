@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import cv2
+import matplotlib
 import numpy as np
 
 from dmpose.atomic import atomic_output, atomic_write_bytes
@@ -119,8 +121,6 @@ class RunFolder:
     def plot_curves(self, main_metric: str, boxes: str = "") -> Path:
         """curves.png: per epoch (loss, lr, `main_metric` on `boxes`, GT-box localisation error) and per logged
         step (loss and the DM diagnostics)."""
-        import matplotlib
-
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
@@ -169,8 +169,6 @@ class RunFolder:
         """crops (N, H, W, 3) uint8 RGB; heatmaps (N, K, h, w) the decoded map (normalised); pred_in/gt_in
         (N, K, 2) input px. Each tile: the crop with GT (green) and predictions (red), beside the max over
         joints of the heatmap, upsampled."""
-        import cv2
-
         tiles = []
         for n in range(len(crops)):
             img = np.ascontiguousarray(crops[n][:, :, ::-1])  # BGR for cv2

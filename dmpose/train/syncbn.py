@@ -4,9 +4,15 @@ torch.distributed.nn.functional.all_reduce). On CUDA the trainer uses torch's nn
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import nn
+
+with warnings.catch_warnings():  # its replacement (_functional_collectives) has no autograd on gloo
+    warnings.simplefilter("ignore", FutureWarning)
+    from torch.distributed.nn.functional import all_reduce
 
 __all__ = ["CpuSyncBatchNorm", "convert_cpu_sync_bn"]
 
@@ -15,12 +21,6 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
-        import warnings
-
-        with warnings.catch_warnings():  # the replacement (_functional_collectives) has no autograd on gloo
-            warnings.simplefilter("ignore", FutureWarning)
-            from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         xf = x.float()
         count = torch.full((1,), x.numel() / c, dtype=torch.float32, device=x.device)
