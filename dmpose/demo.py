@@ -9,6 +9,8 @@ import torch
 
 from dmpose.decode import decode_2x2
 from dmpose.loss import dm_loss
+from dmpose.spec import DMLossOptions
+from dmpose.suppliers import decoded_map
 
 
 @dataclass
@@ -36,7 +38,8 @@ def fit_heatmap_to_dot(
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> DemoResult:
-    """Gradient descent (Adam) on a free (1, 1, H, W) heatmap under `dm_loss`, then `decode_2x2`.
+    """Gradient descent (Adam) on a free (1, 1, H, W) heatmap under `dm_loss` (its default supplier map), then
+    `decode_2x2` of the distribution the loss transported (`dmpose.suppliers.decoded_map`).
 
     dot is (x, y) in heatmap pixels (pixel centres at integer coordinates); size is (H, W).
     """
@@ -56,7 +59,8 @@ def fit_heatmap_to_dot(
         losses.append(loss.item())
         if on_step is not None:
             on_step(step, losses[-1])
-    coords, conf = decode_2x2(heatmap.detach())
+    opts = DMLossOptions()  # the supplier map dm_loss used: the decode reads the distribution the loss transported
+    coords, conf = decode_2x2(decoded_map(heatmap.detach(), opts.suppliers, opts.supplier_beta))
     return DemoResult(
         dot=(float(dot[0]), float(dot[1])),
         decoded=(coords[0, 0, 0].item(), coords[0, 0, 1].item()),

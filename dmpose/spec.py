@@ -44,6 +44,7 @@ __all__ = [
     "SpecError",
     "legacy_codec",
     "format_validation_error",
+    "describe_error",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -75,19 +76,21 @@ class SpecError(ValueError):
     """A spec (or loss-options) field is invalid; the message names the source and the field."""
 
 
+def describe_error(e: dict, loc: str, label: str = "") -> str:
+    """One pydantic error as "LABELloc: message (got value)" (our own validators' messages name the value
+    already, so theirs come without "(got ...)"); the one formatter of spec and config errors."""
+    got = e.get("input")
+    shown = "{...}" if isinstance(got, dict) else repr(got)[:80]
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "value_error":
+        return f"{label}{loc}: {msg}" if loc else msg
+    return f"{label}{loc or '<root>'}: {msg} (got {shown})"
+
+
 def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
     """One line per problem: `source: field a.b: message (got value)`."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
-        got = e.get("input")
-        shown = repr(got) if not isinstance(got, dict) else "{...}"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "value_error":  # our own validators name the field in the message
-            lines.append(f"{source}: {f'field {loc}: ' if loc else ''}{msg}")
-        else:
-            lines.append(f"{source}: field {loc or '<root>'}: {msg} (got {shown[:80]})")
-    return "\n".join(lines)
+    return "\n".join(f"{source}: " + describe_error(e, ".".join(str(p) for p in (prefix, *e["loc"]) if p != ""),
+                                                    "field ") for e in err.errors())
 
 
 class Normalisation(BaseModel):

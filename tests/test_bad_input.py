@@ -378,9 +378,9 @@ def test_cli_errors_name_their_cause(ckpt, tmp_path, monkeypatch):
     if not torch.cuda.is_available():
         result = cli("eval", "--ckpt", str(ckpt), "--device", "cuda")
         assert result.exit_code == 2 and "CUDA is not available" in result.output
-    for size, match in (("0x0", "--input-size must be positive"), ("30x30", "divisible by the output stride"),
-                        ("abc", "--input-size")):
-        result = cli("export", "--ckpt", str(ckpt), "--format", "onnx", "--input-size", size,
+    for size, match in (("0x0", "--input-wh must be positive"), ("30x30", "divisible by the output stride"),
+                        ("abc", "--input-wh")):
+        result = cli("export", "--ckpt", str(ckpt), "--format", "onnx", "--input-wh", size,
                      "-o", str(tmp_path / "m.onnx"))
         assert result.exit_code in (1, 2) and match in result.output, result.output
     folder = tmp_path / "a_folder"

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dmpose.cli.errors import fail, reported
+from dmpose.cli.errors import reported
 from dmpose.cli.parsing import parse_pair
 from dmpose.models import build_model, list_models
 from dmpose.models.checkpoint import checkpoint_summary
@@ -114,13 +114,14 @@ def info_command(
     ckpt: Path | None = typer.Argument(None, help="A dmpose checkpoint (.safetensors)."),
     list_: bool = typer.Option(False, "--list", help="List the architecture names instead."),
     arch: str | None = typer.Option(None, "--arch", help="Show an architecture's parameters and GFLOPs instead."),
-    input_size: str | None = typer.Option(None, help="GFLOPs at HEIGHTxWIDTH; default: the checkpoint's, "
-                                          "else 256x192."),
+    input_wh: str | None = typer.Option(None, "--input-wh", help="GFLOPs at WIDTHxHEIGHT; default: the checkpoint's, "
+                                        "else 192x256."),
 ) -> None:
     """Show a checkpoint's metadata, parameter count and GFLOPs (or an architecture's with --arch, or the
     known architectures with --list). GFLOPs are multiply-accumulates of the conv and linear layers, as
     the pose papers count them; transformers also get a figure with the attention matmuls."""
-    size = parse_pair(input_size, "x", "--input-size", int) if input_size else None
+    wh = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
+    size = (wh[1], wh[0]) if wh else None  # (H, W) for the FLOP count
     if arch is not None:
         with reported(console):
             rows = _compute_rows(arch, 17, size or (256, 192))
@@ -160,20 +161,11 @@ def export_command(
                                      "rule: 2x2 or argmax) as outputs coords and confidence."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Output file; default next to the checkpoint."),
     input_wh: str | None = typer.Option(None, "--input-wh", help="ONNX input WIDTHxHEIGHT; default: the spec's."),
-    input_size: str | None = typer.Option(None, "--input-size", help="ONNX input HEIGHTxWIDTH (older spelling of "
-                                          "--input-wh, other order)."),
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch axis) or re-write it as a dmpose .safetensors file."""
-    if input_wh and input_size:
-        fail(ValueError("give --input-wh or --input-size, not both"), console)
     size = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
     if size is not None and min(size) <= 0:
         raise typer.BadParameter(f"--input-wh must be positive WIDTHxHEIGHT, got {input_wh!r}")
-    if input_size:
-        h, w = parse_pair(input_size, "x", "--input-size", int)
-        if min(h, w) <= 0:
-            raise typer.BadParameter(f"--input-size must be positive HEIGHTxWIDTH, got {input_size!r}")
-        size = (w, h)
     if out is None:
         out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
     with reported(console):

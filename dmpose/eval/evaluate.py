@@ -261,7 +261,7 @@ def evaluate_checkpoint(
     ds = ds_factory(TopDownTransform.from_spec(spec))
     predictor = TopDownPredictor(model, spec, flip=opts.flip, amp=amp)
     settings: dict[str, Any] = {"checkpoint": str(ckpt), "arch": spec.arch, "decode": spec.decode, "flip": opts.flip,
-                                "input_size": list(spec.input_hw)}
+                                "input_wh": list(spec.input_wh)}
     report, files = finish(predictor, ds, spec, settings, progress)
     if opts.out is not None:
         paths = write_json_files({opts.out / name: obj for name, (_, obj) in files.items()})

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dmpose.data.transforms import AugmentConfig
-from dmpose.spec import CodecSpec, DMLossOptions, KeypointSpec, Normalisation, PoseSpec, SpecError
+from dmpose.spec import CodecSpec, DMLossOptions, KeypointSpec, Normalisation, PoseSpec, SpecError, describe_error
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "apply_overrides", "check_paths",
            "resolve_config_path", "packaged_configs", "config_to_yaml"]
@@ -346,8 +346,6 @@ def _model_at(loc: tuple) -> Any:
 def _describe(e: dict) -> str:
     loc = tuple(str(p) for p in e["loc"])
     key = ".".join(loc)
-    got = e.get("input")
-    shown = "{...}" if isinstance(got, dict) else repr(got)[:80]
     if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         parent, name = loc[:-1], loc[-1]
         valid = _field_names(_model_at(parent))
@@ -359,10 +357,7 @@ def _describe(e: dict) -> str:
             if where:
                 hint = f"; did you mean '{where}'?"
         return f"unknown key '{key}'{hint} (valid keys here: {', '.join(valid)})"
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "value_error":
-        return f"{key}: {msg}" if key else msg
-    return f"{key}: {msg} (got {shown})"
+    return describe_error(e, key)
 
 
 def _find_key(name: str, model: Any = TrainConfig, prefix: tuple = ()) -> str | None:
