@@ -245,7 +245,7 @@ def test_a_real_sigint_stops_at_a_safe_point_and_resumes_exactly(synth_root, tmp
     cut = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "cut",
                 callbacks=[sigint_inside_a_step, lambda e: messages.append(getattr(e, "text", ""))])
     assert cut.status == "interrupted" and cut.steps == at
-    assert any(f"interrupted: saved the state of step {at}" in m for m in messages)
+    assert any(f"interrupted by SIGINT: saved the state of step {at}" in m for m in messages)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     done = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=cut.run_dir, resume=cut.run_dir)
     assert same_weights(weights(full.run_dir), weights(done.run_dir))

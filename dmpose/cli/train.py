@@ -94,6 +94,8 @@ def train_command(
     resume_from: Path | None = typer.Option(None, "--resume-from", help="Continue this run folder or state file."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build everything, run one training and one validation "
                                  "step, print the plan, write nothing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out (a new training refuses a "
+                                   "folder that holds one)."),
 ) -> None:
     """Train a pose model; the run folder holds the config, metrics, curves, checkpoints and resume state."""
     console = Console()
@@ -123,10 +125,11 @@ def train_command(
             if config is None:
                 raise ConfigError("give a CONFIG (a YAML file or a shipped name such as 'synthetic')")
             cfg = load_config(config, set_)
-            run_dir = out if out is not None else new_run_dir(cfg.out_root, cfg.name)
+            run_dir = out if out is not None else (None if dry_run else new_run_dir(cfg.out_root, cfg.name))
         with Live(Text("starting..."), console=console, transient=True, refresh_per_second=4) as live:
             display = _Display(console, live)
-            result = train(cfg, run_dir=run_dir, resume=state, callbacks=[display], dry_run=dry_run)
+            result = train(cfg, run_dir=run_dir, resume=state, callbacks=[display], dry_run=dry_run,
+                           overwrite=overwrite)
     except (ConfigError, TrainingError, ValueError, OSError) as err:
         fail(err, console)
     if result.status == "dry-run":

@@ -77,19 +77,23 @@ class Checkpointer:
     @staticmethod
     def resume(path: str | Path, rank: int, device: torch.device, raw: nn.Module, ema: ModelEMA | None,
                opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler,
-               loader_generator: torch.Generator) -> tuple[TrainState, Path]:
+               loader_generator: torch.Generator) -> tuple[TrainState, Path, str | None]:
         """Load a resume state (a last.state.pt, or a run folder holding one) into the run's objects and this
-        rank's RNGs; returns the state and the file read."""
+        rank's RNGs; returns the state, the file read and the config YAML the run was saved with."""
         path = Path(path)
         path = path / STATE_FILE if path.is_dir() else path
         st = load_state(path, map_location=device)
         raw.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
+        # the lr of the next step from this run's schedule (the same value unless train.epochs was extended: then
+        # the longer run's, dmpose.train.resume), not the lr the optimiser state was saved with
+        for group, base, fn in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * fn(sched.last_epoch)
         scaler.load_state_dict(st["scaler"])
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
         set_rng_state(st["rng"][rank] if isinstance(st["rng"], list) else st["rng"], loader_generator)
         state = TrainState(best=st["best"], epoch=st["epoch"], step=st["step"], step_in_epoch=st["step_in_epoch"],
                            skipped=st["skipped"], epoch_losses=list(st.get("epoch_losses", [])))
-        return state, path
+        return state, path, st.get("config")

@@ -15,8 +15,8 @@ train.py and the PyTorch ImageNet example; each piece it calls has a room of its
 
 Progress goes out as typed events (events.py) to the callbacks; nothing here prints.
 
-Resume: the state is written at the end of every epoch and when the run is interrupted (Ctrl-C, handled
-by dmpose.train.interrupt so that it stops at a safe point, or a KeyboardInterrupt from a callback), with the
+Resume: the state is written at the end of every epoch and when the run is interrupted (Ctrl-C or SIGTERM,
+handled by dmpose.train.interrupt so that it stops at a safe point, or a KeyboardInterrupt from a callback), with the
 RNG states and the epoch's step losses of the last completed step. Resuming re-creates the epoch's sampler
 order (seed + epoch) and skips the samples already used, so a resumed run is bit for bit the uninterrupted one
 on the CPU, mid-epoch included (docs/training.md).
@@ -24,6 +24,7 @@ on the CPU, mid-epoch included (docs/training.md).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -40,7 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from dmpose.codec import build_codec
 from dmpose.eval.predictor import TopDownPredictor
 from dmpose.eval.runner import predict_dataset
-from dmpose.train.checkpointer import Checkpointer
+from dmpose.train.checkpointer import STATE_FILE, Checkpointer
 from dmpose.train.config import ConfigError, TrainConfig, check_paths, config_to_yaml
 from dmpose.train.criterion import Criterion
 from dmpose.train.datasets import build_datasets, epoch_loader
@@ -50,7 +51,8 @@ from dmpose.train.interrupt import InterruptGuard
 from dmpose.train.network import build_network, final_layer, prepare_network, sync_batch_norm
 from dmpose.train.optim import ModelEMA, build_optimizer, build_scheduler, effective_lr
 from dmpose.train.processes import run_local_processes
-from dmpose.train.run_folder import RunFolder
+from dmpose.train.resume import check_resume
+from dmpose.train.run_folder import RunFolder, claim_run_folder, new_run_dir
 from dmpose.train.runtime import (
     autocast_dtype,
     choose_threads_workers,
@@ -62,11 +64,13 @@ from dmpose.train.runtime import (
     select_device,
     tune_cpu_process,
 )
-from dmpose.train.state import TrainState, rng_state
+from dmpose.train.state import TrainState, load_state, rng_state
 from dmpose.train.step import OptimiserStep, TrainingError
 from dmpose.train.validate import ValData, validate_epoch
 
 __all__ = ["train", "TrainingError", "TrainResult"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,18 +85,36 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Path | None = None,
-          callbacks: Iterable = (), dry_run: bool = False) -> TrainResult:
-    """Train `cfg`. run_dir: the run folder (created); resume: a last.state.pt (or a run folder holding one).
-    The process-wide denormal flushing the CPU step is tuned with is put back as it was when this returns."""
+          callbacks: Iterable = (), dry_run: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train `cfg`. run_dir: the run folder (default: OUT_ROOT/NAME, auto-incremented); resume: a last.state.pt
+    (or a run folder holding one), whose config may change only as `dmpose.train.resume` allows; overwrite:
+    replace the run in run_dir (a new training refuses a folder that holds one). The folder is locked for the
+    run. The process-wide denormal flushing the CPU step is tuned with is put back as it was when this returns."""
     flushed = denormals_flushed()
     callbacks = list(callbacks)
+    lock = None
     try:
+        if not dry_run and int(os.environ.get("RANK", "0")) == 0:
+            if run_dir is None:
+                run_dir = (Path(resume) if Path(resume).is_dir() else Path(resume).parent) if resume is not None \
+                    else new_run_dir(cfg.out_root, cfg.name)
+            lock = claim_run_folder(Path(run_dir), resume=resume is not None, overwrite=overwrite)
+        if resume is not None:  # refuse a changed config before any work, on every rank alike
+            st = load_state(_state_file(resume))
+            check_resume(cfg, st.get("config"), st["epoch"], str(_state_file(resume)))
         cfg, local = _local_processes(cfg, callbacks, dry_run)
         if local:
             return run_local_processes(_train, cfg, run_dir, resume, callbacks, TrainingError)
         return _train(cfg, run_dir, resume, callbacks, dry_run)
     finally:
+        if lock is not None:
+            lock.release()
         torch.set_flush_denormal(flushed)
+
+
+def _state_file(resume: str | Path) -> Path:
+    path = Path(resume)
+    return path / STATE_FILE if path.is_dir() else path
 
 
 def _local_processes(cfg: TrainConfig, callbacks: Iterable, dry_run: bool) -> tuple[TrainConfig, bool]:
@@ -131,6 +153,13 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
 
     def log(text: str, level: str = "info") -> None:
         emit(Message(text, level))
+
+    def say(text: str) -> None:
+        """A warning every rank gives: rank 0 through the callbacks, the others through logging (stderr)."""
+        if main:
+            log(text, "warning")
+        else:
+            logger.warning("training process %d of %d: %s", rank, world, text)
 
     # ---- the machine ------------------------------------------------------------------------------
     check_paths(cfg)
@@ -187,10 +216,14 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
     # ---- where the run is ---------------------------------------------------------------------------
     state = TrainState(best={"metric": main_metric, "value": None, "epoch": None, "weights": "ema" if ema else "raw",
                              "boxes": val.boxes})
+    changes: list[tuple] = []
     if resume is not None:
-        state, path = Checkpointer.resume(resume, rank, device, raw, ema, opt, sched, scaler, loader_gen)
+        state, path, saved_config = Checkpointer.resume(resume, rank, device, raw, ema, opt, sched, scaler,
+                                                        loader_gen)
+        changes = check_resume(cfg, saved_config, state.epoch, str(path))
         log(f"resumed from {path}: epoch {state.epoch}, step {state.step}"
-            + (f" (+{state.step_in_epoch} in the epoch)" if state.step_in_epoch else ""))
+            + (f" (+{state.step_in_epoch} in the epoch)" if state.step_in_epoch else "")
+            + "".join(f"; {k}: {a!r} -> {b!r}" for k, a, b in changes))
     plan = {"epochs": cfg.train.epochs, "start_epoch": state.epoch, "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps, "start_step": state.step, "train_samples": len(train_ds),
             "val_samples": len(val.dataset), "val_boxes": val.boxes, "batch_per_device": bs, "accum_steps": accum,
@@ -207,6 +240,9 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
                                        "loss_backend": loss_backend, "plan": plan})
         if resume is not None:
             folder.load_metrics(state.step, state.epoch)
+            for key, old, new in changes:
+                folder.append_jsonl("config_changes.jsonl", {"step": state.step, "epoch": state.epoch, "key": key,
+                                                             "old": old, "new": new})
     emit(RunStart(folder.path if folder else None, plan))
     checkpoints = Checkpointer(folder, cfg, spec, world)
     state.rng = rng_state(loader_gen)
@@ -270,16 +306,15 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
         except KeyboardInterrupt:
             status = "interrupted"
             if guard.forced:
-                log(f"stopped at once (a second Ctrl-C) during step {state.step + 1}: nothing saved; the run folder "
-                    "keeps the state of the last completed epoch, if any (resume with --resume)", "warning")
+                say(f"stopped at once (a second {guard.signal_name}) during step {state.step + 1}: nothing saved; "
+                    "the run folder keeps the state of the last completed epoch, if any (resume with --resume)")
             else:
                 checkpoints.save_resume(state, raw, ema, opt, sched, scaler)
                 if folder is not None and cfg.train.curves:
                     folder.plot_curves(main_metric, val.boxes)
-                log(f"interrupted: saved the state of step {state.step} (resume with --resume)", "warning")
-        finally:
-            if world > 1 and status != "interrupted":
-                dist.barrier()
+                say(f"interrupted by {guard.signal_name}: saved the state of step {state.step} (resume with --resume)")
+    if world > 1 and status == "finished":  # not after an error: a rank that failed must not be waited for
+        dist.barrier()
     wall = time.perf_counter() - t_run
     emit(RunEnd(folder.path if folder else None, status, dict(state.best), state.step, wall, last_metrics))
     return TrainResult(folder.path if folder else None, status, state.step, state.epoch, state.best, last_metrics,

@@ -11,15 +11,17 @@ data-loader workers come from its share of the cores (`choose_threads_workers`).
 Not on a GPU: a CUDA run with `processes: N` trains in one process with N x batch_size images per step (the same
 effective batch and steps; several GPUs are torchrun's). Under torchrun (WORLD_SIZE set) N > 1 is refused.
 A rank that fails ends the run: the others' next collective sees its connection close, and rank 0 raises a
-TrainingError naming the rank and its error.
+TrainingError naming the first failing rank and its error (`run_local_processes`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
 import traceback
 from collections.abc import Callable, Iterator
@@ -29,10 +31,15 @@ import torch.distributed as dist
 
 __all__ = ["LOCAL_TIMEOUT_S", "free_port", "local_process_env", "run_local_processes"]
 
+logger = logging.getLogger(__name__)
+
 # The gloo timeout of a local run: how long a rank waits for the others at a collective (the longest gap between
 # two is a validation's or a checkpoint's work on rank 0). A rank that dies closes its connections, which ends the
 # wait at once; this bounds the rest (a rank that hangs).
 LOCAL_TIMEOUT_S = 600
+# How long the other ranks get to end after rank 0 failed before they are killed (they hold nothing to save:
+# only rank 0 writes the run folder).
+CHILD_GRACE_S = 5
 
 
 def free_port() -> int:
@@ -74,15 +81,33 @@ def _child(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any, rank: int, w
             finally:
                 dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001  reported to rank 0, then the exit code says it failed
-        errors.put((rank, f"{type(e).__name__}: {e}", traceback.format_exc()))
+        errors.put((rank, _is_collective_error(e), f"{type(e).__name__}: {e}", traceback.format_exc()))
         raise SystemExit(1) from None
+
+
+def _is_collective_error(e: BaseException) -> bool:
+    """Whether `e` is a collective that failed because another rank went away (a consequence, not a cause)."""
+    return isinstance(e, dist.DistError) or "Connection closed by peer" in str(e) or "Connection reset" in str(e)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def run_local_processes(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any, callbacks: Any,
                         error_type: type[Exception]) -> Any:
     """`train_fn(cfg, run_dir, resume, callbacks, False)` as rank 0 of `cfg.train.processes` local ranks (this
-    process) while spawned children run ranks 1..N-1; returns rank 0's result. A failed rank raises
-    `error_type` naming it (its traceback in the message's last lines)."""
+    process) while spawned children run ranks 1..N-1; returns rank 0's result.
+
+    Any rank's error ends every rank within seconds (a rank that stops closes its connections, and the others'
+    next collective fails), and one error is raised: the first cause, as `error_type` naming its rank ("training
+    process R of N (train.processes) failed: ..."); the other ranks' consequent collective errors are dropped
+    (their tracebacks go to the debug log). A child killed by a signal is named with the signal."""
     world = cfg.train.processes
     port = free_port()
     ctx = mp.get_context("spawn")  # not fork: the parent's OpenMP pool and torch state do not survive a fork
@@ -101,21 +126,34 @@ def run_local_processes(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any,
                 dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001  re-raised below, after the children are accounted for
         failure = e
-    for p in children:
-        p.join(timeout=None if failure is None else 30)
+    for p in children:  # after a failure of rank 0 the others wait in a collective that can never complete
+        p.join(timeout=None if failure is None else CHILD_GRACE_S)
         if p.is_alive():
-            p.terminate()
+            p.kill()  # not SIGTERM: a rank handles that as a request to stop at its next safe point
             p.join()
     reports = []
     while not errors.empty():
         reports.append(errors.get())
-    if reports:
-        rank, message, tb = sorted(reports)[0]
-        raise error_type(f"training process {rank} of {world} (train.processes) failed: {message}\n"
-                         f"{tb.rstrip()}") from failure
-    if failure is not None:
+    for rank, _, message, tb in reports:
+        logger.debug("training process %d of %d: %s\n%s", rank, world, message, tb)
+    if isinstance(failure, KeyboardInterrupt):
         raise failure
-    bad = [(p.name, p.exitcode) for p in children if p.exitcode != 0]
-    if bad:
-        raise error_type(f"training process(es) {bad} of {world} (train.processes) ended with a non-zero exit code")
+    if failure is not None and not _is_collective_error(failure):  # rank 0 failed first, on its own
+        raise error_type(f"training process 0 of {world} (train.processes) failed: {type(failure).__name__}: "
+                         f"{failure}") from failure
+    causes = sorted(r for r in reports if not r[1])
+    if causes:
+        rank, _, message, _ = causes[0]
+        raise error_type(f"training process {rank} of {world} (train.processes) failed: {message}") from failure
+    killed = [p for p in children if p.exitcode not in (0, 1)]
+    if killed:
+        p = killed[0]
+        raise error_type(f"training process {children.index(p) + 1} of {world} (train.processes) ended: "
+                         f"{_exit_reason(p.exitcode)}") from failure
+    if failure is not None:
+        raise error_type(f"training process 0 of {world} (train.processes) failed: {type(failure).__name__}: "
+                         f"{failure}") from failure
+    if reports:
+        rank, _, message, _ = sorted(reports)[0]
+        raise error_type(f"training process {rank} of {world} (train.processes) failed: {message}")
     return result

@@ -1,4 +1,8 @@
-"""The run folder: runs/NAME (auto-incremented: NAME, NAME-2, NAME-3, ...) or an explicit --out.
+"""The run folder: runs/NAME (auto-incremented: NAME, NAME-2, NAME-3, ..., picked atomically) or an explicit --out.
+
+A training claims its folder first (`claim_run_folder`): it holds an exclusive lock on it for the whole run (a
+second training on the same folder is refused at once), and a new training refuses a folder that holds another
+run unless told to overwrite it (`--overwrite`); `--resume` continues the run that is there.
 
 config.yaml (resolved), env.json, metrics.csv (one row per epoch), metrics.jsonl (one row per logged
 step), last.safetensors / best.safetensors (+ best.json), last.state.pt (resume state), optional
@@ -11,8 +15,10 @@ can tear only its last line, which resuming drops.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,26 +29,102 @@ import numpy as np
 
 from dmpose.atomic import atomic_output, atomic_write_bytes
 
-__all__ = ["RunFolder", "new_run_dir", "latest_run_dir", "RUN_FILES"]
+__all__ = ["RunFolder", "RunFolderError", "RunFolderLock", "claim_run_folder", "new_run_dir", "latest_run_dir",
+           "run_files", "RUN_FILES"]
 
 RUN_FILES = ("config.yaml", "env.json", "metrics.csv", "metrics.jsonl", "last.safetensors", "best.safetensors",
              "best.json", "last.state.pt", "curves.png")
 
 
 def new_run_dir(out_root: Path, name: str) -> Path:
-    """out_root/name, or out_root/name-N with the next free N."""
-    first = out_root / name
-    if not first.exists():
-        return first
-    taken = [int(m.group(1)) for p in out_root.glob(f"{name}-*")
-             if (m := re.fullmatch(re.escape(name) + r"-(\d+)", p.name))]
-    return out_root / f"{name}-{max(taken, default=1) + 1}"
+    """out_root/name, or out_root/name-N with the next free N, created here (mkdir without exist_ok), so that two
+    trainings started at once never pick the same folder."""
+    out_root = Path(out_root).expanduser()
+    out_root.mkdir(parents=True, exist_ok=True)
+    candidate = out_root / name
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            taken = [int(m.group(1)) for p in out_root.glob(f"{name}-*")
+                     if (m := re.fullmatch(re.escape(name) + r"-(\d+)", p.name))]
+            candidate = out_root / f"{name}-{max(taken, default=1) + 1}"
 
 
 def latest_run_dir(out_root: Path, name: str) -> Path | None:
     """The most recently updated run of `name` that holds a resume state."""
+    out_root = Path(out_root).expanduser()
     runs = [p for p in [out_root / name, *out_root.glob(f"{name}-*")] if (p / "last.state.pt").is_file()]
     return max(runs, key=lambda p: (p / "last.state.pt").stat().st_mtime, default=None)
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used: it holds another run, or another training is writing it."""
+
+
+#: What a run writes besides RUN_FILES (patterns): the files `claim_run_folder(..., overwrite=True)` removes.
+RUN_PATTERNS = ("val_epoch*.jpg", "epoch_*.safetensors", "last_ema.safetensors", "config_changes.jsonl")
+LOCK_FILE = ".lock"
+
+
+def run_files(path: Path) -> list[Path]:
+    """The files of a dmpose run in `path` (RUN_FILES and RUN_PATTERNS)."""
+    found = [path / n for n in RUN_FILES if (path / n).is_file()]
+    return found + sorted(p for pattern in RUN_PATTERNS for p in path.glob(pattern) if p.is_file())
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder (fcntl.flock on RUN/.lock, which records the holder's pid), held by the
+    process that writes the run; released by `release` (or when the process ends, whatever the way)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> RunFolderLock:
+        lock = self.path / LOCK_FILE
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunFolderError(f"run folder {self.path} is in use by another training (pid {holder}); wait for it, "
+                                 "or train into another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def claim_run_folder(path: Path, *, resume: bool, overwrite: bool = False) -> RunFolderLock:
+    """Make `path` this training's run folder and lock it (`RunFolderLock`). A new training refuses a folder that
+    holds another run's files, unless `overwrite` (then those files are removed first; other files stay); a
+    resumed one needs the folder. Nothing is written or removed before the lock is held."""
+    path = Path(path).expanduser()
+    if resume and not path.is_dir():
+        raise RunFolderError(f"--resume: run folder {path} does not exist")
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"run folder {path} exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    lock = RunFolderLock(path).acquire()
+    if not resume:
+        existing = run_files(path)
+        if existing and not overwrite:
+            lock.release()
+            names = ", ".join(p.name for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
+            raise RunFolderError(f"run folder {path} already holds a run ({names}): resume it with --resume, train "
+                                 "into another --out, or pass --overwrite to replace it")
+        for p in existing:
+            p.unlink()
+    return lock
 
 
 def _json_default(o: Any):
@@ -92,6 +174,11 @@ class RunFolder:
             with open(mc, newline="") as f:
                 rows = list(csv.DictReader(f))
             self.epochs = [{k: _num(v) for k, v in r.items()} for r in rows if int(r["epoch"]) <= upto_epoch]
+
+    def append_jsonl(self, name: str, row: dict[str, Any]) -> None:
+        """One JSON line appended to `name` (a log that only grows, e.g. config_changes.jsonl)."""
+        with open(self.file(name), "a") as f:
+            f.write(json.dumps(row, default=_json_default) + "\n")
 
     def log_step(self, row: dict[str, Any]) -> None:
         """One line per logged step. The first call of a process rewrites the file atomically with the rows

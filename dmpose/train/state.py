@@ -89,7 +89,14 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume state not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001  truncated, random or zero-byte files, refused pickles: one message
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable resume state ({type(e).__name__}: {first}); it was not written by "
+                         "a finished save (resume from another run folder, or start again without --resume)") from None
+    if not isinstance(state, dict) or not {"model", "epoch", "step", "rng"} <= set(state):
+        raise ValueError(f"{path}: not a dmpose resume state (missing fields)")
     if state.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: resume state version {state.get('version')!r}, this dmpose reads {STATE_VERSION}")
     return state

@@ -63,11 +63,12 @@ class OptimiserStep:
         """Unscale and clip the gradients, and agree across ranks on the step's outcome and on a Ctrl-C."""
         self.scaler.unscale_(self.opt)
         gnorm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.grad_clip or float("inf"))
-        flags = torch.tensor([math.isfinite(step_loss), bool(torch.isfinite(gnorm)), not self.guard.requested],
-                             dtype=torch.float32)
+        # the third flag carries the signal that asked this rank to stop, negated (MIN: the largest of any rank)
+        flags = torch.tensor([math.isfinite(step_loss), bool(torch.isfinite(gnorm)),
+                              -self.guard.signum if self.guard.requested else 0], dtype=torch.float32)
         if self.world > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-            self.guard.agree(not bool(flags[2]))  # a Ctrl-C on any rank: all stop at the next data wait
+            self.guard.agree(int(-flags[2]))  # a Ctrl-C or SIGTERM on any rank: all stop at the next data wait
             mean_loss = torch.tensor([step_loss], dtype=torch.float64)
             dist.all_reduce(mean_loss)  # the logged loss is the global batch's, as in one process
             step_loss = float(mean_loss) / self.world
