@@ -271,10 +271,13 @@ def test_cli_writes_json_overlays_and_coco_results(coco_sample, tiny_ckpt, tmp_p
     assert "one person filling the frame" in result.output and "not COCO ids" in result.output
     assert "2 images, 0 video frames, 2 people" in result.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["000000000785.json", "000000000785_pose.jpg", "000000000785_heatmaps_0.jpg",
-                            "holiday.json", "holiday_pose.jpg", "holiday_heatmaps_0.jpg", "coco_results.json"])
+    written = ["000000000785.json", "000000000785_pose.jpg", "000000000785_heatmaps_0.jpg", "holiday.json",
+               "holiday_pose.jpg", "holiday_heatmaps_0.jpg", "coco_results.json"]
+    assert names == sorted([*written, ".dmpose-predict.json"])
+    assert json.loads((out / ".dmpose-predict.json").read_text()) == sorted(written)  # the manifest
     rec = json.loads((out / "000000000785.json").read_text())
-    assert set(rec) == {"source", "image_id", "image_size", "keypoint_names", "boxes", "people"}
+    assert set(rec) == {"source", "image_id", "image_size", "exif_orientation", "keypoint_names", "boxes", "people"}
+    assert rec["exif_orientation"] == 1
     assert rec["image_id"] == 785 and len(rec["keypoint_names"]) == 17 and rec["boxes"] == "full frame"
     (person,) = rec["people"]
     assert set(person) == {"bbox", "bbox_score", "keypoints", "keypoint_scores"}

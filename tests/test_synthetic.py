@@ -12,8 +12,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
-from dmpose.data.coco import CocoKeypoints, coco_paths
+from dmpose.data.coco import CocoKeypoints
 from dmpose.data.image import read_image
+from dmpose.data.layouts import coco_paths
 from dmpose.data.synthetic import DETECTION_FILE, ensure_synthetic, generate_synthetic_coco
 
 

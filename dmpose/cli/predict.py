@@ -16,8 +16,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from dmpose.cli.errors import EXIT_FAILED, REPORTED_ERRORS, fail, report, reported
-from dmpose.data.image import read_image
+from dmpose.cli.errors import EXIT_FAILED, REPORTED_ERRORS, describe, fail, report, reported
+from dmpose.data.image import read_photo
 from dmpose.predict.boxes import boxes_for_input, load_boxes_file
 from dmpose.predict.media import collect_inputs, is_video, video_info
 from dmpose.predict.outputs import BOXES_FROM_FILE, COCO_RESULTS_NAME, FULL_FRAME, ImageIds, PredictionOutputs
@@ -91,21 +91,27 @@ def predict_command(
                 if is_video(path):
                     fps, size = video_info(path)
                     with outputs.video_result(path, fps, size, stride) as video:
-                        for frame in predictor.predict_video(path, stride, the_boxes, heatmaps=heatmaps):
+                        for frame in predictor.predict_video(path, stride, the_boxes, heatmaps=heatmaps,
+                                                             lost=video.lost):
                             video.add(frame)
                             n_frames += 1
                             n_people += len(frame.people)
                             show_rate()
+                    if video.lost:  # the readable frames are written; the loss is reported and fails the call
+                        raise ValueError(f"{path}: {len(video.lost)} video frame(s) could not be decoded (frames "
+                                         f"{_first([str(i) for i in video.lost])}); the others were predicted")
                 else:
-                    image = read_image(path)[:, :, ::-1]  # BGR; errors name the file
+                    rgb, orientation = read_photo(path)  # as displayed (EXIF applied); errors name the file
+                    image = rgb[:, :, ::-1]  # BGR
                     people = predictor.predict(image, the_boxes, heatmaps=heatmaps)
                     entry = None if box_map is None else box_map.get(path)
-                    outputs.image_result(path, image, people, image_ids(path, entry))
+                    outputs.image_result(path, image, people, image_ids(path, entry), orientation)
                     n_images += 1
                     n_people += len(people)
             except REPORTED_ERRORS as err:
                 failures += 1
-                report(err, progress.console)
+                text = describe(err)
+                report(text if str(path) in text else f"{path}: {text}", progress.console)
             show_rate(advance=1)
     if n_images:
         outputs.coco_results()

@@ -42,7 +42,7 @@ from dmpose.data.layouts import DEFAULT_DETECTION_FILE, coco_paths
 from dmpose.data.transforms import TopDownTransform
 from dmpose.geometry import box_to_center_scale
 
-__all__ = ["CocoKeypoints", "PersonRecord"]
+__all__ = ["CocoKeypoints", "PersonRecord", "clip_gt_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,9 @@ def _box(entry, path: Path, where: str, positive: bool) -> list[float]:
     return [float(v) for v in box]
 
 
-def _clip_box(box, width: int, height: int) -> np.ndarray | None:
-    """HRNet's clipping: to [0, width-1] x [0, height-1]; None when nothing is left."""
+def clip_gt_box(box, width: int, height: int) -> np.ndarray | None:
+    """How a COCO ground-truth box is read (the official HRNet loader's rule, kept so that published GT-box numbers
+    compare): x2 = x1 + w - 1 clipped to [0, width-1], likewise y; None when nothing is left."""
     x, y, w, h = box
     x1, y1 = max(0.0, x), max(0.0, y)
     x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
@@ -144,6 +145,7 @@ class CocoKeypoints(Dataset):
             raise ValueError(f"annotation file {self.ann_file} must hold a JSON object, got {type(data).__name__}")
         self.images = self._load_images(data["images"])
         self._check_categories(data.get("categories", []))
+        self.person_categories = self._keypoint_categories(data.get("categories", []))
         self.gt_records = self._load_gt(data.get("annotations", []))
         self.detections = None if detections is None else Path(detections)
         self.records = (self.gt_records if detections is None
@@ -157,6 +159,16 @@ class CocoKeypoints(Dataset):
             self.records = [r for r in self.records if r.image_id in keep]
             logger.info("%s: subset of the first %d images: %d samples", self.ann_file, len(keep), len(self.records))
         self._images = ImageCache(self.image_dir, cache_images)
+        self._sizes = {im["file_name"]: (int(im["width"]), int(im["height"])) for im in self.images.values()}
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Every image a record uses exists, checked now rather than when its sample is first drawn."""
+        names = sorted({r.file_name for r in self.records})
+        missing = [n for n in names if not (self.image_dir / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.ann_file}: {len(missing)} of {len(names)} image files are missing from "
+                                    f"{self.image_dir}, e.g. {missing[0]}")
 
     @classmethod
     def from_root(cls, root: str | Path, split: str, transform: TopDownTransform,
@@ -168,14 +180,15 @@ class CocoKeypoints(Dataset):
         return cls(ann_file, image_dir, transform, det, det_score_threshold, subset, cache_images)
 
     def read_image(self, file_name: str) -> np.ndarray:
-        """The decoded RGB image (from the cache when `cache_images`; callers must not modify it)."""
-        return self._images.read(file_name)
+        """The decoded RGB image in its annotation's pixel frame (`dmpose.data.image.read_image`; from the cache
+        when `cache_images`; callers must not modify it)."""
+        return self._images.read(file_name, self._sizes.get(file_name))
 
     def warm_cache(self) -> int:
         """Decode every record's image into the cache now; returns how many are cached. Called before
         data-loader workers fork, so that they share one cache instead of each decoding its own every epoch
         (a no-op without `cache_images`)."""
-        return self._images.warm(rec.file_name for rec in self.records)
+        return self._images.warm((rec.file_name for rec in self.records), self._sizes)
 
     def _check_categories(self, categories) -> None:
         """A category that names its keypoints must name the keypoint set's, in its order: the same count
@@ -193,6 +206,16 @@ class CocoKeypoints(Dataset):
             raise ValueError(f"{self.ann_file}: category {c.get('name')!r} names other keypoints than keypoint set "
                              f"'{ks.name}' ({detail}); give the dataset's keypoints in a keypoint YAML "
                              "(model.keypoints: path/to/keypoints.yaml, docs/training.md)")
+
+    @staticmethod
+    def _keypoint_categories(categories) -> set[int] | None:
+        """The ids of the categories annotated with keypoints (those that name keypoints, else 'person'); None
+        when the file lists no categories (then every annotation counts)."""
+        cats = [c for c in categories if isinstance(c, dict) and "id" in c] if isinstance(categories, list) else []
+        if not cats:
+            return None
+        named = {int(c["id"]) for c in cats if c.get("keypoints") is not None}
+        return named or {int(c["id"]) for c in cats if c.get("name") == "person"}
 
     def _load_images(self, images) -> dict[int, dict]:
         path = self.ann_file
@@ -213,10 +236,13 @@ class CocoKeypoints(Dataset):
         path = self.ann_file
         if not isinstance(annotations, list):
             raise ValueError(f"{path}: field 'annotations' must be a list, got {type(annotations).__name__}")
-        records, crowd, unlabelled, empty = [], 0, 0, 0
+        records, crowd, unlabelled, empty, other = [], 0, 0, 0, 0
         for i, ann in enumerate(annotations):
             aid = _field(ann, "id", _is_int, "an integer", path, f"annotations[{i}]")
             where = f"annotations[{i}] (annotation id {aid})"
+            if self.person_categories is not None and ann.get("category_id", 1) not in self.person_categories:
+                other += 1  # another category's annotation (the detections loader drops them too)
+                continue
             kps = ann.get("keypoints")
             if not isinstance(kps, list) or len(kps) != 3 * k:
                 n = None if not isinstance(kps, list) else len(kps)
@@ -235,13 +261,13 @@ class CocoKeypoints(Dataset):
             if not np.any(kps[:, 2] > 0):
                 unlabelled += 1
                 continue
-            clipped = _clip_box(box, int(image["width"]), int(image["height"]))
+            clipped = clip_gt_box(box, int(image["width"]), int(image["height"]))
             if clipped is None:  # size 0, or outside the image after clipping: filtered as the official loader
                 empty += 1
                 continue
             records.append(PersonRecord(image_id, image["file_name"], int(aid), clipped, 1.0, kps))
-        logger.info("%s: %d person boxes kept; filtered %d crowd, %d without labelled keypoints, %d empty boxes",
-                    path, len(records), crowd, unlabelled, empty)
+        logger.info("%s: %d person boxes kept; filtered %d crowd, %d without labelled keypoints, %d empty boxes, %d of "
+                    "other categories", path, len(records), crowd, unlabelled, empty, other)
         return records
 
     def _load_detections(self, path: Path, threshold: float) -> list[PersonRecord]:

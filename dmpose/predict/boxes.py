@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BoxEntry", "as_box_array", "boxes_for_input", "coco_id_from_name", "full_frame_box", "load_boxes_file"]
+from dmpose.data.coco import clip_gt_box
+
+#: A box larger than this many times the image's larger side is refused (a unit mistake, not a person).
+MAX_BOX_SCALE = 10
+
+__all__ = ["BoxEntry", "MAX_BOX_SCALE", "as_box_array", "boxes_for_input", "coco_id_from_name", "full_frame_box",
+           "load_boxes_file"]
 
 
 def full_frame_box(width: int, height: int) -> np.ndarray:
@@ -41,6 +47,13 @@ def as_box_array(boxes: Any, width: int, height: int) -> tuple[np.ndarray, np.nd
         bad = int(np.flatnonzero(~np.isfinite(arr).all(1) | (arr[:, 2:4] <= 0).any(1))[0])
         raise ValueError(f"box {bad} {arr[bad].tolist()} must be finite with w, h > 0")
     scores = arr[:, 4] if arr.shape[1] == 5 else np.ones(len(arr))
+    for i, (x, y, w, h) in enumerate(arr[:, :4]):
+        if x + w <= -0.5 or y + h <= -0.5 or x >= width - 0.5 or y >= height - 0.5:
+            raise ValueError(f"box {i} {arr[i].tolist()} lies wholly outside the {width}x{height} image")
+        if max(w, h) > MAX_BOX_SCALE * max(width, height):
+            raise ValueError(f"box {i} {arr[i].tolist()} is over {MAX_BOX_SCALE}x the {width}x{height} image's size")
+        if not 0.0 <= scores[i] <= 1.0:
+            raise ValueError(f"box {i} {arr[i].tolist()}: its score must lie in [0, 1], got {scores[i]:g}")
     return arr[:, :4].copy(), scores.copy()
 
 
@@ -69,7 +82,31 @@ def _check_box(values: Any, where: str, with_score: bool) -> tuple[list[float], 
         raise ValueError(f"{where}: a box must be [x, y, w, h{', score' if with_score else ''}], got {values!r}")
     if not all(np.isfinite(v)) or v[2] <= 0 or v[3] <= 0:
         raise ValueError(f"{where}: box {values!r} must be finite with w, h > 0")
+    if len(v) == 5 and not 0.0 <= v[4] <= 1.0:
+        raise ValueError(f"{where}: box {values!r}: its score must lie in [0, 1]")
     return v[:4], (v[4] if len(v) == 5 else 1.0)
+
+
+def _gt_boxes_as_results(data: dict, path: Path) -> list[dict]:
+    """A COCO annotation file's person boxes as results rows ({image_id, file_name, bbox, score 1}), each box read
+    as `dmpose eval --gt-boxes` reads it (`dmpose.data.coco.clip_gt_box`); crowd and non-person annotations left
+    out."""
+    images = {im.get("id"): im for im in data.get("images", []) if isinstance(im, dict)}
+    cats = [c for c in data.get("categories", []) if isinstance(c, dict)]
+    persons = {c.get("id") for c in cats if c.get("keypoints") is not None or c.get("name") == "person"} or {1}
+    rows = []
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or ann.get("iscrowd", 0) or ann.get("category_id", 1) not in persons:
+            continue
+        image = images.get(ann.get("image_id"))
+        if image is None or "bbox" not in ann:
+            raise ValueError(f"boxes file {path}: annotation {i} has no bbox or an unknown image_id")
+        _check_box(ann["bbox"], f"boxes file {path}: annotation {i}", with_score=False)
+        box = clip_gt_box(ann["bbox"], int(image["width"]), int(image["height"]))
+        if box is not None:
+            rows.append({"image_id": image["id"], "file_name": image["file_name"], "bbox": box.tolist(), "score": 1.0,
+                         "ground_truth": True})
+    return rows
 
 
 def load_boxes_file(path: str | os.PathLike, inputs: Sequence[Path]) -> dict[Path, BoxEntry]:
@@ -80,6 +117,10 @@ def load_boxes_file(path: str | os.PathLike, inputs: Sequence[Path]) -> dict[Pat
       (000000000785.jpg is id 785); an entry may instead give `file_name`.
     - a map {"file name or path": [[x, y, w, h, score], ...]} (score optional); a key matches an input
       by its path (as given or resolved) or by its file name.
+    - a COCO annotation file (images + annotations): the ground-truth person boxes, read as `dmpose eval
+      --gt-boxes` reads them (HRNet's rule: x2 = x1 + w - 1, clipped to the image; `clip_gt_box`), score 1.
+
+    Scores must lie in [0, 1].
 
     Every entry must match exactly one input (else ValueError naming the entry). Inputs the file does not
     mention get no entry (no people)."""
@@ -117,6 +158,8 @@ def load_boxes_file(path: str | os.PathLike, inputs: Sequence[Path]) -> dict[Pat
 
     out: dict[Path, BoxEntry] = {}
     lists: dict[Path, tuple[list, list, int | None]] = {}
+    if isinstance(data, dict) and "annotations" in data and "images" in data:
+        data = _gt_boxes_as_results(data, path)
     if isinstance(data, list):
         for i, det in enumerate(data):
             where = f"boxes file {path}: entry {i}"
@@ -129,7 +172,11 @@ def load_boxes_file(path: str | os.PathLike, inputs: Sequence[Path]) -> dict[Pat
                 score = float(det.get("score", 1.0))
             except (TypeError, ValueError):
                 raise ValueError(f"{where}: score must be a number, got {det.get('score')!r}") from None
+            if not 0.0 <= score <= 1.0:
+                raise ValueError(f"{where}: score must lie in [0, 1], got {score:g}")
             image_id = None
+            if det.get("ground_truth") and Path(str(det["file_name"])).name not in by_name:
+                continue  # an annotation file covers other images too
             if "file_name" in det:
                 target = match_key(str(det["file_name"]), where)
                 image_id = int(det["image_id"]) if "image_id" in det else None

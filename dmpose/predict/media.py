@@ -60,17 +60,25 @@ def video_info(path: str | os.PathLike) -> tuple[float, tuple[int, int]]:
     return fps, size
 
 
-def iter_video(path: str | os.PathLike, stride: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(frame index, time s, BGR frame) for every `stride`-th frame; a video with no decodable frame ->
-    ValueError naming the file."""
+def iter_video(path: str | os.PathLike, stride: int = 1,
+               lost: list[int] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame index, time s, BGR frame) for every `stride`-th frame. Frames the container counts but OpenCV cannot
+    decode are skipped and their indices appended to `lost` (the caller reports them); a video with no decodable
+    frame -> ValueError naming the file."""
     cap, fps, _ = open_video(path)
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     try:
         index = 0
         read_any = False
         while True:
             ok, frame = cap.read()
             if not ok:
-                break
+                if index >= count:  # the end (or an unknown length: read until the first failure)
+                    break
+                if lost is not None:
+                    lost.append(index)
+                index += 1
+                continue
             read_any = True
             if index % stride == 0:
                 yield index, index / fps, frame

@@ -7,12 +7,15 @@ STEM_heatmaps_I.jpg per person (STEM_frameNNNNNN_heatmaps_I.jpg per video frame)
 coco_results.json (COCO results rows, scored as evaluation scores them).
 
 STEM is the input's file stem, made unique within the call (name_2, name_3, ...); no output is ever an
-input's path, and every file is written atomically. Keypoints are image pixels, pixel centres at integer
-coordinates, (x, y) last.
+input's path, and no output replaces a file that dmpose predict did not write in this folder: the folder's
+manifest (.dmpose-predict.json) lists what earlier calls wrote, and any other existing file's name is skipped
+for the next free one (coco_results_2.json, ...). Every file is written atomically. Keypoints are image
+pixels, pixel centres at integer coordinates, (x, y) last.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +44,7 @@ __all__ = [
 ]
 
 COCO_RESULTS_NAME = "coco_results.json"
+MANIFEST_NAME = ".dmpose-predict.json"  # the files dmpose predict wrote in this folder
 #: A record's "boxes": where its person boxes came from.
 BOXES_FROM_FILE, FULL_FRAME = "boxes file", "full frame"
 #: The files named after an input's stem (the heatmap panels add an index, so they cannot collide).
@@ -66,15 +70,18 @@ class ImageIds:
     def __init__(self, inputs: Sequence[Path]):
         self._next = 1 + max([coco_id_from_name(f) or 0 for f in inputs] + [0])
         self.assigned: list[str] = []
+        self._used: dict[int, Path] = {}  # one id per input: a second file of the same name gets its own
 
     def __call__(self, path: Path, entry: BoxEntry | None = None) -> int:
         if entry is not None and entry.image_id is not None:
             return entry.image_id
         cid = coco_id_from_name(path)
-        if cid is not None:
+        if cid is not None and self._used.get(cid, path) == path:
+            self._used[cid] = path
             return cid
-        self.assigned.append(path.name)
+        self.assigned.append(str(path) if cid is not None else path.name)
         self._next += 1
+        self._used[self._next - 1] = path
         return self._next - 1
 
 
@@ -94,6 +101,7 @@ class PredictionOutputs:
         self.taken: set[Path] = set()
         self.written: list[Path] = []
         self.coco_rows: list[dict[str, Any]] = []
+        self.manifest = self._read_manifest()
         # every input's stem, in input order, whether or not it is read successfully later
         self._stems = {Path(p): self._new_stem(Path(p)) for p in inputs}
 
@@ -104,11 +112,31 @@ class PredictionOutputs:
             self._stems[source] = self._new_stem(source)
         return self._stems[source]
 
+    def _read_manifest(self) -> set[str]:
+        try:
+            names = json.loads((self.out / MANIFEST_NAME).read_text())
+        except (OSError, ValueError):
+            return set()
+        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+    def _foreign(self, p: Path) -> bool:
+        """An existing file this command did not write here (never replaced)."""
+        return p.exists() and p.name not in self.manifest
+
+    def free_name(self, name: str) -> str:
+        """`name`, or NAME_2.EXT, NAME_3.EXT ... when a file of that name exists that predict did not write."""
+        stem, suffix = Path(name).stem, Path(name).suffix
+        candidate, n = name, 1
+        while self._foreign(self.out / candidate) or (self.out / candidate).resolve() in self.forbidden:
+            n += 1
+            candidate = f"{stem}_{n}{suffix}"
+        return candidate
+
     def _new_stem(self, source: Path) -> str:
         base, n = source.stem, 1
         name = base
         while any((self.out / f"{name}{suffix}").resolve() in self.taken | self.forbidden
-                  for suffix in _STEM_SUFFIXES):
+                  or self._foreign(self.out / f"{name}{suffix}") for suffix in _STEM_SUFFIXES):
             n += 1
             name = f"{base}_{n}"
         for suffix in _STEM_SUFFIXES:
@@ -116,16 +144,24 @@ class PredictionOutputs:
         return name
 
     def path(self, name: str) -> Path:
-        """out/name; ValueError if that is an input."""
+        """out/name; ValueError if that is an input or a file this command did not write here."""
         p = self.out / name
         if p.resolve() in self.forbidden:
             raise ValueError(f"refusing to overwrite the input {p}")
+        if self._foreign(p):
+            raise ValueError(f"refusing to overwrite {p}: dmpose predict did not write it")
         return p
+
+    def _wrote(self, p: Path) -> None:
+        self.written.append(p)
+        if p.name not in self.manifest:
+            self.manifest.add(p.name)
+            write_json(sorted(self.manifest), self.out / MANIFEST_NAME)
 
     # ---- files
     def json(self, obj: Any, name: str) -> Path:
         p = write_json(obj, self.path(name))
-        self.written.append(p)
+        self._wrote(p)
         return p
 
     def image(self, image: np.ndarray, name: str) -> Path:
@@ -136,7 +172,7 @@ class PredictionOutputs:
             raise ValueError(f"cannot encode {p}")
         with atomic_output(p) as tmp:
             tmp.write_bytes(buf.tobytes())
-        self.written.append(p)
+        self._wrote(p)
         return p
 
     def heatmap_panels(self, prefix: str, people: Sequence[Person]) -> None:
@@ -151,12 +187,15 @@ class PredictionOutputs:
         return draw_pose(image, people, self.spec.keypoints, self.kpt_thr)
 
     # ---- one input
-    def image_result(self, source: Path, image: np.ndarray, people: Sequence[Person], image_id: int) -> None:
-        """STEM.json, STEM_pose.jpg and the heatmap panels of a BGR image; its COCO rows kept for coco_results."""
+    def image_result(self, source: Path, image: np.ndarray, people: Sequence[Person], image_id: int,
+                     exif_orientation: int = 1) -> None:
+        """STEM.json, STEM_pose.jpg and the heatmap panels of a BGR image; its COCO rows kept for coco_results.
+        `exif_orientation`: the EXIF orientation applied when the photo was read (1: none; keypoints are in the
+        pixels as displayed)."""
         stem = self.stem(source)
         self.json({"source": str(source), "image_id": image_id, "image_size": [image.shape[1], image.shape[0]],
-                   "keypoint_names": self.names, "boxes": self.boxes, "people": people_json(people)},
-                  f"{stem}.json")
+                   "exif_orientation": exif_orientation, "keypoint_names": self.names, "boxes": self.boxes,
+                   "people": people_json(people)}, f"{stem}.json")
         self.image(self.overlay(image, people), f"{stem}_pose.jpg")
         self.heatmap_panels(stem, people)
         self.coco_rows += coco_rows(people, image_id, self.joint_threshold)
@@ -170,13 +209,14 @@ class PredictionOutputs:
         with AnnotatedVideoWriter(path, fps / stride) as writer:
             video = VideoOutput(self, stem, writer)
             yield video
-        self.written.append(path)
+        self._wrote(path)
         self.json({"source": str(source), "keypoint_names": self.names, "fps": fps, "frame_size": list(size),
-                   "stride": stride, "boxes": self.boxes, "frames": video.records}, f"{stem}.json")
+                   "stride": stride, "boxes": self.boxes, "lost_frames": video.lost, "frames": video.records},
+                  f"{stem}.json")
 
     def coco_results(self) -> Path:
-        """coco_results.json with the rows of every image so far."""
-        return self.json(self.coco_rows, COCO_RESULTS_NAME)
+        """coco_results.json (or the next free name: `free_name`) with the rows of every image so far."""
+        return self.json(self.coco_rows, self.free_name(COCO_RESULTS_NAME))
 
 
 class VideoOutput:
@@ -185,6 +225,7 @@ class VideoOutput:
     def __init__(self, outputs: PredictionOutputs, stem: str, writer: AnnotatedVideoWriter):
         self.outputs, self.stem, self.writer = outputs, stem, writer
         self.records: list[dict[str, Any]] = []
+        self.lost: list[int] = []  # frames that could not be decoded (`dmpose.predict.media.iter_video`)
 
     def add(self, frame: VideoFrame) -> None:
         self.writer.write(self.outputs.overlay(frame.frame, frame.people))
