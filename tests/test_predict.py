@@ -463,3 +463,53 @@ def test_spec_checkpoint_with_a_custom_keypoint_set(coco_sample, tmp_path):
     rec = json.loads((out / "000000000785.json").read_text())
     assert rec["keypoint_names"] == list(kps.names) and len(rec["people"][0]["keypoints"]) == 5
     assert len(json.loads((out / "coco_results.json").read_text())[0]["keypoints"]) == 15
+
+
+def test_predict_never_replaces_a_file_it_did_not_write(coco_sample, tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(coco_sample / IMAGES[0], tmp_path / IMAGES[0])
+    (out / "000000000785.json").write_text("hand-made")
+    (out / "coco_results.json").write_text("[]  # an old evaluation")
+    result = invoke(str(tmp_path / IMAGES[0]), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip")
+    assert result.exit_code == 0, result.output
+    assert (out / "000000000785.json").read_text() == "hand-made"
+    assert (out / "coco_results.json").read_text() == "[]  # an old evaluation"
+    assert json.loads((out / "000000000785_2.json").read_text())["image_id"] == 785
+    assert json.loads((out / "coco_results_2.json").read_text())[0]["image_id"] == 785
+    # a second call replaces what the first wrote (its manifest lists them), and still not the others
+    again = invoke(str(tmp_path / IMAGES[0]), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip")
+    assert again.exit_code == 0 and not (out / "000000000785_3.json").exists()
+    assert (out / "000000000785.json").read_text() == "hand-made"
+
+
+def test_two_inputs_of_one_coco_name_get_their_own_image_ids(coco_sample, tiny_ckpt, tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        shutil.copy(coco_sample / IMAGES[0], tmp_path / d / IMAGES[0])
+    out = tmp_path / "out"
+    result = invoke(str(tmp_path / "a" / IMAGES[0]), str(tmp_path / "b" / IMAGES[0]), "--ckpt", str(tiny_ckpt),
+                    "--out", str(out), "--no-flip")
+    assert result.exit_code == 0, result.output
+    ids = [r["image_id"] for r in json.loads((out / "coco_results.json").read_text())]
+    assert len(ids) == 2 and len(set(ids)) == 2 and 785 in ids
+
+
+def test_a_video_with_undecodable_frames_is_reported_and_fails(coco_sample, tiny_ckpt, tmp_path):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    for i in range(12):
+        frame = np.full((48, 64, 3), 20 * i, np.uint8)
+        cv2.putText(frame, str(i), (5, 30), 0, 1, (255, 255, 255))
+        writer.write(frame)
+    writer.release()
+    data = bytearray(video.read_bytes())
+    n = len(data)
+    data[n // 3: n // 3 + n // 4] = bytes(n // 4)  # a damaged middle
+    video.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    result = invoke(str(video), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip")
+    assert result.exit_code == 1
+    assert "video frame(s) could not be decoded" in result.output and "1 input(s) failed" in result.output
+    rec = json.loads((out / "clip.json").read_text())
+    assert rec["lost_frames"] and len(rec["frames"]) + len(rec["lost_frames"]) == 12

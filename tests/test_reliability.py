@@ -181,3 +181,120 @@ def test_sigterm_to_a_two_process_run_saves_a_resumable_state(synth_root, tmp_pa
     assert "training process 1 of 2: interrupted by SIGTERM" in done.stderr  # every rank says what stopped it
     state = torch.load(tmp_path / "t" / "last.state.pt", weights_only=True)
     assert state["step"] == 4 and isinstance(state["rng"], list) and len(state["rng"]) == 2
+
+
+# ---- data read as annotated -------------------------------------------------------------------------------
+
+def _jpeg_with_orientation(image, orientation: int) -> bytes:
+    """A JPEG of `image` (BGR) whose EXIF Orientation tag is `orientation` (APP1 right after SOI)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image)
+    data = buf.tobytes()
+    ifd = (1).to_bytes(2, "little") + (0x0112).to_bytes(2, "little") + (3).to_bytes(2, "little") \
+        + (1).to_bytes(4, "little") + orientation.to_bytes(2, "little") + b"\0\0" + (0).to_bytes(4, "little")
+    tiff = b"II*\0" + (8).to_bytes(4, "little") + ifd
+    app1 = b"Exif\0\0" + tiff
+    return data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+
+
+def test_dataset_images_are_read_in_their_annotations_frame_and_photos_as_displayed(tmp_path):
+    import numpy as np
+
+    from dmpose.data.image import exif_orientation, read_image, read_photo
+
+    stored = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high as stored
+    stored[:, :10] = 255
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(_jpeg_with_orientation(stored, 6))  # displayed rotated by 90 degrees: 20 wide, 40 high
+    assert exif_orientation(path.read_bytes()) == 6
+    assert read_image(path, expected_wh=(40, 20)).shape == (20, 40, 3)  # COCO's frame: the stored pixels
+    assert read_image(path, expected_wh=(20, 40)).shape == (40, 20, 3)  # annotated as displayed: rotated
+    with pytest.raises(ValueError, match=r"rotated.jpg is 40x20 \(W x H\) but its annotation says 30x30"):
+        read_image(path, expected_wh=(30, 30))
+    photo, orientation = read_photo(path)
+    assert photo.shape == (40, 20, 3) and orientation == 6
+
+
+def test_annotations_of_other_categories_are_not_trained_as_persons(tmp_path):
+    import numpy as np
+
+    from dmpose.data.coco import CocoKeypoints
+    from dmpose.data.transforms import TopDownTransform
+    from dmpose.keypoints import load_keypoint_set
+
+    (tmp_path / "img").mkdir()
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "img" / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+    kps = [10, 10, 2] + [0, 0, 0] * 16
+    anns = [{"id": i, "image_id": 1, "category_id": c, "iscrowd": 0, "bbox": [5, 5, 30, 40], "keypoints": kps}
+            for i, c in ((1, 1), (2, 2))]
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}], "annotations": anns,
+        "categories": [{"id": 1, "name": "person", "keypoints": list(load_keypoint_set("coco17").names)},
+                       {"id": 2, "name": "dog"}]}))
+    ds = CocoKeypoints(tmp_path / "ann.json", tmp_path / "img",
+                       TopDownTransform((48, 64), (12, 16), None, load_keypoint_set("coco17")))
+    assert [r.annotation_id for r in ds.records] == [1]
+
+
+# ---- configs ----------------------------------------------------------------------------------------------
+
+def test_config_files_and_values_are_read_strictly(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match="empty.yaml: the config file is empty"):
+        load_config(tmp_path / "empty.yaml")
+    (tmp_path / "twice.yaml").write_text("train:\n  epochs: 3\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: key 'epochs' is given twice \(lines 2 and 3\)"):
+        load_config(tmp_path / "twice.yaml")
+    for data, match in (({"train": {"epochs": True}}, "train.epochs: epochs must be a number, got True"),
+                        ({"train": {"workers": -1}}, "workers must be 'auto' or an integer >= 0, got -1"),
+                        ({"train": {"threads": 0}}, "threads must be 'auto' or an integer >= 1, got 0"),
+                        ({"train": {"device": "tpu"}}, "train.device: String should match pattern"),
+                        ({"model": {"output_stride": 8}}, "output_stride 8: the registered architectures output "
+                                                          "heatmaps at stride 4")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(data=data)
+    cfg = load_config(data={"out_root": "~/dmpose-runs", "data": {"root": "~/coco"}})
+    assert cfg.out_root == Path.home() / "dmpose-runs" and cfg.data.root == Path.home() / "coco"
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+def test_a_checkpoint_without_its_spec_decodes_by_every_field_it_carries(tmp_path):
+    import dmpose
+    from dmpose.models.checkpoint import read_checkpoint_spec
+
+    model = dmpose.build_model("hrnet_tiny")
+    model.spec = None  # the old layout: no spec field
+    meta = {"input_size": [128, 96], "loss": {"name": "dm", "suppliers": "softplus", "supplier_beta": 8.0, "eps": 1.0}}
+    spec = read_checkpoint_spec(dmpose.save_checkpoint(model, tmp_path / "old.safetensors", meta=meta))
+    assert (spec.codec.supplier_map, spec.codec.supplier_beta, spec.decode) == ("softplus", 8.0, "2x2")
+    assert spec.input_wh == (96, 128)
+    # a DM loss field from before the supplier option: relu, the only map then
+    spec = read_checkpoint_spec(dmpose.save_checkpoint(model, tmp_path / "older.safetensors",
+                                                       meta={"loss": {"name": "dm", "eps": 1.0}}))
+    assert spec.codec.supplier_map == "relu"
+
+
+def test_a_registry_model_saves_a_complete_spec_that_predict_reads(tmp_path):
+    import numpy as np
+
+    import dmpose
+
+    path = dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny"), tmp_path / "tiny.safetensors")  # the README's
+    spec = dmpose.read_checkpoint_spec(path)
+    assert spec.keypoints.name == "coco17" and spec.input_wh == (192, 256) and spec.decode == "2x2"
+    people = dmpose.Predictor(path, device="cpu").predict(np.zeros((64, 48, 3), np.uint8))
+    assert len(people) == 1 and people[0].keypoints.shape == (17, 2)
+
+
+def test_box_values_are_checked_against_the_image():
+    from dmpose.predict.boxes import as_box_array
+
+    for box, match in (([5000, 5000, 10, 10], "lies wholly outside the 64x48 image"),
+                       ([0, 0, 1e12, 1e12], "over 10x the 64x48 image's size"),
+                       ([0, 0, 10, 10, 7.5], r"its score must lie in \[0, 1\], got 7.5")):
+        with pytest.raises(ValueError, match=match):
+            as_box_array([box], 64, 48)

@@ -101,6 +101,11 @@ class MpiiKeypoints(Dataset):
             keep = set(list(dict.fromkeys(r.image for r in self.records))[:subset])
             self.records = [r for r in self.records if r.image in keep]
         self._images = ImageCache(self.image_dir, cache_images)
+        names = sorted({r.image for r in self.records})
+        missing = [n for n in names if not (self.image_dir / n).is_file()]
+        if missing:  # named now, not when the sample is first drawn
+            raise FileNotFoundError(f"{self.ann_file}: {len(missing)} of {len(names)} image files are missing from "
+                                    f"{self.image_dir}, e.g. {missing[0]}")
         logger.info("%s: %d persons", self.ann_file, len(self.records))
 
     def warm_cache(self) -> int:

@@ -48,7 +48,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from dmpose.atomic import atomic_write_bytes
-from dmpose.models.registry import build_model
+from dmpose.models.registry import OUTPUT_STRIDE, build_model
 from dmpose.spec import DECODE_RULES, DMLossOptions, PoseSpec, SpecError
 from dmpose.version import __version__
 
@@ -61,8 +61,6 @@ FORMAT = "dmpose-checkpoint/1"
 REQUIRED = ("format", "arch", "num_joints")
 TEXT_FIELDS = ("format", "arch", "dmpose_version", "decode", "config")
 JSON_FIELDS = ("spec", "num_joints", "input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss")
-# the output stride of every registered architecture (a legacy file's heatmap_size must be input_size / 4)
-LEGACY_OUTPUT_STRIDE = 4
 # the field-per-key metadata that describes a model without a spec (files written before the spec existed)
 LEGACY_SPEC_FIELDS = ("input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss", "decode")
 FIELD_ORDER = ("format", "spec", "arch", "num_joints", "dmpose_version", "input_size", "heatmap_size", "keypoint_names",
@@ -256,10 +254,10 @@ def _legacy_checks(meta: dict[str, Any], source: str) -> None:
             raise SpecError(f"{source}: field {key} must be [height, width] positive ints, got {v!r}")
     inp, hm = meta.get("input_size"), meta.get("heatmap_size")
     if hm is not None:
-        expected = tuple(s // LEGACY_OUTPUT_STRIDE for s in (inp or (256, 192)))
+        expected = tuple(s // OUTPUT_STRIDE for s in (inp or (256, 192)))
         if tuple(hm) != expected:
             raise SpecError(f"{source}: field heatmap_size {tuple(hm)} (H, W) does not match input_size "
-                            f"{tuple(inp or (256, 192))} / output stride {LEGACY_OUTPUT_STRIDE} = {expected}")
+                            f"{tuple(inp or (256, 192))} / output stride {OUTPUT_STRIDE} = {expected}")
     if not isinstance(meta.get("arch"), str) or not meta["arch"]:
         raise SpecError(f"{source}: field arch must be a non-empty string, got {meta.get('arch')!r}")
 

@@ -15,8 +15,10 @@ from torch import nn
 
 from dmpose.spec import PoseSpec
 
-__all__ = ["register_model", "build_model", "list_models", "default_spec", "DEFAULT_KEYPOINT_SETS"]
+__all__ = ["register_model", "build_model", "list_models", "default_spec", "DEFAULT_KEYPOINT_SETS", "OUTPUT_STRIDE"]
 
+#: The output stride of every registered architecture (heatmaps at input size / 4).
+OUTPUT_STRIDE = 4
 #: The built-in keypoint set and usual input size (W, H) by joint count (the official recipes): COCO's 192x256,
 #: MPII's 256x256.
 DEFAULT_KEYPOINT_SETS = {17: ("coco17", (192, 256)), 16: ("mpii16", (256, 256))}

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dmpose.data.transforms import AugmentConfig
+from dmpose.models.registry import OUTPUT_STRIDE
 from dmpose.spec import CodecSpec, DMLossOptions, KeypointSpec, Normalisation, PoseSpec, SpecError, describe_error
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "apply_overrides", "check_paths",
@@ -38,7 +39,32 @@ class ConfigError(ValueError):
     """A config is invalid; the message names the source, the key, the value and what was expected."""
 
 
-class ModelConfig(BaseModel):
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type holds numbers (int, float, or a union / Literal with them)."""
+    if annotation in (int, float):
+        return True
+    return any(_numeric(a) for a in typing.get_args(annotation) if a is not type(None))
+
+
+class _Section(BaseModel):
+    """A config section: unknown keys refused, defaults validated, paths with ~ expanded, and YAML's booleans
+    refused where a number is expected (`epochs: true` is not 1)."""
+
+    model_config = _STRICT
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_values(cls, v: Any, info) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(v, bool) and _numeric(annotation) and bool not in typing.get_args(annotation) \
+                and annotation is not bool:
+            raise ValueError(f"{info.field_name} must be a number, got {v!r}")
+        if isinstance(v, str) and v.startswith("~") and "Path" in str(annotation):
+            return str(Path(v).expanduser())
+        return v
+
+
+class ModelConfig(_Section):
     """The network and its input."""
 
     model_config = _STRICT
@@ -54,7 +80,7 @@ class ModelConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the model for training.")
 
 
-class MSEOptions(BaseModel):
+class MSEOptions(_Section):
     """Gaussian targets for the MSE baseline."""
 
     model_config = _STRICT
@@ -64,7 +90,7 @@ class MSEOptions(BaseModel):
                                                     "(HRNet code); unbiased: at the sub-pixel dot.")
 
 
-class LossConfig(BaseModel):
+class LossConfig(_Section):
     """The training loss; the decode rule follows it through the spec's codec."""
 
     model_config = _STRICT
@@ -117,7 +143,7 @@ class LossConfig(BaseModel):
         return getattr(self, key) * max(0.0, 1.0 - progress / self.aux_until)
 
 
-class SyntheticConfig(BaseModel):
+class SyntheticConfig(_Section):
     """The generated dataset (`dmpose data synth`), made on first use when data.dataset is synthetic."""
 
     model_config = _STRICT
@@ -126,7 +152,7 @@ class SyntheticConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Generator seed.")
 
 
-class DataConfig(BaseModel):
+class DataConfig(_Section):
     """Where the data is and how it is read."""
 
     model_config = _STRICT
@@ -154,7 +180,7 @@ class DataConfig(BaseModel):
     synthetic: SyntheticConfig = Field(SyntheticConfig(), description="Generated dataset sizes.")
 
 
-class OptimConfig(BaseModel):
+class OptimConfig(_Section):
     """Optimiser."""
 
     model_config = _STRICT
@@ -170,7 +196,7 @@ class OptimConfig(BaseModel):
                         "5x cheaper than the per-parameter loop on the default job); false: that loop.")
 
 
-class ScheduleConfig(BaseModel):
+class ScheduleConfig(_Section):
     """Learning-rate schedule, in epochs or steps (never wall clock)."""
 
     model_config = _STRICT
@@ -186,7 +212,7 @@ class ScheduleConfig(BaseModel):
     min_lr: float = Field(0.0, ge=0, description="Floor of the cosine and linear schedules (absolute lr).")
 
 
-class TrainLoopConfig(BaseModel):
+class TrainLoopConfig(_Section):
     """The loop."""
 
     model_config = _STRICT
@@ -204,14 +230,24 @@ class TrainLoopConfig(BaseModel):
                               "(1 + t) / (10 + t)) at step t; null: off. With EMA, best is chosen on the EMA weights.")
     seed: int = Field(0, ge=0, description="Seed of every RNG.")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (slower on GPU).")
-    threads: int | Literal["auto"] = Field("auto", description="torch CPU threads; auto: chosen and logged.")
-    workers: int | Literal["auto"] = Field("auto", description="Data-loader processes; auto: chosen and logged.")
+    threads: int | Literal["auto"] = Field("auto", description="torch CPU threads (>= 1); auto: chosen and logged.")
+    workers: int | Literal["auto"] = Field("auto", description="Data-loader processes (>= 0); auto: chosen and "
+                                           "logged.")
     log_every: int = Field(10, ge=1, description="Optimiser steps between metrics.jsonl rows.")
     max_bad_steps: int = Field(20, ge=1, description="Stop after this many non-finite steps in a row.")
     checkpoint_every: int | None = Field(None, ge=1, description="Also keep epoch_NNN.safetensors every N epochs.")
-    device: str | None = Field(None, description="cpu, cuda, cuda:1; null: cuda when available.")
+    device: str | None = Field(None, pattern=r"^(cpu|cuda|cuda:\d+|mps)$", description="cpu, cuda, cuda:1 (or mps); "
+                               "null: cuda when available.")
     curves: bool = Field(True, description="Draw curves.png at each validation and at the end (about 1-3 s each "
                          "on a CPU).")
+
+    @field_validator("threads", "workers", mode="before")
+    @classmethod
+    def _counts(cls, value: Any, info) -> Any:
+        low = 1 if info.field_name == "threads" else 0
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+            raise ValueError(f"{info.field_name} must be 'auto' or an integer >= {low}, got {value!r}")
+        return value
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -220,7 +256,7 @@ class TrainLoopConfig(BaseModel):
         return "off" if value is False else value
 
 
-class ValConfig(BaseModel):
+class ValConfig(_Section):
     """Validation (the same code as `dmpose eval`)."""
 
     model_config = _STRICT
@@ -251,10 +287,9 @@ def resolve_joint_weights(keypoints: str, value: str | tuple[float, ...]) -> tup
     return tuple(float(v) for v in value)
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(_Section):
     """A training run: `dmpose train CONFIG.yaml`."""
 
-    model_config = _STRICT
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: runs/NAME.")
     out_root: Path = Field(Path("runs"), description="Folder holding the runs.")
     model: ModelConfig = ModelConfig()
@@ -268,6 +303,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _spec(self) -> TrainConfig:
         self.pose_spec()  # sizes, stride, codec: PoseSpec's validators, not repeated here
+        if self.model.output_stride != OUTPUT_STRIDE:
+            raise ValueError(f"model.output_stride {self.model.output_stride}: the registered architectures output "
+                             f"heatmaps at stride {OUTPUT_STRIDE} (input_wh / {OUTPUT_STRIDE})")
         if self.loss.dm.reduction != "mean":
             raise ValueError("loss.dm.reduction: the trainer reduces with 'mean' (sum over joints, mean over the "
                              f"batch); got {self.loss.dm.reduction!r}")
@@ -421,6 +459,24 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would let the last one win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
 def apply_overrides(data: dict, overrides: list[tuple[str, Any]]) -> dict:
     for key, value in overrides:
         node = data
@@ -446,9 +502,14 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | N
         path = resolve_config_path(path_or_name)
         source = str(path_or_name)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ConfigError(f"{source}: not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
+        if data is None:
+            raise ConfigError(f"{source}: the config file is empty (give at least one key, e.g. the shipped "
+                              "'synthetic' config's)")
     else:
         data = copy.deepcopy(data)
     if not isinstance(data, dict):
