@@ -377,7 +377,13 @@ def test_cli_errors_name_their_cause(ckpt, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "--device 'foo'" in result.output
     if not torch.cuda.is_available():
         result = cli("eval", "--ckpt", str(ckpt), "--device", "cuda")
-        assert result.exit_code == 2 and "CUDA is not available" in result.output
+        expected = "is CPU-only; install a CUDA build" if torch.version.cuda is None else "finds no usable GPU"
+        assert result.exit_code == 2 and expected in " ".join(result.output.split()), result.output
+        # the trainer: one line, no traceback (a config key and the --device option)
+        for args in (["--set", "train.device=cuda"], ["--device", "cuda"]):
+            result = cli("train", "synthetic", *args, "--dry-run")
+            assert result.exit_code in (1, 2) and "Traceback" not in result.output
+            assert "cuda" in result.output and expected.split(";")[0] in " ".join(result.output.split())
     for size, match in (("0x0", "--input-wh must be positive"), ("30x30", "divisible by the output stride"),
                         ("abc", "--input-wh")):
         result = cli("export", "--ckpt", str(ckpt), "--format", "onnx", "--input-wh", size,

@@ -71,4 +71,4 @@ def test_user_strings_print_literally_not_as_rich_markup():
     text = out.getvalue()
     assert "error: bad file a[red]b and x[/b].jpg" in text and "error: missing: c[/red]" in text
     assert "run folder: runs/a[/b]" in text and "hrnet[/b] 48x64" in text
-    assert "[bold]gt" in text and "(epoch 1, [red]boxes); run folder runs/a[/b]" in text  # the table title wraps
+    assert "[bold]gt" in text and "[red]boxes)" in text and "runs/a[/b]" in text  # the end-of-run table

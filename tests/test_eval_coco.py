@@ -274,7 +274,7 @@ def test_metrics_table_has_the_paper_columns():
     table = coco_metrics_table(metrics)
     assert tuple(c.header for c in table.columns) == PAPER_COLUMNS == ("AP", "AP50", "AP75", "APM", "APL", "AR")
     cells = [next(iter(c.cells)) for c in table.columns]
-    assert cells == ["50.0", "50.0", "50.0", "-", "50.0", "50.0"]
+    assert cells == ["0.500", "0.500", "0.500", "-", "0.500", "0.500"]  # COCO's 0-1 scale, as training reports it
 
 
 # ---------------------------------------------------------------------------- rescoring and OKS-NMS

@@ -180,15 +180,13 @@ def test_a_failed_local_rank_is_named(synth_root, tmp_path):
 def test_train_processes_refused_under_torchrun_and_folded_on_other_devices(synth_root, tmp_path, monkeypatch):
     from dmpose.train import load_config
     from dmpose.train.config import ConfigError
-    from dmpose.train.events import Message
     from dmpose.train.loop import _local_processes
 
     data = tiny(synth_root, tmp_path)
     cfg = load_config(data={**data, "train": {**data["train"], "processes": 2, "batch_size": 3}})
     assert _local_processes(cfg, [], False) == (cfg, True)
     seen = []
-    assert _local_processes(cfg, [seen.append], True) == (cfg, False)  # a dry run: one process
-    assert isinstance(seen[0], Message) and "dry run in one process" in seen[0].text
+    assert _local_processes(cfg, [seen.append], True) == (cfg, True) and not seen  # a dry run starts the ranks too
     # a non-CPU device: one process with the same effective batch
     other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "meta"})})
     seen.clear()
@@ -197,3 +195,13 @@ def test_train_processes_refused_under_torchrun_and_folded_on_other_devices(synt
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ConfigError, match="already one of 4 ranks"):
         _local_processes(cfg, [], False)
+
+
+def test_the_dry_run_plan_is_the_runs_plan(synth_root, tmp_path):
+    from dmpose.train import load_config, train
+
+    data = tiny(synth_root, tmp_path)
+    cfg = load_config(data={**data, "train": {**data["train"], "processes": 2, "batch_size": 3, "epochs": 1}})
+    dry = train(cfg, dry_run=True)
+    run = train(cfg, run_dir=tmp_path / "run")
+    assert dry.status == "dry-run" and dry.plan == run.plan and dry.plan["world_size"] == 2

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch
 import typer
+
+from dmpose.train.runtime import check_device
 
 T = TypeVar("T")
 
@@ -24,22 +25,12 @@ def parse_pair(text: str, sep: str, option: str, kind: Callable[[str], T]) -> tu
 
 
 def parse_device(text: str | None, option: str = "--device") -> str | None:
-    """Check a torch device string ('cpu', 'cuda', 'cuda:1', 'mps', ...) against this machine; None passes.
-    Raises a BadParameter naming the option: unknown device types, and CUDA/MPS devices that are not there."""
+    """Check a torch device string ('cpu', 'cuda', 'cuda:1', 'mps', ...) against this machine
+    (`dmpose.train.runtime.check_device`); None passes. A BadParameter names the option."""
     if text is None:
         return None
     try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise typer.BadParameter(f"{option} {text!r} is not a device: expected cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise typer.BadParameter(f"{option} {text!r}: CUDA is not available on this machine "
-                                     f"(torch {torch.__version__}, no usable GPU); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise typer.BadParameter(f"{option} {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise typer.BadParameter(f"{option} {text!r}: MPS is not available on this machine; use --device cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise typer.BadParameter(f"{option} {text!r}: dmpose runs on cpu, cuda or mps, not {dev.type}")
+        check_device(text, option)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     return text

@@ -19,12 +19,12 @@ def _plain(text: str | None) -> str | None:
 
 
 def coco_metrics_table(metrics: Mapping[str, float], title: str | None = None) -> Table:
-    """A rich Table with the paper's columns (AP, AP50, AP75, APM, APL, AR) in percent; '-' for -1.
-    `title` is plain text (not rich markup)."""
+    """A rich Table with the paper's columns (AP, AP50, AP75, APM, APL, AR) on COCO's own 0-1 scale (as training,
+    best.json and the results files report them); '-' for -1. `title` is plain text (not rich markup)."""
     table = Table(title=_plain(title))
     for name in PAPER_COLUMNS:
         table.add_column(name, justify="right")
-    table.add_row(*("-" if metrics[name] < 0 else f"{100 * metrics[name]:.1f}" for name in PAPER_COLUMNS))
+    table.add_row(*("-" if metrics[name] < 0 else f"{metrics[name]:.3f}" for name in PAPER_COLUMNS))
     return table
 
 

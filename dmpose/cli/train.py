@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dmpose.cli.errors import fail
+from dmpose.cli.parsing import parse_device
 from dmpose.train.config import ConfigError, load_config
 from dmpose.train.events import EpochEnd, Message, RunEnd, RunStart, StepEnd, ValidationEnd
 from dmpose.train.loop import TrainingError, train
@@ -27,11 +28,13 @@ def _fmt_eta(s: float) -> str:
 
 
 class _Display:
-    """Renders the trainer's events: a live status line, the validation table, the summary."""
+    """Renders the trainer's events: a live status line in a terminal (a plain progress line every `every_s`
+    seconds when the output is a pipe or a file: tee, nohup, Slurm), the validation table, the final summary."""
 
-    def __init__(self, console: Console, live: Live | None):
-        self.console, self.live = console, live
+    def __init__(self, console: Console, live: Live | None, every_s: float = 30.0):
+        self.console, self.live, self.every_s = console, live, every_s
         self.last_draw = 0.0
+        self.last_line: float | None = None
 
     def __call__(self, event) -> None:
         c = self.console
@@ -53,13 +56,18 @@ class _Display:
                     highlight=False)
         elif isinstance(event, StepEnd):
             now = time.perf_counter()
-            if self.live is None or (now - self.last_draw < 0.25 and event.step != event.total_steps):
+            line = (f"epoch {event.epoch}  step {event.step}/{event.total_steps}  loss {event.smoothed_loss:.4g}  "
+                    f"lr {event.lr:.3g}  {event.images_per_second:.1f} img/s  data wait {event.data_wait:.0%}  "
+                    f"ETA {_fmt_eta(event.eta_s)}" + (f"  skipped {event.skipped}" if event.skipped else ""))
+            if self.live is None:  # not a terminal: a plain line now and then, at a steady rhythm
+                if self.last_line is None or now - self.last_line >= self.every_s or event.step == event.total_steps:
+                    self.last_line = now
+                    c.print(line, highlight=False, soft_wrap=True)
+                return
+            if now - self.last_draw < 0.25 and event.step != event.total_steps:
                 return
             self.last_draw = now
-            self.live.update(Text(
-                f"epoch {event.epoch}  step {event.step}/{event.total_steps}  loss {event.smoothed_loss:.4g}  "
-                f"lr {event.lr:.3g}  {event.images_per_second:.1f} img/s  data wait {event.data_wait:.0%}  "
-                f"ETA {_fmt_eta(event.eta_s)}" + (f"  skipped {event.skipped}" if event.skipped else "")))
+            self.live.update(Text(line))
         elif isinstance(event, ValidationEnd):
             t = Table(title=escape(f"epoch {event.epoch} validation | {event.boxes}"), title_justify="left")
             keys = [k for k in event.metrics if isinstance(event.metrics[k], (int, float))]
@@ -76,12 +84,31 @@ class _Display:
             c.print(f"epoch {event.epoch}: train loss {r['train_loss']:.4g}, {r['images_per_second']:.1f} img/s, "
                     f"data wait {r['data_wait']:.0%}, {r['epoch_time_s']:.0f} s", highlight=False, style="dim")
         elif isinstance(event, RunEnd):
-            b = event.best
-            best = f"best {b['metric']} {b['value']:.4f} (epoch {b['epoch']}, {b.get('boxes', '')})" \
-                if b.get("value") is not None else "no validation yet"
-            c.print(f"[bold]{escape(event.status)}[/bold]: "
-                    + escape(f"{event.steps} steps in {event.wall_s:.0f} s; {best}; run folder {event.run_dir}"),
-                    highlight=False)
+            self._summary(event)
+
+    def _summary(self, event: RunEnd) -> None:
+        """The end of a run: best metric and its epoch, the last validation's breakdown, wall time, the files."""
+        c, b = self.console, event.best
+        t = Table(title=escape(f"{event.status}: {event.steps} steps in {_fmt_eta(event.wall_s)}"),
+                  title_justify="left", show_header=False)
+        t.add_column("", style="bold")
+        t.add_column("")
+        if b.get("value") is not None:
+            where = f"({b.get('weights', 'raw')} weights, {b.get('boxes', '')})"
+            t.add_row(escape(f"best {b['metric']}"), escape(f"{b['value']:.4f} at epoch {b['epoch']} {where}"))
+        else:
+            t.add_row("best", "no validation yet")
+        last = {k: v for k, v in event.last_metrics.items() if isinstance(v, (int, float))}
+        for keys in (("AP", "AP50", "AP75", "APM", "APL"), ("AR", "AR50", "AR75", "ARM", "ARL"), ("PCKh@0.5",)):
+            if any(k in last for k in keys):
+                t.add_row(escape(" / ".join(k for k in keys if k in last)) + " (last validation)",
+                          " / ".join(f"{last[k]:.3f}" for k in keys if k in last))
+        if "val_median_loc_error_hm" in last:
+            t.add_row("median error (heatmap px, GT boxes)", f"{last['val_median_loc_error_hm']:.3f}")
+        if event.run_dir is not None:
+            t.add_row("run folder", escape(str(event.run_dir)))
+            t.add_row("files", "best.safetensors, last.safetensors, last.state.pt, metrics.csv, curves.png")
+        c.print(t)
 
 
 def train_command(
@@ -96,9 +123,15 @@ def train_command(
                                  "step, print the plan, write nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out (a new training refuses a "
                                    "folder that holds one)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (train.device); default: cuda "
+                                      "when available."),
+    progress_every: float = typer.Option(30.0, "--progress-every", min=0.0, help="Seconds between plain progress "
+                                         "lines when the output is not a terminal (a pipe, nohup, Slurm)."),
 ) -> None:
     """Train a pose model; the run folder holds the config, metrics, curves, checkpoints and resume state."""
     console = Console()
+    if device is not None:
+        set_ = [*set_, f"train.device={parse_device(device)}"]
     try:
         state = run_dir = None
         if resume_from is not None or resume:
@@ -126,10 +159,13 @@ def train_command(
                 raise ConfigError("give a CONFIG (a YAML file or a shipped name such as 'synthetic')")
             cfg = load_config(config, set_)
             run_dir = out if out is not None else (None if dry_run else new_run_dir(cfg.out_root, cfg.name))
-        with Live(Text("starting..."), console=console, transient=True, refresh_per_second=4) as live:
-            display = _Display(console, live)
-            result = train(cfg, run_dir=run_dir, resume=state, callbacks=[display], dry_run=dry_run,
-                           overwrite=overwrite)
+        if console.is_terminal:
+            with Live(Text("starting..."), console=console, transient=True, refresh_per_second=4) as live:
+                result = train(cfg, run_dir=run_dir, resume=state, callbacks=[_Display(console, live)],
+                               dry_run=dry_run, overwrite=overwrite)
+        else:
+            result = train(cfg, run_dir=run_dir, resume=state, callbacks=[_Display(console, None, progress_every)],
+                           dry_run=dry_run, overwrite=overwrite)
     except (ConfigError, TrainingError, ValueError, OSError) as err:
         fail(err, console)
     if result.status == "dry-run":

@@ -104,7 +104,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: str | Pat
             check_resume(cfg, st.get("config"), st["epoch"], str(_state_file(resume)))
         cfg, local = _local_processes(cfg, callbacks, dry_run)
         if local:
-            return run_local_processes(_train, cfg, run_dir, resume, callbacks, TrainingError)
+            return run_local_processes(_train, cfg, run_dir, resume, callbacks, TrainingError, dry_run)
         return _train(cfg, run_dir, resume, callbacks, dry_run)
     finally:
         if lock is not None:
@@ -118,8 +118,9 @@ def _state_file(resume: str | Path) -> Path:
 
 
 def _local_processes(cfg: TrainConfig, callbacks: Iterable, dry_run: bool) -> tuple[TrainConfig, bool]:
-    """`train.processes` (dmpose.train.processes): whether to start local ranks, and the config to train. A
-    dry run, or a GPU run, trains in one process (a GPU one with processes x batch_size images per step)."""
+    """`train.processes` (dmpose.train.processes): whether to start local ranks, and the config to train. A GPU run
+    trains in one process with processes x batch_size images per step; a dry run starts the ranks the run would
+    (its plan is the run's, and each rank takes its one step)."""
     n = cfg.train.processes
     if n == 1:
         return cfg, False
@@ -132,8 +133,6 @@ def _local_processes(cfg: TrainConfig, callbacks: Iterable, dry_run: bool) -> tu
             update={"processes": 1, "batch_size": n * cfg.train.batch_size})})
         note = (f"train.processes: {n} runs on the CPU; on {device} one process trains with "
                 f"{cfg.train.batch_size} images per step (the same effective batch; several GPUs: torchrun)")
-    elif dry_run:
-        note = f"dry run in one process (training starts train.processes = {n})"
     if note:
         for cb in callbacks:
             cb(Message(note, "info"))

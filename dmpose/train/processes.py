@@ -71,13 +71,13 @@ def _init_group() -> None:
 
 
 def _child(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any, rank: int, world: int, port: int,
-           errors: Any) -> None:
+           errors: Any, dry_run: bool = False) -> None:
     """A spawned rank: the same training, no callbacks; its error goes back to rank 0 through `errors`."""
     try:
         with local_process_env(rank, world, port):
             _init_group()
             try:
-                train_fn(cfg, run_dir, resume, (), False)
+                train_fn(cfg, run_dir, resume, (), dry_run)
             finally:
                 dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001  reported to rank 0, then the exit code says it failed
@@ -100,8 +100,8 @@ def _exit_reason(code: int | None) -> str:
 
 
 def run_local_processes(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any, callbacks: Any,
-                        error_type: type[Exception]) -> Any:
-    """`train_fn(cfg, run_dir, resume, callbacks, False)` as rank 0 of `cfg.train.processes` local ranks (this
+                        error_type: type[Exception], dry_run: bool = False) -> Any:
+    """`train_fn(cfg, run_dir, resume, callbacks, dry_run)` as rank 0 of `cfg.train.processes` local ranks (this
     process) while spawned children run ranks 1..N-1; returns rank 0's result.
 
     Any rank's error ends every rank within seconds (a rank that stops closes its connections, and the others'
@@ -112,7 +112,7 @@ def run_local_processes(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any,
     port = free_port()
     ctx = mp.get_context("spawn")  # not fork: the parent's OpenMP pool and torch state do not survive a fork
     errors = ctx.Queue()
-    children = [ctx.Process(target=_child, args=(train_fn, cfg, run_dir, resume, r, world, port, errors),
+    children = [ctx.Process(target=_child, args=(train_fn, cfg, run_dir, resume, r, world, port, errors, dry_run),
                             name=f"dmpose-rank{r}") for r in range(1, world)]
     for p in children:
         p.start()
@@ -121,7 +121,7 @@ def run_local_processes(train_fn: Callable, cfg: Any, run_dir: Any, resume: Any,
         with local_process_env(0, world, port):
             _init_group()
             try:
-                result = train_fn(cfg, run_dir, resume, callbacks, False)
+                result = train_fn(cfg, run_dir, resume, callbacks, dry_run)
             finally:
                 dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001  re-raised below, after the children are accounted for

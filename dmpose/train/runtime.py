@@ -24,9 +24,9 @@ from dmpose.kernels.cpu import cpu_kernel_status
 from dmpose.train.config import TrainConfig
 from dmpose.version import __version__
 
-__all__ = ["distributed", "select_device", "choose_threads_workers", "tune_cpu_process", "keep_freed_memory",
-           "cpu_has_native_bf16", "autocast_dtype", "denormals_flushed", "seed_all", "loss_backend_note",
-           "environment"]
+__all__ = ["distributed", "check_device", "select_device", "choose_threads_workers", "tune_cpu_process",
+           "keep_freed_memory", "cpu_has_native_bf16", "autocast_dtype", "denormals_flushed", "seed_all",
+           "loss_backend_note", "environment"]
 
 
 def distributed() -> tuple[int, int, int]:
@@ -39,10 +39,33 @@ def distributed() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def check_device(text: str, what: str = "device") -> torch.device:
+    """A device this machine has, or a ValueError in one line: which device was asked for (`what` names the option),
+    what this torch build has, and how to get CUDA."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{what} {text!r} is not a device: expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(f"{what} {text!r}: this torch build ({torch.__version__}) is CPU-only; install a CUDA "
+                             "build of torch (pytorch.org's install selector gives the pip command) or use cpu")
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {text!r}: torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable "
+                             "GPU on this machine; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{what} {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{what} {text!r}: MPS is not available on this machine; use cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{what} {text!r}: dmpose runs on cpu, cuda or mps, not {dev.type}")
+    return dev
+
+
 def select_device(cfg: TrainConfig, local_rank: int) -> torch.device:
     """train.device (a bare "cuda" is this rank's GPU), else this rank's GPU when there is one, else the CPU."""
     if cfg.train.device is not None:
-        dev = torch.device(cfg.train.device)
+        dev = check_device(cfg.train.device, "train.device")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", local_rank)
         return dev
