@@ -490,6 +490,29 @@ def test_cli_train_dry_run_and_errors(synth_root, tmp_path):
     r = CliRunner().invoke(app, ["train", "--resume-from", str(tmp_path / "cli"), "--set", "train.epochs=2"])
     assert r.exit_code == 0, r.output
     assert len(metric_rows(tmp_path / "cli", "metrics.csv")) == 2
+    assert "best AP" in r.output and "run folder" in r.output  # the end-of-run table
+
+
+def test_piped_output_gets_plain_progress_lines_at_its_rhythm(synth_root, tmp_path):
+    """Not a terminal (a pipe, nohup, Slurm): plain step lines, one per --progress-every seconds (and the last)."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from dmpose.cli import app
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny(synth_root, tmp_path)))
+    wide = {"COLUMNS": "200"}
+    every = CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "a"), "--progress-every", "0"],
+                               env=wide)
+    steps = [(int(a), int(b)) for a, b in re.findall(r"step (\d+)/(\d+) ", every.output)]
+    total = steps[-1][1]
+    assert every.exit_code == 0 and [a for a, _ in steps] == list(range(1, total + 1)), every.output
+    rare = CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "b"), "--progress-every", "3600"],
+                              env=wide)
+    assert [int(a) for a, _ in re.findall(r"step (\d+)/(\d+) ", rare.output)] == [1, total]  # the first, the last
+    assert "ETA" in rare.output and "img/s" in rare.output
 
 
 # ---- real samples ---------------------------------------------------------------------------------
