@@ -72,3 +72,23 @@ def test_user_strings_print_literally_not_as_rich_markup():
     assert "error: bad file a[red]b and x[/b].jpg" in text and "error: missing: c[/red]" in text
     assert "run folder: runs/a[/b]" in text and "hrnet[/b] 48x64" in text
     assert "[bold]gt" in text and "[red]boxes)" in text and "runs/a[/b]" in text  # the end-of-run table
+
+
+def test_models_list_configs_list_and_the_info_card(tmp_path):
+    import dmpose
+
+    result = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "hrnet_w32" in result.output and "GFLOPs" in result.output
+    result = runner.invoke(app, ["configs", "list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "synthetic" in result.output and "coco/hrnet_w32_256x192_dm" in result.output
+    path = dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny"), tmp_path / "tiny.safetensors",
+                                  meta={"AP": 0.5, "epoch": 3, "loss": {"name": "dm", "dm_weight": 1.0, "aux_ce": 10.0,
+                                                                        "eps": 1.0, "suppliers": "softplus",
+                                                                        "supplier_beta": 8.0}})
+    card = runner.invoke(app, ["info", str(path)], env={"COLUMNS": "200"})
+    assert card.exit_code == 0, card.output
+    assert "coco17 (17 joints)" in card.output and "2x2 of the softplus map" in card.output
+    assert "dm x 1 + ce x 10" in card.output and "AP 0.5000 at epoch 3" in card.output
+    assert len(card.output.splitlines()) < 20 and "spec" not in card.output  # a card, not the metadata dump
+    full = runner.invoke(app, ["info", str(path), "--full"], env={"COLUMNS": "200"})
+    assert full.exit_code == 0 and "spec" in full.output and len(full.output) > len(card.output)

@@ -41,7 +41,7 @@ def tiny_ckpt(tmp_path):
 
 def test_info_shows_metadata_and_parameter_count(tiny_ckpt):
     path, model = tiny_ckpt
-    result = runner.invoke(app, ["info", str(path)])
+    result = runner.invoke(app, ["info", str(path), "--full"])  # the card's --full: every metadata field
     assert result.exit_code == 0, result.output
     n = sum(p.numel() for p in model.parameters())
     for text in ("hrnet_tiny", "num_joints", '["a", "b", "c"]', "[16, 12]", f"{n:,}"):

@@ -6,7 +6,7 @@ import typer
 from dmpose.cli.data import data_app
 from dmpose.cli.demo import demo_command
 from dmpose.cli.eval import eval_command
-from dmpose.cli.models import convert_command, export_command, info_command
+from dmpose.cli.models import configs_app, convert_command, export_command, info_command, models_app
 from dmpose.cli.predict import predict_command
 from dmpose.cli.train import train_command
 from dmpose.cli.version import version_command
@@ -30,3 +30,5 @@ app.command("export")(export_command)
 app.command("predict")(predict_command)
 app.command("train")(train_command)
 app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+app.add_typer(configs_app, name="configs")

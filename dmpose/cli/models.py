@@ -13,11 +13,12 @@ from rich.table import Table
 from dmpose.cli.errors import reported
 from dmpose.cli.parsing import parse_pair
 from dmpose.models import build_model, list_models
-from dmpose.models.checkpoint import checkpoint_summary
+from dmpose.models.checkpoint import checkpoint_summary, read_checkpoint_spec
 from dmpose.models.convert import convert_checkpoint
 from dmpose.models.export import export_checkpoint
 from dmpose.models.flops import count_macs
 from dmpose.spec import IMAGENET_MEAN, IMAGENET_STD
+from dmpose.train.config import packaged_configs
 
 __all__ = ["convert_command", "export_command", "info_command"]
 
@@ -112,46 +113,104 @@ def _compute_rows(arch: str, num_joints: int, size: tuple[int, int]) -> list[tup
 
 def info_command(
     ckpt: Path | None = typer.Argument(None, help="A dmpose checkpoint (.safetensors)."),
-    list_: bool = typer.Option(False, "--list", help="List the architecture names instead."),
+    full: bool = typer.Option(False, "--full", help="Every metadata field (the spec JSON, the training config)."),
+    list_: bool = typer.Option(False, "--list", help="List the architectures (as `dmpose models list`)."),
     arch: str | None = typer.Option(None, "--arch", help="Show an architecture's parameters and GFLOPs instead."),
     input_wh: str | None = typer.Option(None, "--input-wh", help="GFLOPs at WIDTHxHEIGHT; default: the checkpoint's, "
                                         "else 192x256."),
 ) -> None:
-    """Show a checkpoint's metadata, parameter count and GFLOPs (or an architecture's with --arch, or the
-    known architectures with --list). GFLOPs are multiply-accumulates of the conv and linear layers, as
-    the pose papers count them; transformers also get a figure with the attention matmuls."""
+    """A checkpoint's card: architecture, keypoints, input, decode, loss, parameters, GFLOPs and the validation
+    metric it was saved with (--full: every metadata field); or an architecture's parameters and GFLOPs (--arch).
+    GFLOPs are multiply-accumulates of the conv and linear layers, as the pose papers count them; transformers
+    also get a figure with the attention matmuls."""
     wh = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
     size = (wh[1], wh[0]) if wh else None  # (H, W) for the FLOP count
     if arch is not None:
         with reported(console):
             rows = _compute_rows(arch, 17, size or (256, 192))
-        table = Table(title=escape(f"{arch} (17 joints)"))
-        table.add_column("field", style="bold")
-        table.add_column("value", overflow="fold")
-        for row in rows:
-            table.add_row(*map(escape, row))
-        console.print(table)
+        console.print(_table(f"{arch} (17 joints)", rows))
         return
     if list_ or ckpt is None:
-        console.print(escape("\n".join(list_models())))
+        models_list_command()
         return
     with reported(console):
         summary = checkpoint_summary(ckpt)
-    table = Table(title=escape(str(ckpt)))
+    try:
+        spec = read_checkpoint_spec(ckpt)
+    except ValueError:  # an old file that names no keypoint set: its fields are all there is to show
+        spec, full = None, True
+    size = size or (tuple(spec.input_hw) if spec else tuple(summary.get("input_size") or (256, 192)))
+    if full:
+        rows = []
+        for key, value in summary.items():
+            if key == "parameters":
+                value = f"{value:,} ({value / 1e6:.1f}M)"
+            elif key == "file_bytes":
+                value = f"{value / 1e6:.1f} MB"
+            elif not isinstance(value, str):
+                value = json.dumps(value)
+            rows.append((key, value))
+        console.print(_table(str(ckpt), rows + _compute_rows(summary["arch"], summary["num_joints"], size)[1:]))
+        return
+    loss = summary.get("loss")
+    loss_text = loss.get("name", "?") if isinstance(loss, dict) else str(loss or "not recorded")
+    if isinstance(loss, dict) and loss.get("name") == "dm":
+        terms = [f"{n} x {loss[k]:g}" for n, k in (("dm", "dm_weight"), ("ce", "aux_ce"), ("mse", "aux_mse"))
+                 if isinstance(loss.get(k), (int, float)) and loss[k] > 0]
+        loss_text = " + ".join(terms) if terms else "dm"
+        loss_text += f" (eps {loss.get('eps')}, suppliers {loss.get('suppliers')} beta {loss.get('supplier_beta')})"
+    codec = spec.codec
+    metric = next(((k, summary[k]) for k in ("AP", "PCKh@0.5") if isinstance(summary.get(k), (int, float))), None)
+    rows = [("arch", spec.arch), ("keypoints", f"{spec.keypoints.name} ({spec.num_joints} joints)"),
+            ("input", f"{spec.input_wh[0]}x{spec.input_wh[1]} (W x H), heatmaps {spec.heatmap_wh[0]}x"
+                      f"{spec.heatmap_wh[1]}, {spec.normalisation.channel_order}"),
+            ("decode", f"{codec.decode} of the {codec.supplier_map} map"
+                       + (f" (beta {codec.supplier_beta:g})" if codec.supplier_map == "softplus" else "")),
+            ("loss", loss_text),
+            *_compute_rows(spec.arch, spec.num_joints, size),
+            ("validation", f"{metric[0]} {metric[1]:.4f} at epoch {summary.get('epoch')}" if metric
+             else "not recorded"),
+            ("file", f"{summary['file_bytes'] / 1e6:.1f} MB, dmpose {summary.get('dmpose_version', '?')}")]
+    console.print(_table(str(ckpt), rows))
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    for key, value in summary.items():
-        if key == "parameters":
-            value = f"{value:,} ({value / 1e6:.1f}M)"
-        elif key == "file_bytes":
-            value = f"{value / 1e6:.1f} MB"
-        elif not isinstance(value, str):
-            value = json.dumps(value)
-        table.add_row(escape(key), escape(value))
-    size = size or tuple(summary.get("input_size") or (256, 192))
-    for row in _compute_rows(summary["arch"], summary["num_joints"], size)[1:]:
+    for row in rows:
         table.add_row(*map(escape, row))
+    return table
+
+
+def models_list_command() -> None:
+    """The architectures `build_model` knows, with parameters and GFLOPs at 256x192 (17 joints)."""
+    table = Table(title="architectures (17 joints, 256x192 input)", title_justify="left")
+    for name in ("arch", "parameters", "GFLOPs"):
+        table.add_column(name, justify="left" if name == "arch" else "right")
+    for name in list_models():
+        model = build_model(name, num_joints=17, device="meta")
+        params = sum(p.numel() for p in model.parameters())
+        table.add_row(escape(name), f"{params / 1e6:.1f}M", f"{count_macs(model, (256, 192)) / 1e9:.2f}")
     console.print(table)
+
+
+def configs_list_command() -> None:
+    """The shipped configs (`dmpose train NAME`), with the first line of each one's comment."""
+    table = Table(title="shipped configs (dmpose train NAME)", title_justify="left")
+    table.add_column("name")
+    table.add_column("what it is", overflow="fold")
+    for name, path in packaged_configs().items():
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
+                     "")
+        table.add_row(escape(name), escape(first.split(": docs/")[0]))
+    console.print(table)
+
+
+models_app = typer.Typer(help="The architectures dmpose builds.", no_args_is_help=True)
+models_app.command("list")(models_list_command)
+configs_app = typer.Typer(help="The configs dmpose ships.", no_args_is_help=True)
+configs_app.command("list")(configs_list_command)
 
 
 def export_command(

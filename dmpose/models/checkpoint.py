@@ -49,7 +49,7 @@ from torch import nn
 
 from dmpose.atomic import atomic_write_bytes
 from dmpose.models.registry import OUTPUT_STRIDE, build_model
-from dmpose.spec import DECODE_RULES, DMLossOptions, PoseSpec, SpecError
+from dmpose.spec import DECODE_RULES, DMLossOptions, PoseSpec, SpecError, legacy_codec
 from dmpose.version import __version__
 
 __all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "read_checkpoint_spec", "model_meta",
@@ -62,7 +62,7 @@ REQUIRED = ("format", "arch", "num_joints")
 TEXT_FIELDS = ("format", "arch", "dmpose_version", "decode", "config")
 JSON_FIELDS = ("spec", "num_joints", "input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss")
 # the field-per-key metadata that describes a model without a spec (files written before the spec existed)
-LEGACY_SPEC_FIELDS = ("input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "loss", "decode")
+LEGACY_SPEC_FIELDS = ("input_size", "heatmap_size", "keypoint_names", "flip_pairs", "skeleton", "decode")
 FIELD_ORDER = ("format", "spec", "arch", "num_joints", "dmpose_version", "input_size", "heatmap_size", "keypoint_names",
                "flip_pairs", "skeleton", "loss", "decode", "config", "extra")
 
@@ -196,6 +196,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, spec: PoseSpec | 
     if (spec is None and not described and not hasattr(model, "checkpoint_meta")
             and isinstance(getattr(model, "spec", None), PoseSpec)):
         spec = model.spec  # a freshly built model: build_model's default (a loaded one keeps its file's fields)
+        if (meta or {}).get("loss") is not None:  # the loss it was trained with fixes the map its decode reads
+            spec = spec.replace(codec=legacy_codec(meta["loss"], None))
     if spec is not None:
         if not isinstance(spec, PoseSpec):
             raise TypeError(f"spec must be a dmpose.spec.PoseSpec, got {type(spec).__name__}")

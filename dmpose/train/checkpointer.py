@@ -39,7 +39,8 @@ class Checkpointer:
         self.config_yaml = config_to_yaml(cfg)
         options = cfg.loss.dm.model_dump() if cfg.loss.name == "dm" else {"sigma": spec.codec.sigma,
                                                                             "flavour": spec.codec.flavour}
-        self.loss_meta = {"name": cfg.loss.name, **options}
+        terms = {k: getattr(cfg.loss, k) for k in ("dm_weight", "aux_ce", "aux_mse")} if cfg.loss.name == "dm" else {}
+        self.loss_meta = {"name": cfg.loss.name, **options, **terms}
 
     def save_model(self, module: nn.Module, name: str, extra: dict[str, Any]) -> None:
         """`name` in the run folder: the weights, the spec, the loss, the config and `extra` (epoch, step...)."""
