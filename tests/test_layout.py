@@ -20,6 +20,7 @@ OPTIONAL = {
     "matplotlib.pyplot": "chooses a backend on import: only after matplotlib.use('Agg')",
     "torchvision": "an optional extra",
     "tensorboard": "an optional extra",
+    "torch.utils.tensorboard": "needs the tensorboard extra",
 }
 
 

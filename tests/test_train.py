@@ -802,3 +802,18 @@ def test_gradient_shares_are_each_terms_share_of_the_heatmap_gradient_and_are_lo
     assert steps[0]["step"] == 1 and steps[0]["grad_share_dm"] + steps[0]["grad_share_ce"] == pytest.approx(1.0)
     epochs = metric_rows(res.run_dir, "metrics.csv")
     assert 0 < float(epochs[0]["grad_share_dm"]) < 1
+
+
+def test_tensorboard_events_are_written_when_enabled(synth_root, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{"logging.tensorboard": True, "val.every": 1}))
+    res = train(cfg, run_dir=tmp_path / "tb")
+    acc = EventAccumulator(str(res.run_dir / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "epoch/train_loss", "val/AP", "val/val_median_loc_error_hm"} <= set(tags), tags
+    assert [e.step for e in acc.Scalars("val/AP")] == [res.plan["steps_per_epoch"], res.steps]
+    off = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "no_tb")
+    assert not (off.run_dir / "tensorboard").exists()

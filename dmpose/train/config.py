@@ -256,6 +256,14 @@ class TrainLoopConfig(_Section):
         return "off" if value is False else value
 
 
+class LoggingConfig(_Section):
+    """Where the metrics go besides the run folder's metrics.csv / metrics.jsonl."""
+
+    tensorboard: bool = Field(False, description="Also write TensorBoard events to RUN/tensorboard (the tensorboard "
+                              "extra: pip install 'dmpose[tensorboard]'); other loggers (W&B, MLflow) are a callback "
+                              "of train(..., callbacks=[...]) (dmpose.train.events).")
+
+
 class ValConfig(_Section):
     """Validation (the same code as `dmpose eval`)."""
 
@@ -299,6 +307,7 @@ class TrainConfig(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainLoopConfig = TrainLoopConfig()
     val: ValConfig = ValConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _spec(self) -> TrainConfig:

@@ -66,6 +66,7 @@ from dmpose.train.runtime import (
 )
 from dmpose.train.state import TrainState, load_state, rng_state
 from dmpose.train.step import OptimiserStep, TrainingError
+from dmpose.train.tensorboard import TensorBoardCallback
 from dmpose.train.validate import ValData, validate_epoch
 
 __all__ = ["train", "TrainingError", "TrainResult"]
@@ -242,6 +243,8 @@ def _train(cfg: TrainConfig, run_dir, resume, callbacks: Iterable, dry_run: bool
             for key, old, new in changes:
                 folder.append_jsonl("config_changes.jsonl", {"step": state.step, "epoch": state.epoch, "key": key,
                                                              "old": old, "new": new})
+    if folder is not None and cfg.logging.tensorboard:
+        callbacks.append(TensorBoardCallback(folder.file("tensorboard")))
     emit(RunStart(folder.path if folder else None, plan))
     checkpoints = Checkpointer(folder, cfg, spec, world)
     state.rng = rng_state(loader_gen)
