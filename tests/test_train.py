@@ -143,7 +143,7 @@ def test_one_epoch_smoke_and_run_folder(loss, synth_root, tmp_path):
     run = res.run_dir
     assert res.status == "finished" and res.steps == res.plan["steps_per_epoch"]
     for name in (*RUN_FILES, "val_epoch001.jpg"):
-        assert (run / name).is_file() or (name == "curves.png" and loss == "mse"), name
+        assert (run / name).is_file() or (name in ("curves.png", "diagnostics.png") and loss == "mse"), name
     assert yaml.safe_load((run / "config.yaml").read_text())["loss"]["name"] == loss
     best = json.loads((run / "best.json").read_text())
     assert best["metric"] == "AP" and best["epoch"] == 1 and "detections" in best["boxes"]

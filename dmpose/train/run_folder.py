@@ -6,7 +6,8 @@ run unless told to overwrite it (`--overwrite`); `--resume` continues the run th
 
 config.yaml (resolved), env.json, metrics.csv (one row per epoch), metrics.jsonl (one row per logged
 step), last.safetensors / best.safetensors (+ best.json), last.state.pt (resume state), optional
-epoch_NNN.safetensors, curves.png, val_epochNNN.jpg. Every file is written atomically (dmpose.atomic):
+epoch_NNN.safetensors, curves.png (by epoch), diagnostics.png (by step),
+val_epochNNN.jpg. Every file is written atomically (dmpose.atomic):
 the whole file is rewritten into a temporary file and renamed, so a crash never leaves a torn file — except
 metrics.jsonl, which is appended one line per logged step (rewritten atomically once per process); a crash
 can tear only its last line, which resuming drops.
@@ -20,6 +21,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ __all__ = ["RunFolder", "RunFolderError", "RunFolderLock", "claim_run_folder", "
            "run_files", "RUN_FILES"]
 
 RUN_FILES = ("config.yaml", "env.json", "metrics.csv", "metrics.jsonl", "last.safetensors", "best.safetensors",
-             "best.json", "last.state.pt", "curves.png")
+             "best.json", "last.state.pt", "curves.png", "diagnostics.png")
 
 
 def new_run_dir(out_root: Path, name: str) -> Path:
@@ -206,80 +208,122 @@ class RunFolder:
 
     # ---- figures ------------------------------------------------------------------------------
     def plot_curves(self, main_metric: str, boxes: str = "") -> Path:
-        """curves.png: per epoch (loss, lr, `main_metric` on `boxes`, GT-box localisation error) and per logged
-        step (loss and the DM diagnostics)."""
+        """curves.png, what a user reads, by epoch: the training loss (and the validation's own loss), the
+        learning rate, `main_metric` on `boxes`, and the localisation error and compactness on GT boxes; and
+        diagnostics.png, the research diagnostics by optimiser step (dead maps, mass near the dot, median error,
+        gradient norms, each loss term's share of the heatmap gradient). Returns curves.png's path."""
         matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after choosing the backend
 
-        ep = self.epochs
-        st = self.steps
-        fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+        ep, st = self.epochs, self.steps
         x = [r["epoch"] for r in ep]
-
-        def panel(ax, xs, rows, keys, title, log=False):
-            for k in keys:
-                pts = [(a, r[k]) for a, r in zip(xs, rows) if isinstance(r.get(k), (int, float))]
-                if pts:
-                    ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=k)
-            ax.set_title(title, fontsize=9)
-            if log and any(ax.get_lines()):
-                ax.set_yscale("log")
-            if len(keys) > 1 and ax.get_lines():
-                ax.legend(fontsize=7)
-            ax.tick_params(labelsize=7)
-            ax.locator_params(nbins=5)
-
-        panel(axes[0, 0], x, ep, ["train_loss"], "train loss per epoch (val DM loss: right axis)")
-        twin = axes[0, 0].twinx()
-        pts = [(a, r["val_dm_loss"]) for a, r in zip(x, ep) if isinstance(r.get("val_dm_loss"), (int, float))]
-        if pts:
-            twin.plot(*zip(*pts), color="tab:orange", marker=".")
-            twin.tick_params(labelsize=7)
-        panel(axes[0, 1], x, ep, ["lr"], "learning rate")
-        panel(axes[0, 2], x, ep, [main_metric], f"validation {main_metric}" + (f", {boxes}" if boxes else ""))
-        panel(axes[0, 3], x, ep, ["val_loc_error_hm"], "val localisation error (heatmap px, GT boxes)")
-        s = [r["step"] for r in st]
-        panel(axes[1, 0], s, st, ["loss"], "train loss per logged step")
-        panel(axes[1, 1], s, st, ["dead_share", "mass_2px"], "dead heatmaps / mass within 2 px")
-        panel(axes[1, 2], s, st, ["median_error_hm"], "median localisation error (heatmap px)")
-        panel(axes[1, 3], s, st, ["grad_norm_heatmaps", "grad_norm_final_bias", "final_bias_mean"],
-              "gradients and final-layer bias")
-        fig.text(0.5, 0.5, "per epoch (top), per logged step (bottom)", ha="center", fontsize=8)
-        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.08, top=0.95, wspace=0.25, hspace=0.35)
+        fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+        _panel(axes[0, 0], x, ep, {"train_loss": "training loss", "val_loss": "validation loss (its own)"},
+               "loss", "loss (the model's training loss)", log=True)
+        _panel(axes[0, 1], x, ep, {main_metric: main_metric}, main_metric,
+               f"validation {main_metric}" + (f"\n{boxes}" if boxes else ""))
+        _panel(axes[0, 2], x, ep, {"lr": "learning rate"}, "lr", "learning rate")
+        _panel(axes[1, 0], x, ep, {"val_loc_error_hm": "mean", "val_median_loc_error_hm": "median"},
+               "error (heatmap px)", "localisation error on GT boxes (decode vs dot)")
+        _panel(axes[1, 1], x, ep, {"val_compactness_2px": "mass within 2 px of the prediction"}, "share",
+               "compactness of the decoded map (GT boxes)")
+        _panel(axes[1, 2], x, ep, {"images_per_second": "images / s"}, "images / s", "training throughput")
+        for ax in axes.flat:
+            ax.set_xlabel("epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        fig.tight_layout()
         with atomic_output(self.file("curves.png")) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+        plt.close(fig)
+
+        s = [r["step"] for r in st]
+        fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+        shares = {k: k.removeprefix("grad_share_") for k in sorted({k for r in st for k in r}) if k.startswith(
+            "grad_share_")}
+        _panel(axes[0, 0], s, st, {"loss": "loss"}, "loss", "training loss per logged step", log=True)
+        _panel(axes[0, 1], s, st, {"dead_share": "no positive pixel", "mass_2px": "mass within 2 px of the dot"},
+               "share of labelled joints / of the mass", "dead maps and mass near the dot")
+        _panel(axes[0, 2], s, st, {"median_error_hm": "median"}, "error (heatmap px)",
+               "localisation error of the training batch")
+        _panel(axes[1, 0], s, st, {"grad_norm_heatmaps": "at the heatmaps", "grad_norm_final_bias": "final-layer bias"},
+               "gradient norm", "gradient norms", log=True)
+        _panel(axes[1, 1], s, st, shares, "share", "each loss term's share of the heatmap gradient")
+        _panel(axes[1, 2], s, st, {"final_bias_mean": "mean"}, "bias", "final-layer bias")
+        for ax in axes.flat:
+            ax.set_xlabel("optimiser step")
+        fig.tight_layout()
+        with atomic_output(self.file("diagnostics.png")) as tmp:
             fig.savefig(tmp, format="png", dpi=80)
         plt.close(fig)
         return self.file("curves.png")
 
     def write_val_crops(self, epoch: int, crops: np.ndarray, heatmaps: np.ndarray, pred_in: np.ndarray,
-                        gt_in: np.ndarray, weights: np.ndarray, label: str) -> Path:
-        """crops (N, H, W, 3) uint8 RGB; heatmaps (N, K, h, w) the decoded map (normalised); pred_in/gt_in
-        (N, K, 2) input px. Each tile: the crop with GT (green) and predictions (red), beside the max over
-        joints of the heatmap, upsampled."""
+                        gt_in: np.ndarray, weights: np.ndarray, label: str,
+                        skeleton: Sequence[tuple[int, int]] = ()) -> Path:
+        """val_epochNNN.jpg: up to 4 validation crops, each enlarged to at least 384 px high, with the ground truth
+        (green) and the prediction (red) drawn as skeletons, beside the decoded map (the max over joints), and a
+        legend. crops (N, H, W, 3) uint8 RGB; heatmaps (N, K, h, w) the decoded map (normalised); pred_in / gt_in
+        (N, K, 2) input px; weights (N, K) (GT joints with weight 0 are not drawn)."""
         tiles = []
-        for n in range(len(crops)):
+        for n in range(min(len(crops), VAL_CROPS_SHOWN)):
             img = np.ascontiguousarray(crops[n][:, :, ::-1])  # BGR for cv2
             h, w = img.shape[:2]
+            scale = max(1, -(-VAL_CROP_HEIGHT // h))
+            big = cv2.resize(img, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC)
             hm = heatmaps[n].max(axis=0)
             hm = hm / hm.max() if hm.max() > 0 else hm
-            hm = cv2.applyColorMap((cv2.resize(hm, (w, h), interpolation=cv2.INTER_NEAREST) * 255).astype(np.uint8),
-                                   cv2.COLORMAP_JET)
-            over = cv2.addWeighted(img, 0.5, hm, 0.5, 0)
-            for k in range(gt_in.shape[1]):
-                if weights[n, k] > 0:
-                    cv2.circle(img, tuple(int(round(v)) for v in gt_in[n, k]), 2, (0, 255, 0), -1)
-                if np.all(np.isfinite(pred_in[n, k])):
-                    cv2.drawMarker(img, tuple(int(round(v)) for v in pred_in[n, k]), (0, 0, 255),
-                                   cv2.MARKER_CROSS, 5, 1)
-            tiles.append(np.concatenate([img, over], axis=1))
-        grid = np.concatenate(tiles, axis=0) if tiles else np.zeros((8, 8, 3), np.uint8)
-        cols = 4 if len(tiles) >= 4 else max(len(tiles), 1)
-        if len(tiles) >= cols and len(tiles) % cols == 0:
-            rows = [np.concatenate(tiles[i:i + cols], axis=1) for i in range(0, len(tiles), cols)]
-            grid = np.concatenate(rows, axis=0)
-        cv2.putText(grid, f"epoch {epoch} {label}", (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1)
-        ok, data = cv2.imencode(".jpg", grid, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            hm = cv2.applyColorMap((cv2.resize(hm, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) * 255)
+                                   .astype(np.uint8), cv2.COLORMAP_JET)
+            over = cv2.addWeighted(big, 0.5, hm, 0.5, 0)
+
+            def at(p: np.ndarray, scale: int = scale) -> tuple[int, int]:  # input px -> the tile's (centres at ints)
+                return int(round((p[0] + 0.5) * scale - 0.5)), int(round((p[1] + 0.5) * scale - 0.5))
+
+            shown_gt = weights[n] > 0
+            shown_pred = np.isfinite(pred_in[n]).all(-1)
+            for pts, ok, colour in ((gt_in[n], shown_gt, (0, 200, 0)), (pred_in[n], shown_pred, (0, 0, 255))):
+                for a, b in skeleton:
+                    if ok[a] and ok[b]:
+                        cv2.line(big, at(pts[a]), at(pts[b]), colour, 2, cv2.LINE_AA)
+                for k in np.flatnonzero(ok):
+                    cv2.circle(big, at(pts[k]), 4, colour, -1, cv2.LINE_AA)
+            tiles.append(np.concatenate([big, over], axis=1))
+        if not tiles:
+            tiles = [np.zeros((VAL_CROP_HEIGHT, VAL_CROP_HEIGHT, 3), np.uint8)]
+        height = max(t.shape[0] for t in tiles)
+        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0))) for t in tiles]
+        cols = 2 if len(tiles) > 2 else len(tiles)
+        rows = [np.concatenate(tiles[i:i + cols] + [np.zeros_like(tiles[0])] * (cols - len(tiles[i:i + cols])), axis=1)
+                for i in range(0, len(tiles), cols)]
+        grid = np.concatenate(rows, axis=0)
+        legend = np.full((36, grid.shape[1], 3), 255, np.uint8)
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        entries = ((f"epoch {epoch}, {label}:", 8, (0, 0, 0), 1), ("ground truth", 260, (0, 200, 0), 2),
+                   ("prediction", 420, (0, 0, 255), 2), ("right: decoded map", 560, (0, 0, 0), 1))
+        for text, x, colour, thick in entries:
+            cv2.putText(legend, text, (x, 24), font, 0.6, colour, thick, cv2.LINE_AA)
+        ok, data = cv2.imencode(".jpg", np.concatenate([legend, grid], axis=0), [cv2.IMWRITE_JPEG_QUALITY, 90])
         return atomic_write_bytes(self.file(f"val_epoch{epoch:03d}.jpg"), data.tobytes())
+
+
+#: The validation picture: this many crops, each enlarged to at least this height.
+VAL_CROPS_SHOWN = 4
+VAL_CROP_HEIGHT = 384
+
+
+def _panel(ax, xs, rows, keys: dict[str, str], ylabel: str, title: str, log: bool = False) -> None:
+    """One labelled plot of `keys` (name -> legend label) over `xs`; missing values are skipped."""
+    for k, label in keys.items():
+        pts = [(a, r[k]) for a, r in zip(xs, rows) if isinstance(r.get(k), (int, float)) and np.isfinite(r[k])]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=label)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=8)
+    if log and ax.get_lines() and all(min(line.get_ydata()) > 0 for line in ax.get_lines()):
+        ax.set_yscale("log")
+    if len(keys) > 1 and ax.get_lines():
+        ax.legend(fontsize=7)
+    ax.tick_params(labelsize=7)
 
 
 def _num(v: str):

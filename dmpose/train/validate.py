@@ -209,5 +209,5 @@ def validate_epoch(module: nn.Module, spec: PoseSpec, codec: HeatmapCodec, val: 
             return (p + 0.5) * s - 0.5
 
         folder.write_val_crops(epoch, imgs, fig["heatmaps"], to_input(fig["pred"]), to_input(fig["gt"]),
-                               fig["weights"], "GT boxes")
+                               fig["weights"], "GT boxes", spec.keypoints.skeleton)
     return metrics
