@@ -298,3 +298,21 @@ def test_box_values_are_checked_against_the_image():
                        ([0, 0, 10, 10, 7.5], r"its score must lie in \[0, 1\], got 7.5")):
         with pytest.raises(ValueError, match=match):
             as_box_array([box], 64, 48)
+
+
+def test_a_custom_coco_dataset_needs_only_its_root_and_split_names(synth_root, tmp_path):
+    import shutil
+
+    from dmpose.data.layouts import coco_paths
+
+    custom = tmp_path / "mydata"
+    (custom / "annotations").mkdir(parents=True)
+    for split, mine in (("train2017", "train"), ("val2017", "val")):
+        ann, images = coco_paths(synth_root, split)
+        shutil.copyfile(ann, custom / "annotations" / f"{mine}.json")
+        shutil.copytree(images, custom / "images" / mine)
+    assert coco_paths(custom, "val") == (custom / "annotations" / "val.json", custom / "images" / "val")
+    cfg = load_config(data={**tiny(synth_root, tmp_path, **{"train.epochs": 1}),
+                            "data": {"dataset": "coco", "root": str(custom), "train_split": "train",
+                                     "val_split": "val"}, "val": {"boxes": "gt", "batch_size": 32}})
+    assert train(cfg, run_dir=tmp_path / "run").status == "finished"

@@ -7,6 +7,9 @@ COCO (the official layout)::
     ROOT/SPLIT/                                       images (test splits: ROOT/test2017/)
     ROOT/person_detection_results/COCO_val2017_detections_AP_H_56_person.json   the paper's person detections
 
+A custom COCO-format dataset may instead keep ROOT/annotations/SPLIT.json, and its images in ROOT/images/SPLIT/ or
+ROOT/images/: the first layout that exists is used, so `data.root` and the split names are all a config needs.
+
 MPII (as the official HRNet code)::
 
     ROOT/annot/SPLIT.json, ROOT/annot/gt_SPLIT.mat, ROOT/images/
@@ -30,7 +33,9 @@ def coco_paths(root: str | Path, split: str = "val2017") -> tuple[Path, Path]:
     root = Path(root)
     if split.startswith("test"):
         return root / "annotations" / f"image_info_{split}.json", root / "test2017"
-    return root / "annotations" / f"person_keypoints_{split}.json", root / split
+    anns = [root / "annotations" / f"person_keypoints_{split}.json", root / "annotations" / f"{split}.json"]
+    images = [root / split, root / "images" / split, root / "images"]
+    return next((a for a in anns if a.is_file()), anns[0]), next((i for i in images if i.is_dir()), images[0])
 
 
 def mpii_paths(root: str | Path, split: str = "valid") -> tuple[Path, Path, Path]:
