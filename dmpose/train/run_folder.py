@@ -218,7 +218,8 @@ class RunFolder:
         ep, st = self.epochs, self.steps
         x = [r["epoch"] for r in ep]
         fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-        _panel(axes[0, 0], x, ep, {"train_loss": "training loss", "val_loss": "validation loss (DM; MSE for MSE models)"},
+        _panel(axes[0, 0], x, ep, {"train_loss": "training loss",
+                                   "val_loss": "validation loss (DM; MSE for MSE models)"},
                "loss", "loss (the model's training loss)", log=True)
         _panel(axes[0, 1], x, ep, {main_metric: main_metric}, main_metric,
                f"validation {main_metric}" + (f"\n{boxes}" if boxes else ""))
