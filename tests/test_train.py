@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import dmpose
 from dmpose.train import ConfigError, TrainingError, load_config, train
 from dmpose.train.config import check_paths, packaged_configs
 from dmpose.train.epoch import DEAD_WARN_SHARE
@@ -817,3 +818,24 @@ def test_tensorboard_events_are_written_when_enabled(synth_root, tmp_path):
     assert [e.step for e in acc.Scalars("val/AP")] == [res.plan["steps_per_epoch"], res.steps]
     off = train(load_config(data=tiny(synth_root, tmp_path)), run_dir=tmp_path / "no_tb")
     assert not (off.run_dir / "tensorboard").exists()
+
+
+def test_pretrained_without_its_head_loads_the_backbone_and_keeps_a_fresh_head(synth_root, tmp_path):
+    from dmpose.train.network import build_network
+
+    src = train(load_config(data=tiny(synth_root, tmp_path, **{"train.epochs": 1})), run_dir=tmp_path / "src")
+    trained = weights(src.run_dir)
+    over = {"model.pretrained": str(src.run_dir / "last.safetensors")}
+    cfg = load_config(data=tiny(synth_root, tmp_path, **over))
+    with_head = build_network(cfg, cfg.pose_spec(), lambda *_: None)
+    assert all(torch.equal(v, trained[k]) for k, v in with_head.state_dict().items())  # today's behaviour
+    torch.manual_seed(0)
+    fresh = dmpose.build_model("hrnet_tiny").state_dict()
+    messages = []
+    torch.manual_seed(0)
+    cfg = load_config(data=tiny(synth_root, tmp_path, **{**over, "model.pretrained_head": False}))
+    net = build_network(cfg, cfg.pose_spec(), messages.append).state_dict()
+    head = [k for k in net if k.startswith("final_layer.")]
+    assert head and all(torch.equal(net[k], fresh[k]) for k in head)  # the head: this run's own initialisation
+    assert all(torch.equal(net[k], trained[k]) for k in net if k not in head)  # the rest: the checkpoint's
+    assert "freshly initialised" in messages[-1]

@@ -160,7 +160,7 @@ def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> dict[str, Tensor]:
     return obj
 
 
-def _strip_prefixes(key: str) -> str:
+def strip_prefixes(key: str) -> str:
     while key.startswith(DATA_PARALLEL_PREFIX):
         key = key[len(DATA_PARALLEL_PREFIX):]
     for prefix in MMPOSE_PREFIXES:
@@ -259,7 +259,7 @@ def convert_state_dict(
     renamed: dict[str, Tensor] = {}
     n_renamed = 0
     for key, value in state.items():
-        new = _strip_prefixes(key)
+        new = strip_prefixes(key)
         if new in renamed:
             raise ConversionError(f"two source keys map to {new!r} after stripping prefixes (one is {key!r})")
         n_renamed += new != key

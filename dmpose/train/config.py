@@ -75,6 +75,9 @@ class ModelConfig(_Section):
     normalisation: Normalisation = Field(Normalisation(), description="Input normalisation (dmpose.spec).")
     pretrained: Path | None = Field(None, description="ImageNet backbone weights (HRNet .pth or torchvision "
                                     "ResNet), read by `dmpose convert`'s reader; null: from scratch (logged).")
+    pretrained_head: bool = Field(True, description="Also load the heatmap head (final layer) from model.pretrained; "
+                                  "false: the head stays freshly initialised and only the rest (the backbone) is "
+                                  "loaded.")
     sync_bn: bool = Field(False, description="Convert BatchNorm to SyncBatchNorm under DDP.")
     channels_last: bool = Field(False, description="channels_last memory format for the model and inputs.")
     compile: bool = Field(False, description="torch.compile the model for training.")

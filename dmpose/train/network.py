@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dmpose.models import build_model
-from dmpose.models.convert import convert_state_dict, read_foreign_state_dict
+from dmpose.models.convert import convert_state_dict, read_foreign_state_dict, strip_prefixes
 from dmpose.spec import PoseSpec
 from dmpose.train.config import TrainConfig
 from dmpose.train.syncbn import convert_cpu_sync_bn
@@ -22,10 +22,16 @@ def build_network(cfg: TrainConfig, spec: PoseSpec, log: Callable[[str], None]) 
     """The spec's architecture with its joints, initialised from model.pretrained when set (logged)."""
     model = build_model(spec.arch, num_joints=spec.num_joints)
     if cfg.model.pretrained is not None:
-        loaded, report = convert_state_dict(read_foreign_state_dict(cfg.model.pretrained), spec.arch,
-                                            num_joints=spec.num_joints, partial=True)
-        model.load_state_dict(loaded.state_dict())
-        log(f"initialised from {cfg.model.pretrained} ({report})")
+        state = read_foreign_state_dict(cfg.model.pretrained)
+        fresh = {}
+        if not cfg.model.pretrained_head:  # a backbone: the head keeps this model's initialisation
+            head = next(name for name, m in model.named_modules() if m is final_layer(model, spec.num_joints))
+            fresh = {k: v for k, v in model.state_dict().items() if k.startswith(head + ".")}
+            state = {k: v for k, v in state.items() if not strip_prefixes(k).startswith(head + ".")}
+        loaded, report = convert_state_dict(state, spec.arch, num_joints=spec.num_joints, partial=True)
+        model.load_state_dict({**loaded.state_dict(), **fresh})
+        log(f"initialised from {cfg.model.pretrained} ({report})"
+            + (f"; the head ({', '.join(fresh)}) freshly initialised" if fresh else ""))
     else:
         log("no model.pretrained: training from scratch")
     return model
