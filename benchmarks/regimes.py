@@ -79,6 +79,16 @@ REGIMES = {r.name: r for r in [
     }, reference="ce", start=("scratch", "ce", 0),
         notes=("Every arm starts from the scratch regime's CE-alone seed-0 run (AP 0.504); the seed changes the "
                "data order and augmentation only.",)),
+    Regime("pretrain", "The backbone of the pretrained regime: MSE on a disjoint synthetic split (data seed 1)",
+           ("data.synthetic.seed=1",), {"mse": ("MSE on other images (the generator's seed 1)", _MSE)},
+           reference="mse", notes=("A proxy for ImageNet pretraining: the same task on other images.",)),
+    Regime("pretrained", "A pretrained backbone with a fresh head (the default job's steps)",
+           ("model.pretrained_head=false",), {
+               "mse": ("MSE", _MSE), "ce": ("CE alone", _CE), "dm": ("DM alone", _DM), "dm10": ("DM + 10 x CE", ()),
+               "dmrelu": ("DM alone with the paper's relu map", (*_DM, "loss.dm.suppliers=relu")),
+           }, reference="ce", start=("pretrain", "mse", 0), pairs=(("dm10", "mse"),),
+           notes=("Every arm starts from the pretrain regime's backbone (its heatmap head freshly initialised: "
+                  "model.pretrained_head=false); a proxy for the paper's ImageNet-pretrained backbones.",)),
     Regime("long", "4x the default job's steps (7920 steps, 120 epochs)", ("train.epochs=120",), {
         "mse": ("MSE", _MSE), "ce": ("CE alone", _CE), "dm": ("DM alone", _DM), "dm10": ("DM + 10 x CE", ()),
     }, reference="ce", pairs=(("dm10", "mse"),)),
