@@ -142,3 +142,81 @@ def test_argmax_checkpoint_exports_decode_argmax(tmp_path):
     np.testing.assert_allclose(coords, ref_coords.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(conf, ref_conf.numpy(), atol=1e-4, rtol=0)
     assert not np.allclose(coords, dmpose.decode_2x2(ref)[0].numpy(), atol=1e-2)  # not the DM decode
+
+
+# ---- an ONNX file that deploys --------------------------------------------------------------------------
+
+@pytest.fixture
+def coco_tiny_ckpt(tmp_path):
+    """A COCO-17 hrnet_tiny at 64x48 with a full spec (a fresh model: predict's numbers only need to agree)."""
+    torch.manual_seed(0)
+    model = dmpose.build_model("hrnet_tiny")
+    spec = model.spec.replace(input_wh=(48, 64))
+    return dmpose.save_checkpoint(model, tmp_path / "coco.safetensors", spec=spec)
+
+
+def test_the_onnx_file_carries_the_spec_and_predict_equals_the_checkpoint(coco_tiny_ckpt, coco_sample, tmp_path):
+    _onnx_runtime()
+    from dmpose.models.onnx_model import OnnxPoseModel, read_onnx_spec
+
+    onnx_path = tmp_path / "coco.onnx"
+    result = runner.invoke(app, ["export", "--ckpt", str(coco_tiny_ckpt), "--format", "onnx", "--with-decode",
+                                 "-o", str(onnx_path)])
+    assert result.exit_code == 0, result.output
+    spec, meta = read_onnx_spec(onnx_path)
+    assert spec == dmpose.read_checkpoint_spec(coco_tiny_ckpt)  # names, skeleton, normalisation, sizes, decode, map
+    assert meta["dmpose_outputs"] == "heatmaps,coords,confidence" and meta["dmpose_coords"] == "heatmap"
+    assert repr(OnnxPoseModel(onnx_path)).startswith("OnnxPoseModel(")
+    image = coco_sample / "000000000785.jpg"
+    a = dmpose.Predictor(coco_tiny_ckpt, device="cpu").predict(str(image), boxes=[[280, 40, 170, 340, 1.0]])
+    b = dmpose.Predictor(onnx_path).predict(str(image), boxes=[[280, 40, 170, 340, 1.0]])
+    assert np.abs(a[0].keypoints - b[0].keypoints).max() < 1e-3  # image pixels
+    assert np.abs(np.asarray(a[0].scores) - np.asarray(b[0].scores)).max() < 1e-4
+
+
+def test_the_onnx_decode_graph_returns_image_pixels_from_the_crops_box(coco_tiny_ckpt, coco_sample, tmp_path):
+    ort = _onnx_runtime()
+    from dmpose.geometry import box_to_center_scale
+    from dmpose.predict.predictor import BOX_PADDING, build_crops
+
+    onnx_path = tmp_path / "img.onnx"
+    result = runner.invoke(app, ["export", "--ckpt", str(coco_tiny_ckpt), "--format", "onnx", "--with-decode",
+                                 "--image-coords", "-o", str(onnx_path)])
+    assert result.exit_code == 0, result.output
+    predictor = dmpose.Predictor(coco_tiny_ckpt, device="cpu", flip=False)
+    image = dmpose.predict.load_image(str(coco_sample / "000000000785.jpg"))
+    boxes = np.array([[280.0, 40.0, 170.0, 340.0], [10.0, 20.0, 60.0, 90.0]])
+    expected = predictor.predict(image, boxes=boxes, rgb=True)
+    spec = predictor.spec
+    crops, _, _, _ = build_crops(image, boxes, spec)
+    center, size = box_to_center_scale(boxes, spec.input_wh[0] / spec.input_wh[1], BOX_PADDING)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    coords, = session.run(["coords"], {"image": crops.numpy(), "center": center.astype(np.float32),
+                                       "size": size.astype(np.float32)})
+    for person, got in zip(expected, coords):
+        assert np.abs(person.keypoints - got).max() < 1e-3
+
+
+def test_eval_runs_the_onnx_file_with_the_checkpoints_answers(coco_tiny_ckpt, tmp_path):
+    _onnx_runtime()
+    from dmpose.data.synthetic import ensure_synthetic
+    from dmpose.eval.evaluate import evaluate_checkpoint
+    from dmpose.models.export import export_checkpoint
+
+    data = ensure_synthetic(tmp_path / "synth", n_train=4, n_val=4, seed=0)
+    onnx_path = export_checkpoint(coco_tiny_ckpt, tmp_path / "m.onnx", fmt="onnx")
+    a = evaluate_checkpoint(coco_tiny_ckpt, data, gt_boxes=True, device="cpu")
+    b = evaluate_checkpoint(onnx_path, data, gt_boxes=True)
+    assert a.metrics.keys() == b.metrics.keys()
+    assert all(abs(a.metrics[k] - b.metrics[k]) < 1e-6 for k in a.metrics)
+
+
+def test_export_prints_no_warnings(coco_tiny_ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    _onnx_runtime()
+    done = subprocess.run([sys.executable, "-m", "dmpose", "export", "--ckpt", str(coco_tiny_ckpt), "--format", "onnx",
+                           "--with-decode", "-o", str(tmp_path / "q.onnx")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "torchvision" not in done.stderr, done.stderr

@@ -220,8 +220,12 @@ def export_command(
                                      "rule: 2x2 or argmax) as outputs coords and confidence."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Output file; default next to the checkpoint."),
     input_wh: str | None = typer.Option(None, "--input-wh", help="ONNX input WIDTHxHEIGHT; default: the spec's."),
+    image_coords: bool = typer.Option(False, "--image-coords", help="ONNX with --with-decode: the graph also takes "
+                                      "each crop's box centre and size (inputs center, size: (B, 2) image px) and "
+                                      "returns coords in image pixels."),
 ) -> None:
-    """Export a checkpoint to ONNX (dynamic batch axis) or re-write it as a dmpose .safetensors file."""
+    """Export a checkpoint to ONNX (dynamic batch axis; the spec in the file's metadata, so `dmpose predict` and
+    `dmpose eval` run it) or re-write it as a dmpose .safetensors file."""
     size = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
     if size is not None and min(size) <= 0:
         raise typer.BadParameter(f"--input-wh must be positive WIDTHxHEIGHT, got {input_wh!r}")
@@ -229,7 +233,8 @@ def export_command(
         out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
     with reported(console):
         try:
-            path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_wh=size)
+            path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_wh=size,
+                                     image_coords=image_coords)
         except (ValueError, FileNotFoundError, ImportError) as err:
             if "with_decode" not in str(err):
                 raise

@@ -40,7 +40,7 @@ from dmpose.eval.metrics import CocoEvaluator, MpiiEvaluator
 from dmpose.eval.mpii import PCKhResult
 from dmpose.eval.predictor import TopDownPredictor
 from dmpose.eval.runner import ProgressCallback, TopDownPredictions, coco_update, crop_boxes, predict_dataset
-from dmpose.models import load_model
+from dmpose.models import load_pose_model
 from dmpose.spec import DECODE_RULES, KeypointSpec
 
 __all__ = [
@@ -210,7 +210,7 @@ class _Options:
 
 def _load(ckpt: Path, dataset: str, device: str | None, decode: str | None):
     """The model and its spec (decode overridden when asked); the spec's keypoint set must be the dataset's."""
-    model = load_model(ckpt, map_location=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_pose_model(ckpt, map_location=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if model.spec is None:
         raise ValueError(f"{ckpt}: the checkpoint names no keypoint set ({model.num_joints} joints, no "
                          "keypoint_names); re-save it with a spec")

@@ -6,8 +6,14 @@ outer edges (-0.5 ... W_hm - 0.5) correspond to the input's outer edges (-0.5 ..
 """
 
 from dmpose.models import hrformer, hrnet, simple_baseline  # noqa: F401  (registers the architectures)
-from dmpose.models.checkpoint import load_model, read_checkpoint_meta, read_checkpoint_spec, save_checkpoint
+from dmpose.models.checkpoint import (
+    load_model,
+    load_pose_model,
+    read_checkpoint_meta,
+    read_checkpoint_spec,
+    save_checkpoint,
+)
 from dmpose.models.registry import build_model, list_models, register_model
 
-__all__ = ["build_model", "list_models", "register_model", "save_checkpoint", "load_model", "read_checkpoint_meta",
-           "read_checkpoint_spec"]
+__all__ = ["build_model", "list_models", "register_model", "save_checkpoint", "load_model", "load_pose_model",
+           "read_checkpoint_meta", "read_checkpoint_spec"]

@@ -48,12 +48,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from dmpose.atomic import atomic_write_bytes
+from dmpose.models.onnx_model import OnnxPoseModel, is_onnx
 from dmpose.models.registry import OUTPUT_STRIDE, build_model
 from dmpose.spec import DECODE_RULES, DMLossOptions, PoseSpec, SpecError, legacy_codec
 from dmpose.version import __version__
 
-__all__ = ["FORMAT", "save_checkpoint", "load_model", "read_checkpoint_meta", "read_checkpoint_spec", "model_meta",
-           "checkpoint_summary", "spec_meta"]
+__all__ = ["FORMAT", "save_checkpoint", "load_model", "load_pose_model", "read_checkpoint_meta", "read_checkpoint_spec",
+           "model_meta", "checkpoint_summary", "spec_meta"]
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +326,14 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     model.checkpoint_meta = meta
     model.spec = spec
     return model.to(map_location).eval()
+
+
+def load_pose_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """A dmpose checkpoint (`load_model`) or an ONNX file exported by dmpose (`OnnxPoseModel`, run by
+    onnxruntime on the CPU), by the file's suffix; either has `spec`, `arch` and `num_joints`."""
+    if is_onnx(path):
+        return OnnxPoseModel(path)
+    return load_model(path, map_location=map_location)
 
 
 def list_key_problems(limit: int = 10, **groups: list[str]) -> str:

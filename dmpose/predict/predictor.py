@@ -39,6 +39,7 @@ from dmpose.data.transforms import TopDownTransform
 from dmpose.eval.predictor import TopDownPredictor, model_device
 from dmpose.geometry import box_to_center_scale
 from dmpose.models import load_model, read_checkpoint_meta, read_checkpoint_spec
+from dmpose.models.onnx_model import OnnxPoseModel, is_onnx
 from dmpose.predict.boxes import as_box_array
 from dmpose.predict.media import iter_video, load_image
 from dmpose.spec import PoseSpec, SpecError
@@ -147,7 +148,8 @@ class Predictor:
     """Load a checkpoint once; predict people in images, batches of images and videos.
 
     Args:
-        ckpt: a dmpose checkpoint (.safetensors) whose metadata holds the pose spec.
+        ckpt: a dmpose checkpoint (.safetensors) whose metadata holds the pose spec, or an ONNX file exported by
+            `dmpose export` (run by onnxruntime on the CPU).
         device: "cpu", "cuda", "cuda:1", ...; default cuda when available.
         flip: the flip test (as evaluation).
         batch_size: crops per forward pass.
@@ -157,9 +159,13 @@ class Predictor:
         self.ckpt = Path(ckpt)
         if not self.ckpt.is_file():
             raise FileNotFoundError(f"checkpoint not found: {self.ckpt}")
-        spec = read_checkpoint_spec_for_predict(self.ckpt)
         device = _default_device(device)
-        model = load_model(self.ckpt, map_location=device)
+        if is_onnx(self.ckpt):  # an exported model: onnxruntime on the CPU, its spec from the file's metadata
+            model = OnnxPoseModel(self.ckpt)
+            spec, device = model.spec, "cpu"
+        else:
+            spec = read_checkpoint_spec_for_predict(self.ckpt)
+            model = load_model(self.ckpt, map_location=device)
         if getattr(model, "num_joints", spec.num_joints) != spec.num_joints:
             raise ValueError(f"{self.ckpt}: the network has {model.num_joints} joints but the keypoint set "
                              f"'{spec.keypoints.name}' has {spec.num_joints}")
