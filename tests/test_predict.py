@@ -315,6 +315,11 @@ def test_video_round_trip(coco_sample, tiny_ckpt, tmp_path):
     cap.release()
     assert n == 3
     assert not list(out.glob(".*.tmp"))
+    from dmpose.predict.media import video_codec
+
+    assert video_codec(out / "clip_pose.mp4") == ("h264", 5.0)  # H.264 (browsers play it), every 2nd of 10 fps
+    same = invoke(str(video), "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out1"))
+    assert same.exit_code == 0 and video_codec(tmp_path / "out1" / "clip_pose.mp4") == ("h264", 10.0)
 
 
 def test_annotated_video_writer_is_atomic(tmp_path):
@@ -513,3 +518,37 @@ def test_a_video_with_undecodable_frames_is_reported_and_fails(coco_sample, tiny
     assert "video frame(s) could not be decoded" in result.output and "1 input(s) failed" in result.output
     rec = json.loads((out / "clip.json").read_text())
     assert rec["lost_frames"] and len(rec["frames"]) + len(rec["lost_frames"]) == 12
+
+
+def test_a_camera_index_is_a_source(tiny_ckpt, tmp_path, monkeypatch):
+    """A fake capture device stands in for camera 0 (OpenCV's VideoCapture(0)): 5 frames, then it stops."""
+    import dmpose.predict.media as media
+
+    class FakeCamera:
+        def __init__(self, index):
+            assert index == 0  # a device index, not a file name
+            self.frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(5)]
+
+        def isOpened(self):
+            return True
+
+        def get(self, prop):
+            return {cv2.CAP_PROP_FPS: 15.0, cv2.CAP_PROP_FRAME_WIDTH: 64, cv2.CAP_PROP_FRAME_HEIGHT: 48}.get(prop, -1)
+
+        def read(self):
+            return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+        def release(self):
+            pass
+
+    real = cv2.VideoCapture
+    monkeypatch.setattr(media.cv2, "VideoCapture", lambda source: FakeCamera(source) if isinstance(source, int)
+                        else real(source))
+    files, problems = media.collect_inputs(["0"])
+    assert not problems and files == [media.camera(0)] and media.is_video(files[0])
+    out = tmp_path / "out"
+    result = invoke("0", "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip", "--max-frames", "4")
+    assert result.exit_code == 0, result.output
+    rec = json.loads((out / "camera0.json").read_text())
+    assert [r["frame"] for r in rec["frames"]] == [0, 1, 2, 3] and rec["fps"] == 15.0
+    assert media.video_codec(out / "camera0_pose.mp4") == ("h264", 15.0)

@@ -40,7 +40,8 @@ def _first(names: list[str], n: int = 3) -> str:
 
 
 def predict_command(
-    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders, globs and video files."),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders, globs, video files and "
+                                "camera indices (0: the first camera)."),
     ckpt: Path | None = typer.Option(None, "--ckpt", help="A dmpose checkpoint (.safetensors); default: the newest "
                                      "runs/*/best.safetensors."),
     boxes: Path | None = typer.Option(None, "--boxes", help="Person boxes: COCO detection results (image_id or "
@@ -53,6 +54,8 @@ def predict_command(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default: cuda when available."),
     batch: int = typer.Option(32, "--batch", min=1, help="Crops per forward pass."),
     stride: int = typer.Option(1, "--stride", min=1, help="Videos: every K-th frame."),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Videos and cameras: stop after this "
+                                          "many frames (a camera runs until it stops, or Ctrl-C, without it)."),
 ) -> None:
     """Top-down keypoints for every person box: one JSON and one overlay per image, a COCO results json for
     the call, per video a JSON with a record per frame and an annotated mp4."""
@@ -92,7 +95,7 @@ def predict_command(
                     fps, size = video_info(path)
                     with outputs.video_result(path, fps, size, stride) as video:
                         for frame in predictor.predict_video(path, stride, the_boxes, heatmaps=heatmaps,
-                                                             lost=video.lost):
+                                                             lost=video.lost, max_frames=max_frames):
                             video.add(frame)
                             n_frames += 1
                             n_people += len(frame.people)

@@ -11,9 +11,11 @@ import glob
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 
@@ -23,28 +25,54 @@ from dmpose.data.image import read_image
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_CODEC",
+    "VIDEO_PIXEL_FORMAT",
     "VIDEO_EXTENSIONS",
     "AnnotatedVideoWriter",
+    "CameraSource",
+    "camera",
     "collect_inputs",
     "is_video",
     "iter_video",
     "load_image",
     "open_video",
+    "video_codec",
     "video_info",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-#: The annotated videos' codec (an OpenCV FourCC) in an .mp4 container: the one place that chooses it.
-VIDEO_CODEC = "mp4v"
+#: The annotated videos' codec: H.264 (libx264 from PyAV's FFmpeg) in an .mp4 container with the index at the front
+#: (+faststart) and 4:2:0 pixels, which browsers play; the one place that chooses it.
+VIDEO_CODEC = "h264"
+VIDEO_PIXEL_FORMAT = "yuv420p"
+
+
+class CameraSource(type(Path())):
+    """A camera as an input: `dmpose predict 0` reads camera 0 (OpenCV's device index), named camera0 for its
+    outputs. It is a video whose frames come until the camera stops (or --max-frames)."""
+
+    @property
+    def camera_index(self) -> int:
+        return int(self.name.removeprefix("camera"))
+
+
+def camera(index: int) -> CameraSource:
+    return CameraSource(f"camera{int(index)}")
 
 
 def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, float, tuple[int, int]]:
-    """(capture, fps, (W, H)); a missing file or one OpenCV cannot decode -> an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video file not found: {path}")
-    cap = cv2.VideoCapture(str(path))
+    """(capture, fps, (W, H)) of a video file or a camera (`CameraSource`); a missing file, one OpenCV cannot
+    decode or a camera that does not open -> an error naming it."""
+    if isinstance(path, CameraSource):
+        cap = cv2.VideoCapture(path.camera_index)
+        if not cap.isOpened():
+            cap.release()
+            raise ValueError(f"camera {path.camera_index} cannot be opened (no such device, or it is in use)")
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"video file not found: {path}")
+        cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         cap.release()
         raise ValueError(f"corrupt or unsupported video file: {path}")
@@ -60,17 +88,18 @@ def video_info(path: str | os.PathLike) -> tuple[float, tuple[int, int]]:
     return fps, size
 
 
-def iter_video(path: str | os.PathLike, stride: int = 1,
-               lost: list[int] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(frame index, time s, BGR frame) for every `stride`-th frame. Frames the container counts but OpenCV cannot
-    decode are skipped and their indices appended to `lost` (the caller reports them); a video with no decodable
-    frame -> ValueError naming the file."""
+def iter_video(path: str | os.PathLike, stride: int = 1, lost: list[int] | None = None,
+               max_frames: int | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame index, time s, BGR frame) for every `stride`-th frame (of the first `max_frames` when given). Frames
+    the container counts but OpenCV cannot decode are skipped and their indices appended to `lost` (the caller
+    reports them); a video with no decodable frame -> ValueError naming the file. A camera's frames come until it
+    stops."""
     cap, fps, _ = open_video(path)
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    count = 0 if isinstance(path, CameraSource) else int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     try:
         index = 0
         read_any = False
-        while True:
+        while max_frames is None or index < max_frames:
             ok, frame = cap.read()
             if not ok:
                 if index >= count:  # the end (or an unknown length: read until the first failure)
@@ -90,22 +119,24 @@ def iter_video(path: str | os.PathLike, stride: int = 1,
 
 
 def is_video(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    return isinstance(path, CameraSource) or Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
 class AnnotatedVideoWriter:
-    """An .mp4 video (codec `VIDEO_CODEC`) written frame by frame, atomically:
+    """An H.264 .mp4 video (`VIDEO_CODEC`, through PyAV) written frame by frame, atomically:
 
         with AnnotatedVideoWriter(path, fps) as video:
             video.write(frame)  # BGR uint8 (H, W, 3); every frame the size of the first
 
     The file appears under `path` only when the block ends without an error and at least one frame was
-    written; on any error nothing is left, neither under `path` nor as a temporary file."""
+    written; on any error nothing is left, neither under `path` nor as a temporary file. Frames of odd width or
+    height are padded by one black pixel (4:2:0 video needs even sizes)."""
 
     def __init__(self, path: str | os.PathLike, fps: float):
         self.path, self.fps = Path(path), float(fps)
         self.frames = 0
-        self._writer: cv2.VideoWriter | None = None
+        self._container = None
+        self._stream = None
         self._size: tuple[int, int] | None = None
         self._file: Path | None = None
         self._session = None
@@ -120,15 +151,15 @@ class AnnotatedVideoWriter:
     @contextmanager
     def _open(self) -> Iterator[AnnotatedVideoWriter]:
         with atomic_output(self.path) as tmp:
-            file = self._file = tmp.with_suffix(".mp4")  # OpenCV picks the container by the extension
+            file = self._file = tmp.with_suffix(".mp4")
             try:
                 yield self
-                self._release()
+                self._finish()
                 if not self.frames:
                     raise ValueError(f"no frame to write to {self.path}")
                 file.replace(tmp)  # atomic_output then renames it onto self.path
             finally:
-                self._release()
+                self._close()
                 self._file = None
                 file.unlink(missing_ok=True)
 
@@ -137,21 +168,39 @@ class AnnotatedVideoWriter:
         if self._file is None:
             raise RuntimeError("AnnotatedVideoWriter.write outside its `with` block")
         size = (frame.shape[1], frame.shape[0])
-        if self._writer is None:
-            self._writer = cv2.VideoWriter(str(self._file), cv2.VideoWriter_fourcc(*VIDEO_CODEC), self.fps, size)
-            if not self._writer.isOpened():
-                raise ValueError(f"cannot write the video {self.path}: OpenCV has no {VIDEO_CODEC} encoder")
+        if self._container is None:
+            self._container = av.open(str(self._file), "w", format="mp4", options={"movflags": "+faststart"})
+            self._stream = self._container.add_stream(VIDEO_CODEC, rate=Fraction(self.fps).limit_denominator(1001))
+            self._stream.width, self._stream.height = size[0] + size[0] % 2, size[1] + size[1] % 2
+            self._stream.pix_fmt = VIDEO_PIXEL_FORMAT
             self._size = size
         elif size != self._size:
             raise ValueError(f"video {self.path}: frame {self.frames} is {size[0]}x{size[1]}, "
                              f"the first was {self._size[0]}x{self._size[1]}")
-        self._writer.write(frame)
+        if size[0] % 2 or size[1] % 2:
+            frame = np.pad(frame, ((0, size[1] % 2), (0, size[0] % 2), (0, 0)))
+        picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+        for packet in self._stream.encode(picture):
+            self._container.mux(packet)
         self.frames += 1
 
-    def _release(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+    def _finish(self) -> None:
+        if self._stream is not None:
+            for packet in self._stream.encode():  # flush the encoder
+                self._container.mux(packet)
+        self._close()
+
+    def _close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = self._stream = None
+
+
+def video_codec(path: str | os.PathLike) -> tuple[str, float]:
+    """(codec name, frame rate) of a video file's first video stream (PyAV), e.g. ("h264", 10.0)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.name, float(stream.average_rate or 0)
 
 
 def load_image(image: Any, rgb: bool = False) -> np.ndarray:
@@ -189,9 +238,9 @@ _GLOB_CHARS = set("*?[")
 
 def collect_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image and video files from files, folders (their image and video files, sorted, not recursive) and
-    globs. Returns (paths in order, without repeats; problems as (input, message)). A named file is taken
-    whatever its extension (a corrupt one fails when it is read); folders and globs keep known
-    extensions."""
+    globs, and cameras from their indices (`0`: `CameraSource`, unless a file of that name exists). Returns
+    (paths in order, without repeats; problems as (input, message)). A named file is taken whatever its
+    extension (a corrupt one fails when it is read); folders and globs keep known extensions."""
     known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
     found: list[Path] = []
     problems: list[tuple[str, str]] = []
@@ -205,6 +254,8 @@ def collect_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
             found += files
         elif p.is_file():
             found.append(p)
+        elif text.isdigit():  # not a file of that name: a camera index
+            found.append(camera(int(text)))
         elif _GLOB_CHARS & set(text):
             files = sorted(Path(f) for f in glob.glob(text) if Path(f).is_file() and Path(f).suffix.lower() in known)
             if not files:

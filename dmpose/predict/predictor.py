@@ -242,12 +242,13 @@ class Predictor:
         return results
 
     def predict_video(self, path: str | os.PathLike, stride: int = 1, boxes: Any = None,
-                      heatmaps: bool = False, lost: list[int] | None = None) -> Iterator[VideoFrame]:
+                      heatmaps: bool = False, lost: list[int] | None = None,
+                      max_frames: int | None = None) -> Iterator[VideoFrame]:
         """Yield a `VideoFrame` for every `stride`-th frame of a video file (OpenCV). `boxes` apply to
         every frame (None: one person filling the frame). A file OpenCV cannot open -> ValueError; frames that
         cannot be decoded are appended to `lost` (`iter_video`)."""
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        for index, time_s, frame in iter_video(path, stride, lost):
+        for index, time_s, frame in iter_video(path, stride, lost, max_frames):
             people = self.predict(frame, boxes, rgb=False, heatmaps=heatmaps)
             yield VideoFrame(index, time_s, people, frame)
