@@ -187,10 +187,14 @@ def test_train_processes_refused_under_torchrun_and_folded_on_other_devices(synt
     assert _local_processes(cfg, [], False) == (cfg, True)
     seen = []
     assert _local_processes(cfg, [seen.append], True) == (cfg, True) and not seen  # a dry run starts the ranks too
-    # a non-CPU device: one process with the same effective batch
-    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "meta"})})
+    # a GPU (stood in for: this machine has none): one process with the same effective batch
+    import torch
+
+    import dmpose.train.loop as loop
+
+    monkeypatch.setattr(loop, "select_device", lambda cfg, rank: torch.device("cuda", rank))
     seen.clear()
-    folded, local = _local_processes(other, [seen.append], False)
+    folded, local = _local_processes(cfg, [seen.append], False)
     assert not local and folded.train.processes == 1 and folded.train.batch_size == 6 and "6 images" in seen[0].text
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ConfigError, match="already one of 4 ranks"):
