@@ -10,6 +10,7 @@ from dmpose.cli.models import configs_app, convert_command, export_command, info
 from dmpose.cli.predict import predict_command
 from dmpose.cli.train import train_command
 from dmpose.cli.version import version_command
+from dmpose.cli.weights import weights_app
 
 __all__ = ["app"]
 
@@ -32,3 +33,4 @@ app.command("train")(train_command)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(configs_app, name="configs")
+app.add_typer(weights_app, name="weights")

@@ -13,12 +13,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dmpose.cli.errors import reported
 from dmpose.cli.parsing import parse_device
 from dmpose.cli.tables import coco_metrics_table, pckh_table
+from dmpose.cli.weights import resolve_ckpt_option
 from dmpose.data.synthetic import default_synthetic_root
 from dmpose.eval.evaluate import DetectionsNotFoundError, evaluate_checkpoint
 
 
 def eval_command(
-    ckpt: Path = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors)."),
+    ckpt: str = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors) or ONNX file, a published "
+                             "model's name (`dmpose weights list`) or an http(s) URL."),
     data: Path | None = typer.Option(None, "--data", help="Dataset root; default: the synthetic dataset cache "
                                      "(generated on first use)."),
     dataset: str = typer.Option("coco", "--dataset", help="coco (OKS AP) or mpii (PCKh)."),
@@ -53,6 +55,7 @@ def eval_command(
     columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
     with reported(console):  # OSError: missing or unreadable files (images, json, checkpoint)
+        ckpt_path = resolve_ckpt_option(ckpt, console)
         with Progress(*columns, console=console, transient=False) as progress:
             task = None  # the bar appears with the first batch: input errors are reported without an empty bar
 
@@ -64,7 +67,7 @@ def eval_command(
 
             try:
                 report = evaluate_checkpoint(
-                    ckpt, data, dataset=dataset, split=split, dets=dets, gt_boxes=gt_boxes, flip=flip,
+                    ckpt_path, data, dataset=dataset, split=split, dets=dets, gt_boxes=gt_boxes, flip=flip,
                     decode=decode, batch_size=batch, out=out, device=device, num_workers=workers,
                     joint_threshold=joint_thr, oks_threshold=oks_thr, det_score_threshold=det_thr, mpii_gt=mpii_gt,
                     progress=on_batch,

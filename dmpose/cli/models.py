@@ -12,6 +12,7 @@ from rich.table import Table
 
 from dmpose.cli.errors import reported
 from dmpose.cli.parsing import parse_pair
+from dmpose.cli.weights import resolve_ckpt_option
 from dmpose.models import build_model, list_models
 from dmpose.models.checkpoint import checkpoint_summary, read_checkpoint_spec
 from dmpose.models.convert import convert_checkpoint
@@ -214,7 +215,8 @@ configs_app.command("list")(configs_list_command)
 
 
 def export_command(
-    ckpt: Path = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors)."),
+    ckpt: str = typer.Option(..., "--ckpt", help="A dmpose checkpoint (.safetensors), a published model's name "
+                             "(`dmpose weights list`) or an http(s) URL."),
     fmt: str = typer.Option("onnx", "--format", help="onnx or safetensors."),
     with_decode: bool = typer.Option(False, "--with-decode", help="ONNX: add the checkpoint's decode (its spec's "
                                      "rule: 2x2 or argmax) as outputs coords and confidence."),
@@ -229,11 +231,13 @@ def export_command(
     size = parse_pair(input_wh, "x", "--input-wh", int) if input_wh else None
     if size is not None and min(size) <= 0:
         raise typer.BadParameter(f"--input-wh must be positive WIDTHxHEIGHT, got {input_wh!r}")
-    if out is None:
-        out = ckpt.with_suffix(".onnx") if fmt == "onnx" else ckpt.with_name(ckpt.stem + ".export.safetensors")
     with reported(console):
+        ckpt_path = resolve_ckpt_option(ckpt, console)
+        if out is None:  # next to the checkpoint; a fetched one's folder is the cache: the working folder then
+            folder = ckpt_path.parent if Path(ckpt).expanduser().exists() else Path(".")
+            out = folder / (ckpt_path.stem + (".onnx" if fmt == "onnx" else ".export.safetensors"))
         try:
-            path = export_checkpoint(ckpt, out, fmt=fmt, with_decode=with_decode, input_wh=size,
+            path = export_checkpoint(ckpt_path, out, fmt=fmt, with_decode=with_decode, input_wh=size,
                                      image_coords=image_coords)
         except (ValueError, FileNotFoundError, ImportError) as err:
             if "with_decode" not in str(err):

@@ -16,22 +16,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from dmpose.cli.errors import EXIT_FAILED, REPORTED_ERRORS, describe, fail, report, reported
+from dmpose.cli.errors import EXIT_FAILED, REPORTED_ERRORS, describe, report, reported
+from dmpose.cli.weights import resolve_ckpt_option
 from dmpose.data.image import read_photo
 from dmpose.predict.boxes import boxes_for_input, load_boxes_file
 from dmpose.predict.media import collect_inputs, is_video, video_info
 from dmpose.predict.outputs import BOXES_FROM_FILE, COCO_RESULTS_NAME, FULL_FRAME, ImageIds, PredictionOutputs
 from dmpose.predict.predictor import Predictor
-
-NO_CKPT_HELP = ("no --ckpt given and no runs/*/best.safetensors found: train a model with `dmpose train` "
-                "(its run folder holds best.safetensors), or convert official HRNet/MMPose weights with "
-                "`dmpose convert SRC.pth --arch ARCH -o MODEL.safetensors`, then pass --ckpt MODEL.safetensors")
-
-
-def latest_run_checkpoint(runs: Path = Path("runs")) -> Path | None:
-    """The newest (by mtime) runs/*/best.safetensors, or None."""
-    found = [p for p in runs.glob("*/best.safetensors") if p.is_file()] if runs.is_dir() else []
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+from dmpose.weights import registry
 
 
 def _first(names: list[str], n: int = 3) -> str:
@@ -42,8 +34,9 @@ def _first(names: list[str], n: int = 3) -> str:
 def predict_command(
     inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders, globs, video files and "
                                 "camera indices (0: the first camera)."),
-    ckpt: Path | None = typer.Option(None, "--ckpt", help="A dmpose checkpoint (.safetensors); default: the newest "
-                                     "runs/*/best.safetensors."),
+    ckpt: str | None = typer.Option(None, "--ckpt", help="A dmpose checkpoint (.safetensors) or ONNX file, a "
+                                    "published model's name (`dmpose weights list`) or an http(s) URL; default: "
+                                    f"the published {registry.DEFAULT_POSE_MODEL}, fetched once into the cache."),
     boxes: Path | None = typer.Option(None, "--boxes", help="Person boxes: COCO detection results (image_id or "
                                       "file_name) or a {\"file\": [[x, y, w, h, score], ...]} map. Default: one "
                                       "person filling each image."),
@@ -61,17 +54,17 @@ def predict_command(
     the call, per video a JSON with a record per frame and an annotated mp4."""
     console = Console()
     if ckpt is None:
-        ckpt = latest_run_checkpoint()
-        if ckpt is None:
-            fail(NO_CKPT_HELP, console)
-        console.print(f"no --ckpt: using {escape(str(ckpt))} (the newest runs/*/best.safetensors)", highlight=False)
+        ckpt = registry.DEFAULT_POSE_MODEL
+        console.print(f"no --ckpt: the published {ckpt} ({registry.REGISTRY[ckpt].published})", highlight=False)
+    with reported(console):
+        ckpt_path = resolve_ckpt_option(ckpt, console)
     files, problems = collect_inputs(inputs)
     failures = len(problems)
     for _, message in problems:
         report(message, console)
     with reported(console):
         box_map = None if boxes is None else load_boxes_file(boxes, files)
-        predictor = Predictor(ckpt, device=device, flip=flip, batch_size=batch)
+        predictor = Predictor(ckpt_path, device=device, flip=flip, batch_size=batch)
     if box_map is None:
         console.print("no --boxes: each image (or video frame) is one person filling the frame", highlight=False)
     outputs = PredictionOutputs(out, files, predictor.spec, kpt_thr=kpt_thr, heatmaps=heatmaps,
@@ -136,4 +129,4 @@ def predict_command(
         raise typer.Exit(EXIT_FAILED)
 
 
-__all__ = ["latest_run_checkpoint", "predict_command"]
+__all__ = ["predict_command"]

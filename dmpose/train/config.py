@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dmpose.data.transforms import AugmentConfig
 from dmpose.models.registry import OUTPUT_STRIDE
 from dmpose.spec import CodecSpec, DMLossOptions, KeypointSpec, Normalisation, PoseSpec, SpecError, describe_error
+from dmpose.weights import REGISTRY, is_url
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "apply_overrides", "check_paths",
            "resolve_config_path", "packaged_configs", "config_to_yaml"]
@@ -73,8 +74,10 @@ class ModelConfig(_Section):
     input_wh: tuple[int, int] = Field((96, 128), description="Input crop (width, height) in pixels.")
     output_stride: int = Field(4, ge=1, description="Input pixels per heatmap pixel.")
     normalisation: Normalisation = Field(Normalisation(), description="Input normalisation (dmpose.spec).")
-    pretrained: Path | None = Field(None, description="ImageNet backbone weights (HRNet .pth or torchvision "
-                                    "ResNet), read by `dmpose convert`'s reader; null: from scratch (logged).")
+    pretrained: str | None = Field(None, description="Initial weights: `imagenet` (the arch's published ImageNet "
+                                   "backbone, fetched once: `dmpose weights list`), a published name, an http(s) URL "
+                                   "or a file (HRNet/MMPose .pth, torchvision ResNet, a dmpose checkpoint), read by "
+                                   "`dmpose convert`'s reader; null: from scratch (logged).")
     pretrained_head: bool = Field(True, description="Also load the heatmap head (final layer) from model.pretrained; "
                                   "false: the head stays freshly initialised and only the rest (the backbone) is "
                                   "loaded.")
@@ -543,8 +546,13 @@ def check_paths(cfg: TrainConfig) -> None:
     if d.root is not None and not d.root.is_dir():
         raise ConfigError(f"data.root: the data root does not exist: {d.root} (set data.root, e.g. "
                           f"--set data.root=/path/to/{d.dataset})")
+    pretrained = cfg.model.pretrained
+    if pretrained is not None and not (pretrained == "imagenet" or is_url(pretrained) or pretrained in REGISTRY):
+        pretrained = Path(pretrained).expanduser()
+    else:
+        pretrained = None  # fetched when the network is built (dmpose.weights)
     for key in ("train_ann", "train_images", "val_ann", "val_images", "detections", "mpii_gt", "model.pretrained"):
-        value = cfg.model.pretrained if key == "model.pretrained" else getattr(d, key)
+        value = pretrained if key == "model.pretrained" else getattr(d, key)
         if value is not None and not Path(value).exists():
             name = key if "." in key else f"data.{key}"
             raise ConfigError(f"{name}: path does not exist: {value}")

@@ -1,5 +1,6 @@
 """The network of a run: built from the spec, initialised from `model.pretrained` (foreign or dmpose weights, read
-by `dmpose convert`'s reader), and prepared for the device (SyncBatchNorm, memory format, DDP, torch.compile).
+by `dmpose convert`'s reader; `imagenet`, published names and URLs are fetched through `dmpose.weights`), and
+prepared for the device (SyncBatchNorm, memory format, DDP, torch.compile).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dmpose.models.convert import convert_state_dict, read_foreign_state_dict, s
 from dmpose.spec import PoseSpec
 from dmpose.train.config import TrainConfig
 from dmpose.train.syncbn import convert_cpu_sync_bn
+from dmpose.weights import resolve_pretrained
 
 __all__ = ["build_network", "final_layer", "prepare_network"]
 
@@ -22,7 +24,10 @@ def build_network(cfg: TrainConfig, spec: PoseSpec, log: Callable[[str], None]) 
     """The spec's architecture with its joints, initialised from model.pretrained when set (logged)."""
     model = build_model(spec.arch, num_joints=spec.num_joints)
     if cfg.model.pretrained is not None:
-        state = read_foreign_state_dict(cfg.model.pretrained)
+        source = resolve_pretrained(cfg.model.pretrained, spec.arch)  # imagenet, a name or a URL: fetched once
+        if str(source) != cfg.model.pretrained:
+            log(f"model.pretrained {cfg.model.pretrained}: {source}")
+        state = read_foreign_state_dict(source)
         fresh = {}
         if not cfg.model.pretrained_head:  # a backbone: the head keeps this model's initialisation
             head = next(name for name, m in model.named_modules() if m is final_layer(model, spec.num_joints))
