@@ -76,7 +76,13 @@ REGIMES = {r.name: r for r in [
         "dmrelu": ("DM alone, eps 1, the paper's relu supplier map (the decode reads it too)",
                    (*_DM, "loss.dm.suppliers=relu")),
         "dm10": ("DM + 10 x CE (the shipped loss)", ()),
+        "dmnaive": ("DM alone, eps 1, the naive one-demander variant (the dot's nearest pixel centre)",
+                    (*_DM, "loss.dm.demander_mode=naive")),
+        "dmit100": ("DM alone, eps 1, at most 100 Sinkhorn iterations", (*_DM, "loss.dm.max_iters=100")),
+        "dmtol0": ("DM alone, eps 1, exactly 1000 iterations (tol 0: the paper's fixed count)",
+                   (*_DM, "loss.dm.tol=0")),
     }, reference="ce", start=("scratch", "ce", 0),
+        pairs=(("dmeps025", "dm"), ("dmrelu", "dm"), ("dmnaive", "dm"), ("dmit100", "dm"), ("dmtol0", "dm")),
         notes=("Every arm starts from the scratch regime's CE-alone seed-0 run (AP 0.504); the seed changes the "
                "data order and augmentation only.",)),
     Regime("pretrain", "The backbone of the pretrained regime: MSE on a disjoint synthetic split (data seed 1)",
