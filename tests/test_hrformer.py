@@ -581,3 +581,20 @@ def test_onnx_export_matches_torch_for_a_reduced_hrformer(tmp_path, bias):
 @pytest.mark.skipif(not os.environ.get("DMPOSE_SLOW_EXPORT"), reason="minutes on 2 CPU cores: set DMPOSE_SLOW_EXPORT=1")
 def test_onnx_export_matches_torch_for_small(tmp_path):
     _check_onnx(_scaled(dmpose.build_model("hrformer_small", num_joints=3), seed=6), tmp_path / "small.onnx", (64, 48))
+
+
+def test_training_from_official_weights_says_it_adds_the_bias(tmp_path, small_states):
+    """A run's network follows its own spec (the bias on); initialised from official-layout weights, it says
+    that those were trained without it."""
+    from dmpose.train.config import load_config
+    from dmpose.train.network import build_network
+
+    src = tmp_path / "hrt_small.pth"
+    torch.save({"state_dict": small_states[0]}, src)
+    cfg = load_config(data={"name": "t", "out_root": str(tmp_path), "data": {"dataset": "synthetic",
+                                                                              "root": str(tmp_path / "data")},
+                            "model": {"arch": "hrformer_small", "pretrained": str(src)}})
+    messages = []
+    model = build_network(cfg, cfg.pose_spec(), messages.append)
+    assert model.relative_position_bias is True and model.spec.relative_position_bias is True
+    assert "pretrained weights' attention leaves out the relative position bias; this run's adds it" in messages[-1]
