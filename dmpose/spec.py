@@ -23,7 +23,7 @@ import json
 import math
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from dmpose.constants import GradMode, LossBackend
 from dmpose.keypoints import KeypointSpec
@@ -243,7 +243,13 @@ class CodecSpec(BaseModel):
 
 
 class PoseSpec(BaseModel):
-    """What a pose model is and how to feed and read it (module docstring)."""
+    """What a pose model is and how to feed and read it (module docstring).
+
+    `relative_position_bias`: whether the attention logits get the relative position bias (architectures with
+    window attention, HRFormer; `dmpose.models.registry.has_position_bias`). On for dmpose-built networks and
+    MMPose's HRFormer weights, off for weights from the official HRFormer pose code, which builds the bias
+    table but never adds it. Written only when off, so a file without it (every older one) means on.
+    """
 
     model_config = _FROZEN
 
@@ -254,6 +260,14 @@ class PoseSpec(BaseModel):
     output_stride: int = Field(default=4, ge=1)
     normalisation: Normalisation = Normalisation()
     codec: CodecSpec = CodecSpec()
+    relative_position_bias: bool = Field(default=True, strict=True)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        if self.relative_position_bias:  # the default is left out: such files stay what older readers accept
+            data.pop("relative_position_bias", None)
+        return data
 
     @property
     def num_joints(self) -> int:
@@ -295,12 +309,13 @@ class PoseSpec(BaseModel):
     @classmethod
     def build(cls, arch: str, keypoints: str | KeypointSpec = "coco17", input_wh=(192, 256), *,
               output_stride: int = 4, codec: CodecSpec | dict | None = None,
-              normalisation: Normalisation | dict | None = None) -> PoseSpec:
+              normalisation: Normalisation | dict | None = None, relative_position_bias: bool = True) -> PoseSpec:
         """Convenience constructor; `keypoints` is a built-in set name, a YAML path or a KeypointSpec."""
         kps = keypoints if isinstance(keypoints, KeypointSpec) else KeypointSpec.builtin(str(keypoints))
         return cls.validated(dict(arch=arch, keypoints=kps, input_wh=tuple(input_wh), output_stride=output_stride,
                                   codec=codec if codec is not None else CodecSpec(),
-                                  normalisation=normalisation if normalisation is not None else Normalisation()))
+                                  normalisation=normalisation if normalisation is not None else Normalisation(),
+                                  relative_position_bias=relative_position_bias))
 
     @classmethod
     def validated(cls, data: dict, source: str = "spec") -> PoseSpec:

@@ -145,9 +145,10 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module.eval()
 
 
-def ref_window_attention(x: Tensor, attn: WindowAttention) -> Tensor:
+def ref_window_attention(x: Tensor, attn: WindowAttention, with_bias: bool = True) -> Tensor:
     """(B, H, W, C): pad symmetrically to whole windows (extra row/column at the end), then per window
-    softmax(q k^T / sqrt(d) + table[offset]) v with explicit loops over windows and token pairs."""
+    softmax(q k^T / sqrt(d) + table[offset]) v with explicit loops over windows and token pairs; without
+    the table term when not `with_bias`. In x's dtype."""
     b, h, w, c = x.shape
     s, nh = attn.window, attn.num_heads
     d = c // nh
@@ -159,10 +160,11 @@ def ref_window_attention(x: Tensor, attn: WindowAttention) -> Tensor:
     bq, bk, bv = attn.qkv.bias.split(c)
     table = attn.relative_position_bias_table
     cells = [(r, col) for r in range(s) for col in range(s)]
-    bias = torch.empty(nh, s * s, s * s)
+    bias = x.new_zeros(nh, s * s, s * s)
     for i, (ri, ci) in enumerate(cells):
         for j, (rj, cj) in enumerate(cells):
-            bias[:, i, j] = table[(ri - rj + s - 1) * (2 * s - 1) + (ci - cj + s - 1)]
+            if with_bias:
+                bias[:, i, j] = table[(ri - rj + s - 1) * (2 * s - 1) + (ci - cj + s - 1)]
     out = torch.zeros_like(xp)
     for wy in range(hp // s):
         for wx in range(wp // s):
@@ -183,6 +185,22 @@ def test_window_attention_matches_the_reference(h, w, s, heads):
     x = torch.randn(2, h, w, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(attn(x), ref_window_attention(x, attn), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["official", "mmpose"])
+@pytest.mark.parametrize(("h", "w", "s"), [(9, 13, 7), (7, 5, 3)])
+def test_window_attention_follows_each_layouts_formula(layout, h, w, s):
+    """In float64: the official pose code's softmax(q k^T * scale) v with relative_position_bias=False,
+    MMPose's (and the official segmentation code's) softmax(q k^T * scale + B[relative_position_index]) v
+    with True; the two differ, and both keep the table (the official keys load strictly)."""
+    bias = layout == "mmpose"
+    attn = randomise(WindowAttention(8, 2, window=s, relative_position_bias=bias)).double()
+    assert "relative_position_bias_table" in attn.state_dict()
+    x = torch.randn(2, h, w, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        got = attn(x)
+        torch.testing.assert_close(got, ref_window_attention(x, attn, with_bias=bias), atol=1e-12, rtol=1e-12)
+        assert (got - ref_window_attention(x, attn, with_bias=not bias)).abs().max() > 1e-2
 
 
 def ref_bn(x: Tensor, bn: torch.nn.BatchNorm2d) -> Tensor:
@@ -333,16 +351,100 @@ def test_official_layout_converts_strictly(small_states):
     assert torch.equal(model.final_layer.weight, official["keypoint_head.final_layer.weight"])
 
 
-def test_both_layouts_give_the_same_model(small_states):
+def test_both_layouts_give_the_same_weights_each_with_its_own_attention(small_states):
+    """The same tensors; the official layout's model leaves the relative position bias out, MMPose's adds it,
+    and with the bias left out MMPose's weights give the official model's outputs exactly."""
     official, mmpose = small_states
-    a, _ = convert_state_dict(official, "hrformer_small")
+    a, report_a = convert_state_dict(official, "hrformer_small")
     b, report = convert_state_dict(mmpose, "hrformer_small")
     assert report.layout == "HRFormer MMPose 1.x" and not report.is_partial
+    assert (report_a.relative_position_bias, report.relative_position_bias) == (False, True)
+    assert (a.relative_position_bias, b.relative_position_bias) == (False, True)
+    assert (a.spec.relative_position_bias, b.spec.relative_position_bias) == (False, True)
+    assert all(m.relative_position_bias is False for m in a.modules() if isinstance(m, WindowAttention))
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    without = dmpose.build_model("hrformer_small", relative_position_bias=False)
+    without.load_state_dict(sb)
     x = torch.randn(1, 3, 64, 48, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        assert torch.equal(a.eval()(x), b.eval()(x))
+        assert torch.equal(a.eval()(x), without.eval()(x))
+        assert not torch.equal(a(x), b.eval()(x))  # small here: the tables are 0.05-scale noise
+
+
+@pytest.mark.parametrize("size", ["small", "base"])
+def test_each_upstream_layout_states_its_relative_position_bias(size):
+    """The fixtures' key lists: official pose -> off, MMPose 1.x -> on; dmpose's own keys -> on."""
+    from dmpose.models.convert import hrformer_layout_map, strip_prefixes
+
+    for layout, expected in (("official", False), ("mmpose", True)):
+        keys, _ = read_hrformer_key_fixture(layout, size)
+        state = {strip_prefixes(k): mmpose_style_index(math.isqrt(shape[0])) if k.endswith("relative_position_index")
+                 else torch.empty(shape) for k, (shape, _) in keys.items()}
+        mapping = hrformer_layout_map(state)
+        assert mapping.relative_position_bias is expected, layout
+        assert hrformer_layout_map(mapping.state).relative_position_bias is True  # dmpose's layout
+
+
+def test_converted_checkpoints_carry_the_setting_through_load_and_info(tmp_path, small_states):
+    """convert_checkpoint writes the layout's setting into the spec; load_model builds that attention (the same
+    outputs as the converted model); `dmpose convert` and `dmpose info` show it."""
+    from typer.testing import CliRunner
+
+    from dmpose.cli import app
+    from dmpose.models.checkpoint import read_checkpoint_spec
+
+    x = torch.randn(1, 3, 64, 48, generator=torch.Generator().manual_seed(9))
+    for state, expected, text in zip(small_states, (False, True), ("relative position bias off",
+                                                                   "relative position bias on")):
+        src = tmp_path / f"{expected}.pth"
+        torch.save({"state_dict": state}, src)
+        out = tmp_path / f"{expected}.safetensors"
+        result = CliRunner().invoke(app, ["convert", str(src), "--arch", "hrformer_small", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert text in " ".join(result.output.split())
+        assert read_checkpoint_spec(out).relative_position_bias is expected
+        loaded = dmpose.load_model(out)
+        assert loaded.relative_position_bias is expected and loaded.spec.relative_position_bias is expected
+        converted, _ = convert_state_dict(state, "hrformer_small")
+        with torch.no_grad():
+            assert torch.equal(loaded(x), converted.eval()(x))
+        card = CliRunner().invoke(app, ["info", str(out)])
+        assert card.exit_code == 0, card.output
+        assert text in " ".join(card.output.split())
+        resaved = dmpose.save_checkpoint(loaded, tmp_path / f"{expected}.again.safetensors")
+        assert read_checkpoint_spec(resaved).relative_position_bias is expected
+
+
+def test_files_without_the_field_keep_the_bias(tmp_path):
+    """A spec without relative_position_bias (every file before the field, and every file with it on: the
+    default is not written) and a file with no spec at all load with the bias added, as they always did."""
+    from dmpose.models.checkpoint import read_checkpoint_meta
+    from dmpose.spec import PoseSpec
+
+    model = dmpose.build_model("hrformer_small")
+    on = dmpose.save_checkpoint(model, tmp_path / "on.safetensors")
+    assert "relative_position_bias" not in read_checkpoint_meta(on)["spec"]
+    model.spec = None  # the field-per-key layout written before the spec existed
+    old = dmpose.save_checkpoint(model, tmp_path / "old.safetensors", meta={"input_size": [256, 192]})
+    assert "spec" not in read_checkpoint_meta(old)
+    for path in (on, old):
+        loaded = dmpose.load_model(path)
+        assert loaded.spec.relative_position_bias is True
+        assert all(m.relative_position_bias for m in loaded.modules() if isinstance(m, WindowAttention))
+    off = PoseSpec.build("hrformer_small", relative_position_bias=False)
+    assert PoseSpec.from_json(off.to_json()) == off and '"relative_position_bias":false' in off.to_json()
+
+
+def test_the_setting_is_checked_against_the_architecture(tmp_path):
+    from dmpose.spec import PoseSpec
+
+    with pytest.raises(ValueError, match="hrnet_tiny has no relative position bias"):
+        dmpose.build_model("hrnet_tiny", relative_position_bias=False)
+    off = PoseSpec.build("hrformer_small", relative_position_bias=False)
+    with pytest.raises(ValueError, match="relative_position_bias=False contradicts"):
+        dmpose.save_checkpoint(dmpose.build_model("hrformer_small", device="meta"), tmp_path / "x.safetensors",
+                               spec=off)
 
 
 def test_dmpose_layout_round_trips(small_states):
@@ -456,20 +558,43 @@ def _scaled(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
-def test_onnx_export_matches_torch_for_a_reduced_hrformer(tmp_path):
+@pytest.mark.parametrize("bias", [True, False])
+def test_onnx_export_matches_torch_for_a_reduced_hrformer(tmp_path, bias):
     """The HRFormer code paths (padded window attention, FFN, both resamplers, 4 branches) in a net of
     one 1-block module per stage: the exporter's time grows with the graph, and Small's 44 blocks
-    take minutes on two cores (see the slow test below)."""
+    take minutes on two cores (see the slow test below). The spec's relative_position_bias reads back from the
+    file's metadata."""
     _onnx_runtime()
     from dmpose.models.hrformer import HRFormer, HRFormerSpec
+    from dmpose.models.onnx_model import read_onnx_spec
+    from dmpose.spec import PoseSpec
 
     spec = HRFormerSpec(widths=(8, 16, 24, 32), heads=(1, 2, 2, 4), drop_path=0.1, blocks=1, modules=(1, 1, 1),
-                        stem_channels=16, layer1_planes=8, layer1_blocks=1)
-    model = _scaled(HRFormer(spec, num_joints=3, arch="hrformer_reduced"), seed=6)
+                        stem_channels=16, layer1_planes=8, layer1_blocks=1, relative_position_bias=bias)
+    model = _scaled(HRFormer(spec, num_joints=17, arch="hrformer_reduced"), seed=6)
+    model.spec = PoseSpec.build("hrformer_reduced", "coco17", (48, 64), relative_position_bias=bias)
     _check_onnx(model, tmp_path / "reduced.onnx", (64, 48))
+    assert read_onnx_spec(tmp_path / "reduced.onnx")[0].relative_position_bias is bias
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("DMPOSE_SLOW_EXPORT"), reason="minutes on 2 CPU cores: set DMPOSE_SLOW_EXPORT=1")
 def test_onnx_export_matches_torch_for_small(tmp_path):
     _check_onnx(_scaled(dmpose.build_model("hrformer_small", num_joints=3), seed=6), tmp_path / "small.onnx", (64, 48))
+
+
+def test_training_from_official_weights_says_it_adds_the_bias(tmp_path, small_states):
+    """A run's network follows its own spec (the bias on); initialised from official-layout weights, it says
+    that those were trained without it."""
+    from dmpose.train.config import load_config
+    from dmpose.train.network import build_network
+
+    src = tmp_path / "hrt_small.pth"
+    torch.save({"state_dict": small_states[0]}, src)
+    cfg = load_config(data={"name": "t", "out_root": str(tmp_path), "data": {"dataset": "synthetic",
+                                                                              "root": str(tmp_path / "data")},
+                            "model": {"arch": "hrformer_small", "pretrained": str(src)}})
+    messages = []
+    model = build_network(cfg, cfg.pose_spec(), messages.append)
+    assert model.relative_position_bias is True and model.spec.relative_position_bias is True
+    assert "pretrained weights' attention leaves out the relative position bias; this run's adds it" in messages[-1]

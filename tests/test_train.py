@@ -349,7 +349,7 @@ def test_non_finite_steps_are_skipped_then_stop_naming_the_step(synth_root, tmp_
 def test_non_finite_heatmaps_skip_the_step_and_leave_the_model_as_it_was(synth_root, tmp_path, monkeypatch):
     import dmpose.train.network as network
 
-    real_build, calls = network.build_model, {"train": 0}
+    real_build, calls = network.build_from_spec, {"train": 0}
 
     def build(*args, **kwargs):
         model = real_build(*args, **kwargs)
@@ -365,7 +365,7 @@ def test_non_finite_heatmaps_skip_the_step_and_leave_the_model_as_it_was(synth_r
         first_conv.register_forward_hook(nan_at_second_training_forward)
         return model
 
-    monkeypatch.setattr(network, "build_model", build)
+    monkeypatch.setattr(network, "build_from_spec", build)
     messages = []
     cfg = load_config(data=tiny(synth_root, tmp_path, **{"train.epochs": 1}))
     result = train(cfg, run_dir=tmp_path / "nanhm", callbacks=[lambda e: messages.append(getattr(e, "text", ""))])

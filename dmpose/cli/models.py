@@ -18,6 +18,7 @@ from dmpose.models.checkpoint import checkpoint_summary, read_checkpoint_spec
 from dmpose.models.convert import convert_checkpoint
 from dmpose.models.export import export_checkpoint
 from dmpose.models.flops import count_macs
+from dmpose.models.registry import has_position_bias
 from dmpose.spec import IMAGENET_MEAN, IMAGENET_STD
 from dmpose.train.config import packaged_configs
 
@@ -92,10 +93,21 @@ def convert_command(
     console.print(escape(f"spec: {spec.keypoints.name}, input {spec.input_wh[0]}x{spec.input_wh[1]} (W x H), "
                          f"heatmaps {spec.heatmap_wh[0]}x{spec.heatmap_wh[1]}, decode {spec.decode}, normalisation "
                          f"{spec.normalisation.channel_order} mean {spec.normalisation.mean} "
-                         f"std {spec.normalisation.std}"), highlight=False)
+                         f"std {spec.normalisation.std}"
+                         + "".join(f", {text}" for _, text in _attention_rows(spec))), highlight=False)
     if report.defaulted:
         console.print(escape("defaults of the official recipes (not stated by the weights): "
                              + ", ".join(report.defaulted)), highlight=False)
+
+
+def _attention_rows(spec) -> list[tuple[str, str]]:
+    """The card's row for the relative position bias (`PoseSpec.relative_position_bias`), for architectures
+    that have one."""
+    if not has_position_bias(spec.arch):
+        return []
+    if spec.relative_position_bias:
+        return [("attention", "relative position bias on")]
+    return [("attention", "relative position bias off (the official HRFormer pose code's attention)")]
 
 
 def _compute_rows(arch: str, num_joints: int, size: tuple[int, int]) -> list[tuple[str, str]]:
@@ -162,7 +174,8 @@ def info_command(
         loss_text += f" (eps {loss.get('eps')}, suppliers {loss.get('suppliers')} beta {loss.get('supplier_beta')})"
     codec = spec.codec
     metric = next(((k, summary[k]) for k in ("AP", "PCKh@0.5") if isinstance(summary.get(k), (int, float))), None)
-    rows = [("arch", spec.arch), ("keypoints", f"{spec.keypoints.name} ({spec.num_joints} joints)"),
+    rows = [("arch", spec.arch), *_attention_rows(spec),
+            ("keypoints", f"{spec.keypoints.name} ({spec.num_joints} joints)"),
             ("input", f"{spec.input_wh[0]}x{spec.input_wh[1]} (W x H), heatmaps {spec.heatmap_wh[0]}x"
                       f"{spec.heatmap_wh[1]}, {spec.normalisation.channel_order}"),
             ("decode", f"{codec.decode} of the {codec.supplier_map} map"

@@ -13,7 +13,7 @@ from dmpose.models.checkpoint import (
     read_checkpoint_spec,
     save_checkpoint,
 )
-from dmpose.models.registry import build_model, list_models, register_model
+from dmpose.models.registry import build_from_spec, build_model, list_models, register_model
 
-__all__ = ["build_model", "list_models", "register_model", "save_checkpoint", "load_model", "load_pose_model",
-           "read_checkpoint_meta", "read_checkpoint_spec"]
+__all__ = ["build_model", "build_from_spec", "list_models", "register_model", "save_checkpoint", "load_model",
+           "load_pose_model", "read_checkpoint_meta", "read_checkpoint_spec"]

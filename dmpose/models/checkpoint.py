@@ -8,7 +8,8 @@ field              stored  meaning
 =================  ======  =================================================================
 format             text    ``dmpose-checkpoint/1`` (required)
 spec               JSON    the `dmpose.spec.PoseSpec` (arch, keypoints, input_wh, heatmap_wh, stride,
-                           normalisation, codec); absent in files written before the spec existed
+                           normalisation, codec, relative_position_bias when false); absent in files
+                           written before the spec existed
 arch               text    registry name, e.g. ``hrnet_w32`` (required)
 num_joints         JSON    heatmap channels K (required)
 dmpose_version     text    the dmpose version that wrote the file
@@ -49,7 +50,7 @@ from torch import nn
 
 from dmpose.atomic import atomic_write_bytes
 from dmpose.models.onnx_model import OnnxPoseModel, is_onnx
-from dmpose.models.registry import OUTPUT_STRIDE, build_model
+from dmpose.models.registry import OUTPUT_STRIDE, build_from_spec, build_model
 from dmpose.spec import DECODE_RULES, DMLossOptions, PoseSpec, SpecError, legacy_codec
 from dmpose.version import __version__
 
@@ -205,6 +206,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, spec: PoseSpec | 
         if spec.arch != full["arch"] or spec.num_joints != full["num_joints"]:
             raise ValueError(f"spec (arch {spec.arch!r}, {spec.num_joints} joints) contradicts the model "
                              f"(arch {full['arch']!r}, {full['num_joints']} joints)")
+        bias = getattr(model, "relative_position_bias", True)
+        if spec.relative_position_bias != bias:
+            raise ValueError(f"spec relative_position_bias={spec.relative_position_bias} contradicts the model's "
+                             f"attention (relative_position_bias={bias})")
         full.update(spec_meta(spec))
     if full.get("input_size") is not None:
         full["input_size"] = list(full["input_size"])
@@ -305,7 +310,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         logger.info("%s", e)
         spec = None
     try:
-        model = build_model(meta["arch"], num_joints=meta["num_joints"])
+        model = build_from_spec(spec) if spec is not None else build_model(meta["arch"], num_joints=meta["num_joints"])
     except ValueError as e:
         raise ValueError(f"{path}: cannot rebuild the model: {e}") from None
     state = load_file(str(path), device=str(map_location))

@@ -13,7 +13,9 @@ Accepted sources (read with `torch.load(..., weights_only=True)`, or `.safetenso
 - HRFormer pose checkpoints in the official layout (separate `q_proj`/`k_proj`/`v_proj`,
   `out_proj`, `mlp.`) or MMPose 1.x's (fused `qkv`, `proj`, `ffn.`): `hrformer_layout_map` renames
   their block keys to dmpose's, concatenates q, k, v along dim 0, and checks and drops the
-  `relative_position_index` buffers (dmpose recomputes them).
+  `relative_position_index` buffers (dmpose recomputes them). The official pose code never adds the
+  relative position bias to the attention logits (MMPose's port, retrained, does): a model converted from
+  the official layout is built, and its spec written, with `relative_position_bias` false.
 
 The converted checkpoint carries a full `PoseSpec` (input size, keypoint set, normalisation, decode):
 facts the foreign file does not state come from options, defaulting to the official recipes
@@ -36,7 +38,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -93,6 +95,7 @@ class ConversionReport:
     defaulted: list[str] = field(default_factory=list)  # spec facts taken from the official recipe defaults
     layout: str = ""  # the foreign layout a family's layout map recognised ("" if none applied)
     layout_renamed: int = 0  # source keys renamed or merged by that layout map
+    relative_position_bias: bool = True  # whether the source's attention adds it (False: official HRFormer pose)
 
     @property
     def is_partial(self) -> bool:
@@ -187,13 +190,25 @@ _HRFORMER_RENAMES: tuple[tuple[re.Pattern, str], ...] = (
 HRFORMER_INDEX_DROPPED = "HRFormer relative_position_index buffers (equal to the ones dmpose recomputes)"
 
 
-def hrformer_layout_map(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str, int, dict[str, list[str]]]:
+class LayoutMapping(NamedTuple):
+    """What a layout map returns."""
+
+    state: dict[str, Tensor]  # renamed to dmpose's keys
+    layout: str  # the layout recognised ("" if the keys were dmpose's already)
+    renamed: int  # source keys renamed or merged
+    dropped: dict[str, list[str]]  # {drop reason: source keys}
+    relative_position_bias: bool = True  # whether that layout's code adds it to the attention logits
+
+
+def hrformer_layout_map(state: dict[str, Tensor]) -> LayoutMapping:
     """Map an HRFormer state dict (prefixes already stripped) onto dmpose's block names.
 
-    Returns (state, layout name, number of source keys renamed or merged, {drop reason: keys}).
     Official q/k/v projections are concatenated along dim 0 into `attn.qkv` (q rows first, as
-    MMPose's fused layer); an incomplete triple or a `relative_position_index` that differs from
-    dmpose's is a ConversionError. Keys already in dmpose's layout pass unchanged.
+    MMPose's fused layer); an incomplete triple, a `relative_position_index` that differs from
+    dmpose's, or keys of both layouts (which leave the relative position bias undecided) are a
+    ConversionError. Keys already in dmpose's layout pass unchanged. The official layout's attention
+    has no relative position bias (the official pose code leaves the addition out); MMPose's and
+    dmpose's have it.
     """
     out: dict[str, Tensor] = {}
     triples: dict[str, dict[str, Tensor]] = {}
@@ -230,14 +245,18 @@ def hrformer_layout_map(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], st
         if new in out:
             raise ConversionError(f"two source layouts map to {new!r} (separate q/k/v_proj and a fused qkv)")
         out[new] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    layout = " + ".join(n for n, on in (("HRFormer official", official), ("HRFormer MMPose 1.x", mmpose)) if on)
+    if official and mmpose:
+        raise ConversionError("the source mixes the official HRFormer layout (q/k/v_proj, out_proj, mlp) with "
+                              "MMPose's (fused qkv): whether its attention adds the relative position bias is unknown")
+    layout = "HRFormer official" if official else "HRFormer MMPose 1.x" if mmpose else ""
     if triples:
         layout += f" ({len({k.rsplit('.', 1)[0] for k in triples})} q/k/v triples concatenated)"
-    return out, layout, n_renamed, {HRFORMER_INDEX_DROPPED: dropped} if dropped else {}
+    return LayoutMapping(out, layout, n_renamed, {HRFORMER_INDEX_DROPPED: dropped} if dropped else {},
+                         relative_position_bias=not official)
 
 
 # Architecture-name prefix -> layout map applied after the prefixes are stripped.
-LAYOUT_MAPS: dict[str, Callable[[dict[str, Tensor]], tuple[dict[str, Tensor], str, int, dict[str, list[str]]]]] = {
+LAYOUT_MAPS: dict[str, Callable[[dict[str, Tensor]], LayoutMapping]] = {
     "hrformer_": hrformer_layout_map,
 }
 
@@ -265,18 +284,20 @@ def convert_state_dict(
         n_renamed += new != key
         renamed[new] = value
 
-    layout, n_layout, layout_dropped = "", 0, {}
+    mapping = LayoutMapping(renamed, "", 0, {})
     layout_map = _layout_map(arch)
     if layout_map is not None:
-        renamed, layout, n_layout, layout_dropped = layout_map(renamed)
+        mapping = layout_map(renamed)
+    renamed = mapping.state
 
     if num_joints is None:
         head = renamed.get("final_layer.weight")
         num_joints = int(head.shape[0]) if head is not None and head.dim() == 4 else 17
-    model = build_model(arch, num_joints=num_joints)
+    model = build_model(arch, num_joints=num_joints, relative_position_bias=mapping.relative_position_bias)
     target = model.state_dict()
-    report = ConversionReport(arch=arch, num_joints=num_joints, renamed=n_renamed, layout=layout,
-                              layout_renamed=n_layout, dropped=dict(layout_dropped))
+    report = ConversionReport(arch=arch, num_joints=num_joints, renamed=n_renamed, layout=mapping.layout,
+                              layout_renamed=mapping.renamed, dropped=dict(mapping.dropped),
+                              relative_position_bias=mapping.relative_position_bias)
 
     unexpected, misshaped, load = [], [], {}
     for key, value in renamed.items():
@@ -322,9 +343,10 @@ def convert_state_dict(
 
 def official_spec(arch: str, num_joints: int, input_wh: tuple[int, int] | None = None,
                   keypoints: str | None = None, normalisation: Normalisation | dict | None = None,
-                  decode: str | None = None) -> tuple[PoseSpec, list[str]]:
+                  decode: str | None = None, relative_position_bias: bool = True) -> tuple[PoseSpec, list[str]]:
     """The spec of a converted model: the given facts, the rest from the official recipes (module
-    docstring). Returns (spec, names of the facts that were defaulted)."""
+    docstring; `relative_position_bias` is the source layout's, `ConversionReport.relative_position_bias`).
+    Returns (spec, names of the facts that were defaulted)."""
     defaulted = []
     if keypoints is None:
         keypoints = DEFAULT_KEYPOINT_SETS.get(num_joints, (None,))[0]
@@ -348,7 +370,8 @@ def official_spec(arch: str, num_joints: int, input_wh: tuple[int, int] | None =
         raise ValueError(f"unknown decode rule {decode!r}; expected one of {DECODE_RULES}")
     # foreign weights decoded by 2x2 are read through the paper's relu map
     codec = CodecSpec(name="gaussian") if decode == "argmax" else CodecSpec(name="dm", supplier_map="relu")
-    return PoseSpec.build(arch, kps, input_wh, codec=codec, normalisation=normalisation), defaulted
+    return PoseSpec.build(arch, kps, input_wh, codec=codec, normalisation=normalisation,
+                          relative_position_bias=relative_position_bias), defaulted
 
 
 def convert_checkpoint(
@@ -374,7 +397,8 @@ def convert_checkpoint(
         h, w = meta.pop("input_size")
         input_wh = (int(w), int(h))
     model, report = convert_state_dict(read_foreign_state_dict(src), arch, num_joints=num_joints, partial=partial)
-    spec, report.defaulted = official_spec(arch, report.num_joints, input_wh, keypoints, normalisation, decode)
+    spec, report.defaulted = official_spec(arch, report.num_joints, input_wh, keypoints, normalisation, decode,
+                                           relative_position_bias=report.relative_position_bias)
     report.spec = spec
     meta.setdefault("converted_from", Path(src).name)
     meta.setdefault("loss", "mse" if spec.decode == "argmax" else "dm")

@@ -7,7 +7,9 @@ As in the official code (HRNet/HRFormer) and MMPose 1.x `hrformer.py`:
   HRNet's (`hrnet._transition`);
 - stages 2/3/4 of 1/4/2 modules, 2 blocks per branch. A block on (B, C, H, W):
   x + drop_path(attn(LN(x))), then x + drop_path(ffn(LN(x))), LayerNorm eps 1e-6. The attention is
-  multi-head self-attention inside 7x7 windows (qkv bias, relative position bias); a map that is
+  multi-head self-attention inside 7x7 windows (qkv bias, relative position bias added to the logits
+  unless `relative_position_bias=False`: the official pose code builds the table but leaves it out,
+  MMPose's port and the official segmentation and classification code add it); a map that is
   not a whole number of windows is zero-padded symmetrically (pad // 2 before, the rest after) after
   the LayerNorm and cropped back afterwards (padded tokens take part as keys, unmasked, as in the
   original). The FFN is 1x1 conv (C -> 4C) + BN + GELU, depth-wise 3x3 + BN + GELU, 1x1 conv
@@ -84,17 +86,20 @@ class DropPath(nn.Module):
 
 
 class WindowAttention(nn.Module):
-    """Multi-head self-attention inside non-overlapping windows with a relative position bias.
+    """Multi-head self-attention inside non-overlapping windows: softmax(q k^T / sqrt(d) + B) v per window
+    and head, B the relative position bias (`position_bias`), or no B with `relative_position_bias=False`
+    (the table is kept, so weights of either kind load strictly).
 
     Input and output (B, H, W, C); any H, W: the map is zero-padded symmetrically to whole windows
     and cropped back.
     """
 
-    def __init__(self, dim: int, num_heads: int, window: int = 7):
+    def __init__(self, dim: int, num_heads: int, window: int = 7, relative_position_bias: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.window = dim, num_heads, window
+        self.relative_position_bias = relative_position_bias
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
@@ -118,14 +123,17 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).reshape(x.shape[0], s * s, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, N, head_dim)
         # explicit products (not scaled_dot_product_attention: its ONNX decomposition mis-tracks strides)
-        logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + self.position_bias().to(q.dtype)
+        logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        if self.relative_position_bias:
+            logits = logits + self.position_bias().to(q.dtype)
         y = logits.softmax(dim=-1) @ v
         y = self.proj(y.transpose(1, 2).reshape(x.shape[0], s * s, c))
         y = y.reshape(b, nh, nw, s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h + ph, w + pw, c)
         return y[:, ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, window={self.window}"
+        return (f"dim={self.dim}, num_heads={self.num_heads}, window={self.window}, "
+                f"relative_position_bias={self.relative_position_bias}")
 
 
 class ConvFFN(nn.Module):
@@ -150,10 +158,11 @@ class ConvFFN(nn.Module):
 class HRFormerBlock(nn.Module):
     """LN -> window attention -> drop path, residual; LN -> FFN -> drop path, residual. (B, C, H, W)."""
 
-    def __init__(self, dim: int, num_heads: int, window: int = 7, mlp_ratio: int = 4, drop_path: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, window: int = 7, mlp_ratio: int = 4, drop_path: float = 0.0,
+                 relative_position_bias: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = WindowAttention(dim, num_heads, window)
+        self.attn = WindowAttention(dim, num_heads, window, relative_position_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.ffn = ConvFFN(dim, dim * mlp_ratio)
         self.drop_path = DropPath(drop_path)
@@ -177,9 +186,9 @@ class HRFormerModule(FusedBranches):
     upsample_mode = "bilinear"
 
     def __init__(self, widths: list[int], heads: list[int], drop_paths: list[float], window: int = 7,
-                 mlp_ratio: int = 4, multi_scale_output: bool = True):
+                 mlp_ratio: int = 4, multi_scale_output: bool = True, relative_position_bias: bool = True):
         branches = nn.ModuleList(
-            nn.Sequential(*(HRFormerBlock(w, h, window, mlp_ratio, p) for p in drop_paths))
+            nn.Sequential(*(HRFormerBlock(w, h, window, mlp_ratio, p, relative_position_bias) for p in drop_paths))
             for w, h in zip(widths, heads)
         )
         super().__init__(branches, widths, multi_scale_output)
@@ -192,7 +201,8 @@ class HRFormerModule(FusedBranches):
 
 @dataclass(frozen=True)
 class HRFormerSpec:
-    """Architecture hyper-parameters; `modules` per stage 2, 3, 4; `widths`/`heads` per branch."""
+    """Architecture hyper-parameters; `modules` per stage 2, 3, 4; `widths`/`heads` per branch;
+    `relative_position_bias` as `WindowAttention`'s (a model's PoseSpec states it: `build_model` passes it)."""
 
     widths: tuple[int, int, int, int]
     heads: tuple[int, int, int, int]
@@ -204,6 +214,7 @@ class HRFormerSpec:
     stem_channels: int = 64
     layer1_planes: int = 64
     layer1_blocks: int = 2
+    relative_position_bias: bool = True
 
     def drop_path_rates(self) -> list[float]:
         """Per block depth (stage 2 module 0 block 0, block 1, stage 3 module 0 ...): linear 0 -> drop_path."""
@@ -220,7 +231,7 @@ class HRFormer(HighResolutionTrunk):
         super().__init__()
         self.arch = arch
         self.num_joints = num_joints
-        self.spec = spec
+        self.arch_spec = spec  # the architecture (`model.spec` is the PoseSpec a checkpoint gives)
         s = spec.stem_channels
         self.conv1 = nn.Conv2d(3, s, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(s)
@@ -240,12 +251,18 @@ class HRFormer(HighResolutionTrunk):
                 last = n == 4 and m == n_modules - 1
                 dp = rates[depth: depth + spec.blocks]
                 depth += spec.blocks
-                modules.append(HRFormerModule(cur, heads, dp, spec.window, spec.mlp_ratio, multi_scale_output=not last))
+                modules.append(HRFormerModule(cur, heads, dp, spec.window, spec.mlp_ratio, multi_scale_output=not last,
+                                              relative_position_bias=spec.relative_position_bias))
             setattr(self, f"stage{n}", nn.Sequential(*modules))
             prev = cur
 
         self.final_layer = nn.Conv2d(spec.widths[0], num_joints, kernel_size=1)
         self.reset_parameters()
+
+    @property
+    def relative_position_bias(self) -> bool:
+        """Whether the attention logits get the relative position bias (`WindowAttention`)."""
+        return self.arch_spec.relative_position_bias
 
     def reset_parameters(self) -> None:
         """Convs N(0, 0.001) with zero biases, BN and LayerNorm weight 1 / bias 0 (the original's); linear
@@ -297,16 +314,20 @@ def _hrformer(arch: str, spec: HRFormerSpec, num_joints: int, device: torch.devi
 
 
 @register_model
-def hrformer_small(num_joints: int = 17, device=None, drop_path: float = 0.1) -> HRFormer:
+def hrformer_small(num_joints: int = 17, device=None, drop_path: float = 0.1,
+                   relative_position_bias: bool = True) -> HRFormer:
     """HRFormer-Small: widths (32, 64, 128, 256), heads (1, 2, 4, 8), drop path 0.1 (7.7M parameters
     with 17 joints)."""
-    spec = HRFormerSpec(widths=(32, 64, 128, 256), heads=(1, 2, 4, 8), drop_path=drop_path)
+    spec = HRFormerSpec(widths=(32, 64, 128, 256), heads=(1, 2, 4, 8), drop_path=drop_path,
+                        relative_position_bias=relative_position_bias)
     return _hrformer("hrformer_small", spec, num_joints, device)
 
 
 @register_model
-def hrformer_base(num_joints: int = 17, device=None, drop_path: float = 0.2) -> HRFormer:
+def hrformer_base(num_joints: int = 17, device=None, drop_path: float = 0.2,
+                  relative_position_bias: bool = True) -> HRFormer:
     """HRFormer-Base: widths (78, 156, 312, 624), heads (2, 4, 8, 16), drop path 0.2 (the official
     256x192 config; its 384x288 config uses 0.3: pass `drop_path=0.3`). 43.2M parameters with 17 joints."""
-    spec = HRFormerSpec(widths=(78, 156, 312, 624), heads=(2, 4, 8, 16), drop_path=drop_path)
+    spec = HRFormerSpec(widths=(78, 156, 312, 624), heads=(2, 4, 8, 16), drop_path=drop_path,
+                        relative_position_bias=relative_position_bias)
     return _hrformer("hrformer_base", spec, num_joints, device)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dmpose.models import build_model
 from dmpose.models.convert import convert_state_dict, read_foreign_state_dict, strip_prefixes
+from dmpose.models.registry import build_from_spec
 from dmpose.spec import PoseSpec
 from dmpose.train.config import TrainConfig
 from dmpose.train.syncbn import convert_cpu_sync_bn
@@ -22,7 +22,7 @@ __all__ = ["build_network", "final_layer", "prepare_network"]
 
 def build_network(cfg: TrainConfig, spec: PoseSpec, log: Callable[[str], None]) -> nn.Module:
     """The spec's architecture with its joints, initialised from model.pretrained when set (logged)."""
-    model = build_model(spec.arch, num_joints=spec.num_joints)
+    model = build_from_spec(spec)
     if cfg.model.pretrained is not None:
         source = resolve_pretrained(cfg.model.pretrained, spec.arch)  # imagenet, a name or a URL: fetched once
         if str(source) != cfg.model.pretrained:
@@ -37,6 +37,9 @@ def build_network(cfg: TrainConfig, spec: PoseSpec, log: Callable[[str], None]) 
         model.load_state_dict({**loaded.state_dict(), **fresh})
         log(f"initialised from {cfg.model.pretrained} ({report})"
             + (f"; the head ({', '.join(fresh)}) freshly initialised" if fresh else ""))
+        if report.relative_position_bias != spec.relative_position_bias:
+            log(f"the pretrained weights' attention {'adds' if report.relative_position_bias else 'leaves out'} "
+                f"the relative position bias; this run's {'adds' if spec.relative_position_bias else 'leaves out'} it")
     else:
         log("no model.pretrained: training from scratch")
     return model
