@@ -222,7 +222,7 @@ def test_backbones_and_urls_for_model_pretrained(server, monkeypatch, cache):
 
 
 def test_ckpt_resolution_errors():
-    with pytest.raises(FileNotFoundError, match="checkpoint not found: no_such_model .nor is it a published model's name"):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: no_such_model .nor is it a published"):
         resolve_checkpoint("no_such_model")
     with pytest.raises(WeightsError, match="backbone weights, not a pose model"):
         resolve_checkpoint("hrnet_w32_imagenet")
