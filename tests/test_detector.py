@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dmpose.detect import PersonDetector, batched_nms, box_iou, load_person_detector, nms, select_boxes
-from dmpose.detect.fcos import FCOSConfig, fcos_resnet50_fpn
+from dmpose.detect.fcos import FCOSConfig, fcos_resnet50_fpn, firing_random_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "torchvision_fcos_resnet50_fpn_keys.txt"
 SMALL = FCOSConfig(min_size=96, max_size=160)  # torchvision's settings but a small resize: fast tests
@@ -89,26 +89,9 @@ def test_state_dict_is_torchvisions():
     assert sum(v.numel() for v in fcos_resnet50_fpn().parameters()) == 32269600  # torchvision's num_params
 
 
-def random_state_dict(seed=0):
-    """Random weights that fire: torchvision's init, BN statistics and the class bias perturbed."""
-    g = torch.Generator().manual_seed(seed)
-    state = fcos_resnet50_fpn().state_dict()
-    for k, v in state.items():
-        if k.endswith("running_var"):
-            state[k] = torch.rand(v.shape, generator=g) + 0.5
-        elif k.endswith("running_mean"):
-            state[k] = 0.1 * torch.randn(v.shape, generator=g)
-        elif k.startswith("backbone.body") and (k.endswith("bn1.weight") or ".bn" in k):
-            state[k] = v + 0.1 * torch.randn(v.shape, generator=g)
-        elif k.endswith("cls_logits.bias"):
-            state[k] = torch.full_like(v, -10.0)  # labels 1 (person) and 2 fire at every location, no other
-            state[k][1:3] = torch.tensor([2.0, 1.5])
-    return state
-
-
 @pytest.fixture(scope="module")
 def detector_weights():
-    return random_state_dict()
+    return firing_random_state_dict()
 
 
 def test_mismatched_state_dict_names_keys(detector_weights):

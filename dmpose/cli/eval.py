@@ -26,6 +26,9 @@ def eval_command(
     dets: Path | None = typer.Option(None, "--dets", help="Person detections (COCO results json); default: "
                                      "ROOT/person_detection_results/COCO_val2017_detections_AP_H_56_person.json."),
     gt_boxes: bool = typer.Option(False, "--gt-boxes", help="Use the annotated person boxes instead of detections."),
+    detector: Path | None = typer.Option(None, "--detector", help="Detect the people with this person detector "
+                                         "(torchvision's fcos_resnet50_fpn COCO weights, .pth or .safetensors) "
+                                         "instead of reading --dets."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Flip test."),
     batch: int = typer.Option(32, "--batch", min=1, help="Crops per batch."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the results and metrics json files."),
@@ -50,6 +53,8 @@ def eval_command(
     if data is None and dataset == "coco":
         console.print(escape(f"no --data: the synthetic dataset cached under {default_synthetic_root()} (generated "
                              "on first use)"), highlight=False)
+    if detector is not None:
+        console.print(escape(f"--detector: detecting the people in every image first ({detector})"), highlight=False)
     columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
     with reported(console):  # OSError: missing or unreadable files (images, json, checkpoint)
@@ -67,7 +72,7 @@ def eval_command(
                     ckpt, data, dataset=dataset, split=split, dets=dets, gt_boxes=gt_boxes, flip=flip,
                     decode=decode, batch_size=batch, out=out, device=device, num_workers=workers,
                     joint_threshold=joint_thr, oks_threshold=oks_thr, det_score_threshold=det_thr, mpii_gt=mpii_gt,
-                    progress=on_batch,
+                    progress=on_batch, detector=detector,
                 )
             except DetectionsNotFoundError as err:  # the library's message, the CLI's hint
                 if not err.default:

@@ -131,6 +131,8 @@ class PersonDetector:
         b = det.boxes[person].double().cpu().numpy()
         scores = det.scores[person].double().cpu().numpy()
         boxes = np.concatenate([b[:, :2] - 0.5, b[:, 2:] - b[:, :2]], 1)
+        real = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)  # clipping can flatten a box at the image's edge
+        boxes, scores = boxes[real], scores[real]
         chosen = select_boxes(boxes, scores, self.det_thr if det_thr is _DEFAULT else det_thr,
                               self.nms_thr if nms_thr is _DEFAULT else nms_thr,
                               self.max_people if max_people is _DEFAULT else max_people)
