@@ -28,3 +28,16 @@ def coco_sample() -> Path:
 @pytest.fixture
 def mpii_sample() -> Path:
     return _sample("mpii_sample", "test_mpii.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A freshly initialised hrnet_tiny (COCO-17) at a 64x48 input, DM decode (the predict tests' model)."""
+    import torch
+
+    import dmpose
+
+    torch.manual_seed(0)
+    model = dmpose.build_model("hrnet_tiny", num_joints=17)
+    return dmpose.save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors",
+                                  meta={"input_size": [64, 48], "decode": "2x2"})

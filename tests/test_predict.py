@@ -37,15 +37,6 @@ def invoke(*args: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """A freshly initialised hrnet_tiny (COCO-17) at a 64x48 input, DM decode."""
-    torch.manual_seed(0)
-    model = dmpose.build_model("hrnet_tiny", num_joints=17)
-    return dmpose.save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors",
-                                  meta={"input_size": [64, 48], "decode": "2x2"})
-
-
-@pytest.fixture(scope="module")
 def tiny_predictor(tiny_ckpt) -> Predictor:
     return Predictor(tiny_ckpt, device="cpu")
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import dmpose
 from dmpose.detect import fcos
 from dmpose.detect.fcos import FCOSConfig, firing_random_state_dict
 
@@ -24,14 +23,6 @@ def invoke(*args: str):
     from dmpose.cli import app
 
     return runner.invoke(app, list(args), env={"COLUMNS": "200"})
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = dmpose.build_model("hrnet_tiny", num_joints=17)
-    return dmpose.save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors",
-                                  meta={"input_size": [64, 48], "decode": "2x2"})
 
 
 @pytest.fixture(scope="module")

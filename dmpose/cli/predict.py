@@ -36,8 +36,8 @@ NO_CKPT_HELP = ("no --ckpt given and no runs/*/best.safetensors found: train a m
                 "`dmpose convert SRC.pth --arch ARCH -o MODEL.safetensors`, then pass --ckpt MODEL.safetensors")
 
 
-NO_DETECTOR_HELP = ("no person detector: pass --detector FCOS.pth (torchvision's fcos_resnet50_fpn COCO weights, "
-                    ".pth or .safetensors), --boxes FILE, or --no-detector for one person filling each image")
+NO_DETECTOR_HELP = ("no person boxes: pass --detector FCOS.pth (torchvision's FCOS COCO weights), --boxes FILE, or "
+                    "--no-detector (each image one person)")
 
 
 def latest_run_checkpoint(runs: Path = Path("runs")) -> Path | None:
