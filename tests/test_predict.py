@@ -37,15 +37,6 @@ def invoke(*args: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """A freshly initialised hrnet_tiny (COCO-17) at a 64x48 input, DM decode."""
-    torch.manual_seed(0)
-    model = dmpose.build_model("hrnet_tiny", num_joints=17)
-    return dmpose.save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors",
-                                  meta={"input_size": [64, 48], "decode": "2x2"})
-
-
-@pytest.fixture(scope="module")
 def tiny_predictor(tiny_ckpt) -> Predictor:
     return Predictor(tiny_ckpt, device="cpu")
 
@@ -173,7 +164,7 @@ def test_predict_equals_eval_results(coco_sample, tiny_ckpt, tmp_path):
     eval_rows = json.loads(report.files["results"].read_text())
     out = tmp_path / "pred"
     result = invoke(*[str(coco_sample / n) for n in IMAGES], "--ckpt", str(tiny_ckpt), "--boxes",
-                    str(coco_sample / DETS), "--out", str(out), "--device", "cpu")
+                    str(coco_sample / DETS), "--bbox-thr", "0", "--nms-thr", "1", "--out", str(out), "--device", "cpu")
     assert result.exit_code == 0, result.output
     people = {json.loads((out / f"{Path(n).stem}.json").read_text())["image_id"]:
               json.loads((out / f"{Path(n).stem}.json").read_text())["people"] for n in IMAGES}
@@ -266,7 +257,8 @@ def test_cli_writes_json_overlays_and_coco_results(coco_sample, tiny_ckpt, tmp_p
     shutil.copy(coco_sample / IMAGES[0], img_dir / IMAGES[0])
     shutil.copy(coco_sample / IMAGES[1], img_dir / "holiday.jpg")  # not a COCO id
     out = tmp_path / "out"
-    result = invoke(str(img_dir), "--ckpt", str(tiny_ckpt), "--out", str(out), "--heatmaps", "--no-flip")
+    result = invoke(str(img_dir), "--ckpt", str(tiny_ckpt), "--out", str(out), "--heatmaps", "--no-flip",
+                    "--no-detector")
     assert result.exit_code == 0, result.output
     assert "one person filling the frame" in result.output and "not COCO ids" in result.output
     assert "2 images, 0 video frames, 2 people" in result.output
@@ -289,7 +281,7 @@ def test_cli_writes_json_overlays_and_coco_results(coco_sample, tiny_ckpt, tmp_p
     assert cv2.imread(str(out / "holiday_pose.jpg")).shape == (333, 500, 3)
     # --out pointing at the inputs' folder never overwrites an input
     before = (img_dir / "holiday.jpg").read_bytes()
-    result = invoke(str(img_dir / "holiday.jpg"), "--ckpt", str(tiny_ckpt), "--out", str(img_dir))
+    result = invoke(str(img_dir / "holiday.jpg"), "--ckpt", str(tiny_ckpt), "--out", str(img_dir), "--no-detector")
     assert result.exit_code == 0 and (img_dir / "holiday.jpg").read_bytes() == before
 
 
@@ -303,7 +295,7 @@ def test_video_round_trip(coco_sample, tiny_ckpt, tmp_path):
     predictor = Predictor(tiny_ckpt, device="cpu", flip=False)
     assert [fr.index for fr in predictor.predict_video(video)] == [0, 1, 2, 3, 4]
     out = tmp_path / "out"
-    result = invoke(str(video), "--ckpt", str(tiny_ckpt), "--out", str(out), "--stride", "2")
+    result = invoke(str(video), "--ckpt", str(tiny_ckpt), "--out", str(out), "--stride", "2", "--no-detector")
     assert result.exit_code == 0, result.output
     rec = json.loads((out / "clip.json").read_text())
     assert [r["frame"] for r in rec["frames"]] == [0, 2, 4] and rec["stride"] == 2
@@ -318,7 +310,7 @@ def test_video_round_trip(coco_sample, tiny_ckpt, tmp_path):
     from dmpose.predict.media import video_codec
 
     assert video_codec(out / "clip_pose.mp4") == ("h264", 5.0)  # H.264 (browsers play it), every 2nd of 10 fps
-    same = invoke(str(video), "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out1"))
+    same = invoke(str(video), "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out1"), "--no-detector")
     assert same.exit_code == 0 and video_codec(tmp_path / "out1" / "clip_pose.mp4") == ("h264", 10.0)
 
 
@@ -355,7 +347,7 @@ def test_bad_images_and_videos_are_named_and_counted(coco_sample, tiny_ckpt, tmp
     good = coco_sample / IMAGES[2]
     out = tmp_path / "out"
     result = invoke(str(tmp_path / "missing.jpg"), str(corrupt), str(bad_video), str(good), "--ckpt", str(tiny_ckpt),
-                    "--out", str(out), "--no-flip")
+                    "--out", str(out), "--no-flip", "--no-detector")
     assert result.exit_code == 1
     assert "missing.jpg" in result.output and "broken.jpg" in result.output and "broken.mp4" in result.output
     assert "3 input(s) failed" in result.output and "1 images" in result.output
@@ -372,7 +364,7 @@ def test_names_with_rich_markup_print_literally(coco_sample, tiny_ckpt, tmp_path
     good = tmp_path / "a[red]b.jpg"
     shutil.copy(coco_sample / IMAGES[0], good)
     out = tmp_path / "out"
-    result = invoke(str(bad), str(good), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip")
+    result = invoke(str(bad), str(good), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip", "--no-detector")
     assert result.exit_code == 1, result.output
     assert f"corrupt or unsupported image file: {bad}" in result.output  # the literal path
     assert "1 images, 0 video frames, 1 people" in result.output and "1 input(s) failed" in result.output
@@ -385,11 +377,11 @@ def test_checkpoint_and_boxes_problems_are_named(coco_sample, tiny_ckpt, tmp_pat
     img = str(coco_sample / IMAGES[0])
     no_size = dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny", num_joints=17), tmp_path / "nosize.safetensors",
                                      meta={"decode": "2x2"})
-    result = invoke(img, "--ckpt", str(no_size), "--out", str(tmp_path / "o"))
+    result = invoke(img, "--ckpt", str(no_size), "--out", str(tmp_path / "o"), "--no-detector")
     assert result.exit_code == 1 and "input_size" in result.output and "nosize.safetensors" in result.output
     no_decode = dmpose.save_checkpoint(dmpose.build_model("hrnet_tiny", num_joints=17), tmp_path / "nodec.safetensors",
                                        meta={"input_size": [64, 48]})
-    result = invoke(img, "--ckpt", str(no_decode), "--out", str(tmp_path / "o"))
+    result = invoke(img, "--ckpt", str(no_decode), "--out", str(tmp_path / "o"), "--no-detector")
     assert result.exit_code == 1 and "decode" in result.output
 
     bad = tmp_path / "boxes.json"
@@ -453,7 +445,8 @@ def test_spec_checkpoint_with_a_custom_keypoint_set(coco_sample, tmp_path):
     np.testing.assert_allclose(seen[0][0].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
     assert person.keypoints.shape == (5, 2)
     out = tmp_path / "out"
-    result = invoke(str(coco_sample / IMAGES[0]), "--ckpt", str(ckpt), "--out", str(out), "--kpt-thr", "0")
+    result = invoke(str(coco_sample / IMAGES[0]), "--ckpt", str(ckpt), "--out", str(out), "--kpt-thr", "0",
+                    "--no-detector")
     assert result.exit_code == 0, result.output
     rec = json.loads((out / "000000000785.json").read_text())
     assert rec["keypoint_names"] == list(kps.names) and len(rec["people"][0]["keypoints"]) == 5
@@ -466,14 +459,15 @@ def test_predict_never_replaces_a_file_it_did_not_write(coco_sample, tiny_ckpt, 
     shutil.copy(coco_sample / IMAGES[0], tmp_path / IMAGES[0])
     (out / "000000000785.json").write_text("hand-made")
     (out / "coco_results.json").write_text("[]  # an old evaluation")
-    result = invoke(str(tmp_path / IMAGES[0]), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip")
+    result = invoke(str(tmp_path / IMAGES[0]), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip",
+                    "--no-detector")
     assert result.exit_code == 0, result.output
     assert (out / "000000000785.json").read_text() == "hand-made"
     assert (out / "coco_results.json").read_text() == "[]  # an old evaluation"
     assert json.loads((out / "000000000785_2.json").read_text())["image_id"] == 785
     assert json.loads((out / "coco_results_2.json").read_text())[0]["image_id"] == 785
     # a second call replaces what the first wrote (its manifest lists them), and still not the others
-    again = invoke(str(tmp_path / IMAGES[0]), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip")
+    again = invoke(str(tmp_path / IMAGES[0]), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip", "--no-detector")
     assert again.exit_code == 0 and not (out / "000000000785_3.json").exists()
     assert (out / "000000000785.json").read_text() == "hand-made"
 
@@ -484,7 +478,7 @@ def test_two_inputs_of_one_coco_name_get_their_own_image_ids(coco_sample, tiny_c
         shutil.copy(coco_sample / IMAGES[0], tmp_path / d / IMAGES[0])
     out = tmp_path / "out"
     result = invoke(str(tmp_path / "a" / IMAGES[0]), str(tmp_path / "b" / IMAGES[0]), "--ckpt", str(tiny_ckpt),
-                    "--out", str(out), "--no-flip")
+                    "--out", str(out), "--no-flip", "--no-detector")
     assert result.exit_code == 0, result.output
     ids = [r["image_id"] for r in json.loads((out / "coco_results.json").read_text())]
     assert len(ids) == 2 and len(set(ids)) == 2 and 785 in ids
@@ -503,7 +497,7 @@ def test_a_video_with_undecodable_frames_is_reported_and_fails(coco_sample, tiny
     data[n // 3: n // 3 + n // 4] = bytes(n // 4)  # a damaged middle
     video.write_bytes(bytes(data))
     out = tmp_path / "out"
-    result = invoke(str(video), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip")
+    result = invoke(str(video), "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip", "--no-detector")
     assert result.exit_code == 1
     assert "video frame(s) could not be decoded" in result.output and "1 input(s) failed" in result.output
     rec = json.loads((out / "clip.json").read_text())
@@ -537,7 +531,7 @@ def test_a_camera_index_is_a_source(tiny_ckpt, tmp_path, monkeypatch):
     files, problems = media.collect_inputs(["0"])
     assert not problems and files == [media.camera(0)] and media.is_video(files[0])
     out = tmp_path / "out"
-    result = invoke("0", "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip", "--max-frames", "4")
+    result = invoke("0", "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-flip", "--max-frames", "4", "--no-detector")
     assert result.exit_code == 0, result.output
     rec = json.loads((out / "camera0.json").read_text())
     assert [r["frame"] for r in rec["frames"]] == [0, 1, 2, 3] and rec["fps"] == 15.0

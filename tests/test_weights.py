@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import socket
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import publish
 
 from dmpose.models import build_model, read_checkpoint_spec
 from dmpose.weights import (
@@ -29,60 +27,11 @@ from dmpose.weights import (
 )
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    truncate: set[str] = set()
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_GET(self):  # noqa: N802
-        name = self.path.lstrip("/")
-        if name in self.truncate:  # announce the whole file, send half, hang up
-            data = (Path(self.directory) / name).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        super().do_GET()
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-
-    class Handler(_Handler):
-        truncate: set[str] = set()
-
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(root), **k)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", Handler
-    httpd.shutdown()
-    httpd.server_close()
-
-
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DMPOSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(hub.MIRROR_ENV, raising=False)
     return tmp_path / "cache"
-
-
-def _publish(root: Path, stem: str, obj) -> str:
-    """Save `obj` as OpenMMLab publishes: the file named by its sha256 prefix and a date."""
-    tmp = root / f"{stem}.tmp"
-    torch.save(obj, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    name = f"{stem}-{digest[:8]}_20200708.pth"
-    tmp.rename(root / name)
-    return name
 
 
 def _mmpose_tiny() -> dict:
@@ -122,7 +71,7 @@ def test_every_entry_cites_a_published_file_with_its_sha256_prefix():
 
 def test_fetch_downloads_verifies_converts_once_and_reuses(server, monkeypatch, cache):
     root, base, _ = server
-    file_name = _publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
+    file_name = publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
     entry = _entry(base, "tiny_test", file_name)
     monkeypatch.setitem(REGISTRY, entry.name, entry)
     seen = []
@@ -142,7 +91,7 @@ def test_fetch_downloads_verifies_converts_once_and_reuses(server, monkeypatch, 
 
 def test_a_tampered_or_truncated_download_leaves_nothing(server, monkeypatch, cache):
     root, base, handler = server
-    file_name = _publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
+    file_name = publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
     entry = _entry(base, "tiny_test", file_name)
     monkeypatch.setitem(REGISTRY, entry.name, entry)
     handler.truncate.add(file_name)
@@ -174,7 +123,7 @@ def test_offline_names_the_url_and_the_import_command(monkeypatch, cache):
 
 def test_http_errors_and_the_mirror(server, monkeypatch, cache):
     root, base, _ = server
-    file_name = _publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
+    file_name = publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
     entry = _entry("https://download.example.invalid/mmpose", "tiny_test", file_name)
     monkeypatch.setitem(REGISTRY, entry.name, entry)
     monkeypatch.setenv(hub.MIRROR_ENV, base + "/")  # the same file name under the mirror's base
@@ -185,7 +134,7 @@ def test_http_errors_and_the_mirror(server, monkeypatch, cache):
 
 def test_import_a_file_downloaded_by_hand(server, monkeypatch, cache, tmp_path):
     root, base, _ = server
-    file_name = _publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
+    file_name = publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
     entry = _entry(base, "tiny_test", file_name)
     monkeypatch.setitem(REGISTRY, entry.name, entry)
     by_hand = root / file_name
@@ -206,7 +155,7 @@ def test_import_a_file_downloaded_by_hand(server, monkeypatch, cache, tmp_path):
 def test_backbones_and_urls_for_model_pretrained(server, monkeypatch, cache):
     root, base, _ = server
     state = {k: v for k, v in build_model("hrnet_tiny").state_dict().items() if not k.startswith("final_layer")}
-    file_name = _publish(root, "hrnet_tiny_imagenet", state)
+    file_name = publish(root, "hrnet_tiny_imagenet", state)
     entry = replace(_entry(base, "hrnet_tiny_imagenet", file_name, kind="backbone"), keypoints=None)
     monkeypatch.setitem(REGISTRY, entry.name, entry)
     path = resolve_pretrained("imagenet", "hrnet_tiny")
@@ -215,7 +164,7 @@ def test_backbones_and_urls_for_model_pretrained(server, monkeypatch, cache):
 
     assert sorted(read_foreign_state_dict(path)) == sorted(state)
     # an unknown URL: downloaded once, verified by its name's prefix, kept as it is
-    other = _publish(root, "other", state)
+    other = publish(root, "other", state)
     got = resolve_pretrained(f"{base}/{other}", "hrnet_tiny")
     assert got.name == other and got.read_bytes() == (root / other).read_bytes()
     assert resolve_pretrained(str(got), "hrnet_tiny") == got
@@ -224,7 +173,7 @@ def test_backbones_and_urls_for_model_pretrained(server, monkeypatch, cache):
 def test_ckpt_resolution_errors():
     with pytest.raises(FileNotFoundError, match="checkpoint not found: no_such_model .nor is it a published"):
         resolve_checkpoint("no_such_model")
-    with pytest.raises(WeightsError, match="backbone weights, not a pose model"):
+    with pytest.raises(WeightsError, match="backbone weights, not pose weights"):
         resolve_checkpoint("hrnet_w32_imagenet")
 
 
@@ -235,7 +184,7 @@ def test_model_pretrained_imagenet_fetches_the_archs_backbone(server, monkeypatc
     root, base, _ = server
     torch.manual_seed(1)
     state = {k: v for k, v in build_model("hrnet_tiny").state_dict().items() if not k.startswith("final_layer")}
-    file_name = _publish(root, "hrnet_tiny_imagenet", state)
+    file_name = publish(root, "hrnet_tiny_imagenet", state)
     entry = replace(_entry(base, "hrnet_tiny_imagenet", file_name, kind="backbone"), keypoints=None)
     monkeypatch.setitem(REGISTRY, entry.name, entry)
     cfg = load_config(data={"model": {"arch": "hrnet_tiny", "pretrained": "imagenet"}})
@@ -264,7 +213,7 @@ def test_the_weights_commands_and_predict_without_ckpt(server, monkeypatch, cach
     root, base, _ = server
     result = _cli("weights", "list")
     assert result.exit_code == 0 and "hrnet_w32_coco_256x192" in result.output and "AP 0.746" in result.output
-    file_name = _publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
+    file_name = publish(root, "hrnet_tiny_coco_128x96", _mmpose_tiny())
     entry = _entry(base, "tiny_test", file_name)
     monkeypatch.setitem(REGISTRY, entry.name, entry)
     result = _cli("weights", "fetch", "tiny_test")
@@ -282,7 +231,7 @@ def test_the_weights_commands_and_predict_without_ckpt(server, monkeypatch, cach
     cv2.imwrite(str(image), np.full((64, 48, 3), 127, np.uint8))
     monkeypatch.setattr(registry, "DEFAULT_POSE_MODEL", "tiny_test")
     (cache / "weights" / "tiny_test.safetensors").unlink()
-    result = _cli("predict", str(image), "--out", str(tmp_path / "pred"), "--no-flip")
+    result = _cli("predict", str(image), "--out", str(tmp_path / "pred"), "--no-flip", "--no-detector")
     assert result.exit_code == 0, result.output
     assert "no --ckpt: the published tiny_test" in result.output and (tmp_path / "pred" / "person.json").is_file()
     result = _cli("export", "--ckpt", "tiny_test", "--format", "safetensors", "-o", str(tmp_path / "t.safetensors"))
@@ -293,7 +242,7 @@ def test_the_weights_commands_and_predict_without_ckpt(server, monkeypatch, cach
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     monkeypatch.setitem(REGISTRY, entry.name, replace(entry, url=f"{dead}/{file_name}"))
     (cache / "weights" / "tiny_test.safetensors").unlink()
-    result = _cli("predict", str(image), "--out", str(tmp_path / "pred2"))
+    result = _cli("predict", str(image), "--out", str(tmp_path / "pred2"), "--no-detector")
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert f"{dead}/{file_name}" in lines[0] and f"dmpose weights import {file_name}" in lines[0]

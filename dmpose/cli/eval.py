@@ -28,6 +28,10 @@ def eval_command(
     dets: Path | None = typer.Option(None, "--dets", help="Person detections (COCO results json); default: "
                                      "ROOT/person_detection_results/COCO_val2017_detections_AP_H_56_person.json."),
     gt_boxes: bool = typer.Option(False, "--gt-boxes", help="Use the annotated person boxes instead of detections."),
+    detector: str | None = typer.Option(None, "--detector", help="Detect the people with this person detector "
+                                        "instead of reading --dets: a published name (`dmpose weights list --kind "
+                                        "detector`), an http(s) URL or a file of torchvision's fcos_resnet50_fpn COCO "
+                                        "weights (.pth or .safetensors)."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Flip test."),
     batch: int = typer.Option(32, "--batch", min=1, help="Crops per batch."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the results and metrics json files."),
@@ -52,10 +56,13 @@ def eval_command(
     if data is None and dataset == "coco":
         console.print(escape(f"no --data: the synthetic dataset cached under {default_synthetic_root()} (generated "
                              "on first use)"), highlight=False)
+    if detector is not None:
+        console.print(escape(f"--detector: detecting the people in every image first ({detector})"), highlight=False)
     columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
     with reported(console):  # OSError: missing or unreadable files (images, json, checkpoint)
         ckpt_path = resolve_ckpt_option(ckpt, console)
+        detector_path = None if detector is None else resolve_ckpt_option(detector, console, "--detector", "detector")
         with Progress(*columns, console=console, transient=False) as progress:
             task = None  # the bar appears with the first batch: input errors are reported without an empty bar
 
@@ -70,7 +77,7 @@ def eval_command(
                     ckpt_path, data, dataset=dataset, split=split, dets=dets, gt_boxes=gt_boxes, flip=flip,
                     decode=decode, batch_size=batch, out=out, device=device, num_workers=workers,
                     joint_threshold=joint_thr, oks_threshold=oks_thr, det_score_threshold=det_thr, mpii_gt=mpii_gt,
-                    progress=on_batch,
+                    progress=on_batch, detector=detector_path,
                 )
             except DetectionsNotFoundError as err:  # the library's message, the CLI's hint
                 if not err.default:

@@ -34,18 +34,18 @@ def download_progress(label: str, out: Console | None = None) -> Iterator:
         yield update
 
 
-def resolve_ckpt_option(text: str, out: Console | None = None, what: str = "--ckpt") -> Path:
-    """--ckpt: a path, a published model's name (`dmpose weights list`) or an http(s) URL, fetched with a
-    progress bar on first use (and said so)."""
+def resolve_ckpt_option(text: str, out: Console | None = None, what: str = "--ckpt", kind: str = "pose") -> Path:
+    """--ckpt (or --detector, kind detector): a path, a published name (`dmpose weights list`) or an http(s)
+    URL, fetched with a progress bar on first use (and said so)."""
     local = Path(text).expanduser()
     if local.exists() or not (is_url(text) or text in REGISTRY):
-        return resolve_checkpoint(text, what=what)
+        return resolve_checkpoint(text, what=what, kind=kind)
     entry = REGISTRY.get(text)
     if entry is not None and cached_file(entry).is_file():
-        path = resolve_checkpoint(text, what=what)
+        path = resolve_checkpoint(text, what=what, kind=kind)
     else:
         with download_progress(f"fetching {text}", out) as update:
-            path = resolve_checkpoint(text, update, what=what)
+            path = resolve_checkpoint(text, update, what=what, kind=kind)
     (out or console).print(f"{what} {escape(text)}: {escape(str(path))}", highlight=False)
     return path
 

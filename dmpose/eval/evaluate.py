@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,12 @@ import torch
 
 from dmpose.atomic import atomic_output, check_not_input
 from dmpose.data.coco import CocoKeypoints
+from dmpose.data.image import read_image
 from dmpose.data.layouts import DEFAULT_DETECTION_FILE, coco_paths, mpii_paths
 from dmpose.data.mpii import MpiiKeypoints, load_mpii_gt
 from dmpose.data.synthetic import ensure_synthetic
 from dmpose.data.transforms import TopDownTransform
+from dmpose.detect import load_person_detector
 from dmpose.eval.coco import DEFAULT_OKS_THRESHOLD
 from dmpose.eval.metrics import CocoEvaluator, MpiiEvaluator
 from dmpose.eval.mpii import PCKhResult
@@ -177,13 +180,14 @@ class _Options:
 
     @classmethod
     def check(cls, ckpt, data, dataset, split, dets, gt_boxes, flip, decode, batch_size, out, num_workers,
-              joint_threshold, oks_threshold, det_score_threshold) -> _Options:
+              joint_threshold, oks_threshold, det_score_threshold, detector=None) -> _Options:
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; expected 'coco' or 'mpii'")
-        if dets is not None and gt_boxes:
-            raise ValueError("give either detections (dets) or gt_boxes, not both")
-        if dataset == "mpii" and (dets is not None or gt_boxes):
-            raise ValueError("MPII evaluation uses the annotated person boxes (no detections or gt_boxes option)")
+        if sum((dets is not None, bool(gt_boxes), detector is not None)) > 1:
+            raise ValueError("give one source of person boxes, not both: detections (dets), gt_boxes or a detector")
+        if dataset == "mpii" and (dets is not None or gt_boxes or detector is not None):
+            raise ValueError("MPII evaluation uses the annotated person boxes (no detections, gt_boxes or detector "
+                             "option)")
         if decode is not None and decode not in DECODE_RULES:
             raise ValueError(f"unknown decode rule {decode!r}; expected one of {DECODE_RULES}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -242,6 +246,7 @@ def evaluate_checkpoint(
     det_score_threshold: float = 0.0,
     mpii_gt: str | Path | None = None,
     progress: ProgressCallback | None = None,
+    detector: Any = None,
 ) -> EvalReport:
     """Evaluate a dmpose checkpoint on COCO (OKS AP) or MPII (PCKh) and write the results (module docstring).
 
@@ -251,12 +256,19 @@ def evaluate_checkpoint(
     dets / gt_boxes: COCO person boxes (default: ROOT's AP-56 detections); decode: override the spec's rule;
     out: folder for the results and metrics json (written all or none); mpii_gt: default
     ROOT/annot/gt_{split}.mat.
+    detector: COCO person boxes from a person detector instead (a `dmpose.detect.PersonDetector` or its weights
+        file, `load_person_detector`): every image of the split is detected first; its person boxes (FCOS's own
+        postprocess, no further threshold or NMS) are the detections, det_score_threshold applies, and with `out`
+        they are written too (person_detections_{split}_dmpose.json, dmpose's box coordinates).
     """
     opts = _Options.check(ckpt, data, dataset, split, dets, gt_boxes, flip, decode, batch_size, out, num_workers,
-                          joint_threshold, oks_threshold, det_score_threshold)
+                          joint_threshold, oks_threshold, det_score_threshold, detector)
     ckpt = Path(ckpt)
     source = _coco_source if dataset == "coco" else _mpii_source
     model, spec = _load(ckpt, dataset, device, decode)
+    if detector is not None:
+        detector = load_person_detector(detector, device=device, det_thr=0.0, nms_thr=None, max_people=None)
+        dets = detector
     ds_factory, finish = source(opts, ckpt, dets, gt_boxes, det_score_threshold, mpii_gt)
     ds = ds_factory(TopDownTransform.from_spec(spec))
     predictor = TopDownPredictor(model, spec, flip=opts.flip, amp=amp)
@@ -281,8 +293,12 @@ def _coco_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_thr
     root = _root(opts)
     test_split = opts.split.startswith("test")
     ann_file, image_dir = coco_paths(root, opts.split)
+    detected = None
     if gt_boxes:
         det_file, boxes = None, GT_BOXES_LABEL
+    elif hasattr(dets, "detect"):  # a person detector: its boxes for every image, as a detection file
+        detected = detect_coco_images(dets, ann_file, image_dir)
+        det_file, boxes = None, f"detections (person detector {Path(str(dets.source)).name})"
     else:
         det_file = Path(dets) if dets is not None else root / DEFAULT_DETECTION_FILE
         if not det_file.is_file():
@@ -293,8 +309,14 @@ def _coco_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_thr
             check_not_input(opts.out / name, [ckpt, ann_file, det_file])
 
     def dataset(transform):
-        return CocoKeypoints(ann_file, image_dir, transform, detections=det_file,
-                             det_score_threshold=det_score_threshold)
+        if detected is None:
+            return CocoKeypoints(ann_file, image_dir, transform, detections=det_file,
+                                 det_score_threshold=det_score_threshold)
+        with tempfile.TemporaryDirectory() as tmp:  # the dataset reads its detections once, when built
+            path = Path(tmp) / "detections.json"
+            path.write_text(json.dumps(detected))
+            return CocoKeypoints(ann_file, image_dir, transform, detections=path,
+                                 det_score_threshold=det_score_threshold)
 
     def finish(predictor, ds, spec, settings, progress):
         thr = spec.codec.rescore_threshold if opts.joint_threshold is None else opts.joint_threshold
@@ -303,15 +325,31 @@ def _coco_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_thr
         preds = predict_dataset(predictor, ds, opts.batch_size, opts.num_workers, coco_update(ev), progress)
         metrics = ev.compute()
         settings.update(ev.info, images_per_second=preds.images_per_second)
-        if det_file is not None:
+        if det_file is not None or detected is not None:
             settings["det_score_threshold"] = det_score_threshold
         report = EvalReport("coco", opts.split, boxes, metrics, settings, results=ev.results())
         files = {f"person_keypoints_{opts.split}_dmpose_results.json": ("results", report.results)}
+        if detected is not None:
+            files[f"person_detections_{opts.split}_dmpose.json"] = ("detections", detected)
         if not test_split:
             files[f"metrics_{opts.split}.json"] = ("metrics", report.to_dict())
         return report, files
 
     return dataset, finish
+
+
+def detect_coco_images(detector: Any, ann_file: Path, image_dir: Path) -> list[dict[str, Any]]:
+    """A COCO detection results list (image_id, category_id 1, bbox [x, y, w, h] in dmpose's coordinates, score)
+    of `detector.detect` on every image the annotation file lists."""
+    data = json.loads(Path(ann_file).read_text())
+    rows = []
+    for image in data.get("images", []):
+        size = (image["width"], image["height"]) if "width" in image and "height" in image else None
+        found = detector.detect(read_image(Path(image_dir) / image["file_name"], size))
+        rows += [{"image_id": image["id"], "category_id": 1, "bbox": [float(v) for v in box[:4]],
+                  "score": float(box[4])} for box in found]
+    logger.info("person detector: %d boxes in %d images", len(rows), len(data.get("images", [])))
+    return rows
 
 
 def _mpii_source(opts: _Options, ckpt: Path, dets, gt_boxes: bool, det_score_threshold: float, mpii_gt):

@@ -152,9 +152,12 @@ def _load_error(src: Path, e: Exception) -> ValueError:
 
 
 def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> dict[str, Tensor]:
-    """The state dict itself: `obj`, or `obj['state_dict']` (official training / MMPose checkpoints)."""
+    """The state dict itself: `obj`, or `obj['state_dict']` (official training / MMPose checkpoints), or
+    `obj['model']` (torchvision's reference training scripts)."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
     if not isinstance(obj, dict) or not obj:
         raise ValueError(f"{name}: expected a state dict (or a dict with 'state_dict'), got {type(obj).__name__}")
     not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, Tensor))

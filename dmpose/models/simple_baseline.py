@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from dmpose.models.blocks import Bottleneck, make_layer
+from dmpose.models.blocks import add_resnet_body
 from dmpose.models.registry import register_model
 
 __all__ = ["SimpleBaseline"]
@@ -31,14 +31,7 @@ class SimpleBaseline(nn.Module):
         super().__init__()
         self.arch = arch
         self.num_joints = num_joints
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        inplanes = 64
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
-            setattr(self, f"layer{i}", make_layer(Bottleneck, inplanes, planes, blocks, stride=1 if i == 1 else 2))
-            inplanes = planes * Bottleneck.expansion
+        inplanes = add_resnet_body(self, layers)
 
         deconvs: list[nn.Module] = []
         for _ in range(3):

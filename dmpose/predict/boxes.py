@@ -16,12 +16,16 @@ from typing import Any
 import numpy as np
 
 from dmpose.data.coco import clip_gt_box
+from dmpose.detect.nms import BoxSelection, select_boxes
 
 #: A box larger than this many times the image's larger side is refused (a unit mistake, not a person).
 MAX_BOX_SCALE = 10
 
-__all__ = ["BoxEntry", "MAX_BOX_SCALE", "as_box_array", "boxes_for_input", "coco_id_from_name", "full_frame_box",
-           "load_boxes_file"]
+#: Given boxes below this score are dropped (dmpose predict --bbox-thr; MMPose's top-down demo default).
+DEFAULT_BBOX_THR = 0.3
+
+__all__ = ["BoxEntry", "DEFAULT_BBOX_THR", "MAX_BOX_SCALE", "as_box_array", "boxes_for_input", "coco_id_from_name",
+           "full_frame_box", "load_boxes_file", "select_given_boxes"]
 
 
 def full_frame_box(width: int, height: int) -> np.ndarray:
@@ -222,3 +226,13 @@ def boxes_for_input(box_map: dict[Path, BoxEntry] | None, path: Path) -> np.ndar
     if entry is None:
         return np.zeros((0, 5))
     return np.concatenate([entry.boxes, entry.scores[:, None]], 1)
+
+
+def select_given_boxes(boxes: np.ndarray, bbox_thr: float = DEFAULT_BBOX_THR, nms_thr: float | None = None,
+                       max_people: int | None = None) -> tuple[np.ndarray, BoxSelection]:
+    """Given (N, 5) [x, y, w, h, score] boxes (`boxes_for_input`) -> the kept ones, highest score first, and what
+    each rule dropped: score >= bbox_thr, NMS at IoU nms_thr (None: none), at most max_people (None: all). The
+    selection is the detector's (`dmpose.detect.select_boxes`), so given and detected boxes are treated alike."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
+    chosen = select_boxes(boxes[:, :4], boxes[:, 4], bbox_thr, nms_thr, max_people)
+    return boxes[chosen.keep], chosen

@@ -35,6 +35,7 @@ from dmpose.viz import draw_heatmaps, draw_pose
 
 __all__ = [
     "BOXES_FROM_FILE",
+    "DETECTED",
     "COCO_RESULTS_NAME",
     "FULL_FRAME",
     "ImageIds",
@@ -46,7 +47,7 @@ __all__ = [
 COCO_RESULTS_NAME = "coco_results.json"
 MANIFEST_NAME = ".dmpose-predict.json"  # the files dmpose predict wrote in this folder
 #: A record's "boxes": where its person boxes came from.
-BOXES_FROM_FILE, FULL_FRAME = "boxes file", "full frame"
+BOXES_FROM_FILE, FULL_FRAME, DETECTED = "boxes file", "full frame", "person detector"
 #: The files named after an input's stem (the heatmap panels add an index, so they cannot collide).
 _STEM_SUFFIXES = (".json", "_pose.jpg", "_pose.mp4")
 
@@ -89,7 +90,7 @@ class PredictionOutputs:
     """The outputs of one call under `out` (see the module docstring); `written` lists the files written.
 
     spec: the checkpoint's (keypoint names and skeleton, the rescoring threshold); kpt_thr: joints below
-    it are not drawn; heatmaps: also write the heatmap panels; boxes: BOXES_FROM_FILE or FULL_FRAME."""
+    it are not drawn; heatmaps: also write the heatmap panels; boxes: BOXES_FROM_FILE, DETECTED or FULL_FRAME."""
 
     def __init__(self, out: str | os.PathLike, inputs: Sequence[Path], spec: PoseSpec, kpt_thr: float = 0.3,
                  heatmaps: bool = False, boxes: str = FULL_FRAME):

@@ -13,7 +13,8 @@ person box:
    pixels and the decoder's confidence. Evaluation runs the same two pieces, so prediction and
    evaluation cannot diverge.
 
-Without boxes an image (or video frame) is one person filling the frame: the box is the whole image,
+Without boxes the predictor's person detector finds the people (`detector`: a `dmpose.detect.PersonDetector`);
+without a detector either an image (or video frame) is one person filling the frame: the box is the whole image,
 [-0.5, -0.5, W, H] (its outer edges are the image's outer pixel edges), padded like any other box.
 
 Coordinates: pixel centres at integer coordinates (pixel (i, j) covers [j-0.5, j+0.5) x [i-0.5, i+0.5)),
@@ -153,9 +154,13 @@ class Predictor:
         device: "cpu", "cuda", "cuda:1", ...; default cuda when available.
         flip: the flip test (as evaluation).
         batch_size: crops per forward pass.
+        detector: finds the people in an image given without boxes (anything with `detect(rgb_image) -> (N, 5)
+            [x, y, w, h, score]`, e.g. `dmpose.detect.PersonDetector`); None: such an image is one person filling
+            the frame.
     """
 
-    def __init__(self, ckpt: str | os.PathLike, device: str | None = None, flip: bool = True, batch_size: int = 32):
+    def __init__(self, ckpt: str | os.PathLike, device: str | None = None, flip: bool = True, batch_size: int = 32,
+                 detector: Any = None):
         self.ckpt = Path(ckpt)
         if not self.ckpt.is_file():
             raise FileNotFoundError(f"checkpoint not found: {self.ckpt}")
@@ -169,23 +174,25 @@ class Predictor:
         if getattr(model, "num_joints", spec.num_joints) != spec.num_joints:
             raise ValueError(f"{self.ckpt}: the network has {model.num_joints} joints but the keypoint set "
                              f"'{spec.keypoints.name}' has {spec.num_joints}")
-        self._setup(model, spec, flip, device, batch_size)
+        self._setup(model, spec, flip, device, batch_size, detector)
 
     @classmethod
     def from_model(cls, model, spec: PoseSpec, device: str | None = None, flip: bool = True,
-                   batch_size: int = 32) -> Predictor:
+                   batch_size: int = 32, detector: Any = None) -> Predictor:
         """A predictor around a model already in memory (any callable with the model contract)."""
         self = cls.__new__(cls)
         self.ckpt = None
-        self._setup(model, spec, flip, device if device is not None else str(model_device(model)), batch_size)
+        self._setup(model, spec, flip, device if device is not None else str(model_device(model)), batch_size,
+                    detector)
         return self
 
-    def _setup(self, model, spec: PoseSpec, flip: bool, device, batch_size: int) -> None:
+    def _setup(self, model, spec: PoseSpec, flip: bool, device, batch_size: int, detector: Any) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(model, torch.nn.Module):
             model.eval()
         self.model, self.spec, self.flip, self.device, self.batch_size = model, spec, flip, device, batch_size
+        self.detector = detector
         self._transform = TopDownTransform.from_spec(spec, padding=BOX_PADDING)
         self._topdown = TopDownPredictor(model, spec, flip=flip, device=device)
 
@@ -199,14 +206,14 @@ class Predictor:
 
     # ---- prediction
     def predict(self, image: Any, boxes: Any = None, rgb: bool = False, heatmaps: bool = False) -> list[Person]:
-        """The people in one image. boxes: None (one person filling the frame), or (N, 4) [x, y, w, h] /
-        (N, 5) with a score, image px."""
+        """The people in one image. boxes: None (the detector's boxes; without a detector one person filling the
+        frame), or (N, 4) [x, y, w, h] / (N, 5) with a score, image px."""
         return self.predict_batch([image], None if boxes is None else [boxes], rgb=rgb, heatmaps=heatmaps)[0]
 
     def predict_batch(self, images: Sequence[Any], boxes: Sequence[Any] | None = None, rgb: bool = False,
                       heatmaps: bool = False) -> list[list[Person]]:
         """`predict` over several images, the crops of all of them batched together; boxes: one entry per
-        image (None entries: the full frame)."""
+        image (None entries: the detector's boxes, or the full frame without a detector)."""
         images = list(images)
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"boxes must have one entry per image: {len(boxes)} for {len(images)} images")
@@ -214,7 +221,10 @@ class Predictor:
         for i, image in enumerate(images):
             rgb_image = load_image(image, rgb=rgb)
             h, w = rgb_image.shape[:2]
-            b, s = as_box_array(None if boxes is None else boxes[i], w, h)
+            given = None if boxes is None else boxes[i]
+            if given is None and self.detector is not None:
+                given = self.detector.detect(rgb_image)
+            b, s = as_box_array(given, w, h)
             x, _, ahm, crops = build_crops(rgb_image, b, self.spec, transform=self._transform, keep_crops=heatmaps)
             inputs.append(x)
             raw.append(crops)
@@ -245,7 +255,8 @@ class Predictor:
                       heatmaps: bool = False, lost: list[int] | None = None,
                       max_frames: int | None = None) -> Iterator[VideoFrame]:
         """Yield a `VideoFrame` for every `stride`-th frame of a video file (OpenCV). `boxes` apply to
-        every frame (None: one person filling the frame). A file OpenCV cannot open -> ValueError; frames that
+        every frame (None: the detector's boxes in each frame, or one person filling the frame). A file OpenCV
+        cannot open -> ValueError; frames that
         cannot be decoded are appended to `lost` (`iter_video`)."""
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")

@@ -126,8 +126,7 @@ def _download(url: str, dest: Path, progress: Progress | None, timeout: float = 
 
 
 def _offline_hint(entry: WeightsEntry) -> str:
-    return (f"; on a machine that can reach it, download {entry.url} and run "
-            f"`dmpose weights import {entry.file_name}`")
+    return f"; download it on a machine that can, then run `dmpose weights import {entry.file_name}`"
 
 
 def _install(entry: WeightsEntry, raw: Path, out: Path) -> Path:
@@ -202,20 +201,22 @@ def fetch_url(url: str, progress: Progress | None = None) -> Path:
     return out
 
 
-def resolve_checkpoint(text: str | os.PathLike, progress: Progress | None = None, what: str = "--ckpt") -> Path:
-    """A path as it is; an http(s) URL or a published pose model's name fetched into the cache."""
+def resolve_checkpoint(text: str | os.PathLike, progress: Progress | None = None, what: str = "--ckpt",
+                       kind: str = "pose") -> Path:
+    """A path as it is; an http(s) URL or a published name (of `kind`: pose or detector) fetched into the cache."""
     text = str(text)
     if is_url(text):
         return fetch_url(text, progress)
     path = Path(text).expanduser()
     if path.exists() or text not in REGISTRY:
         if not path.exists():
-            raise FileNotFoundError(f"{what}: checkpoint not found: {text} (nor is it a published model's name, "
+            thing = "checkpoint" if kind == "pose" else f"{kind} weights"
+            raise FileNotFoundError(f"{what}: {thing} not found: {text} (nor is it a published {kind} name, "
                                     "`dmpose weights list`, or an http(s) URL)")
         return path
     entry = REGISTRY[text]
-    if entry.kind != "pose":
-        raise WeightsError(f"{what} {text}: published {entry.kind} weights, not a pose model "
+    if entry.kind != kind:
+        raise WeightsError(f"{what} {text}: published {entry.kind} weights, not {kind} weights "
                            "(`dmpose weights list`)")
     return fetch(entry, progress)
 
