@@ -37,6 +37,7 @@ import torch
 
 from dmpose.data.image import warp_affine
 from dmpose.data.transforms import TopDownTransform
+from dmpose.detect import load_person_detector
 from dmpose.eval.predictor import TopDownPredictor, model_device
 from dmpose.geometry import box_to_center_scale
 from dmpose.models import load_model, read_checkpoint_meta, read_checkpoint_spec
@@ -44,6 +45,7 @@ from dmpose.models.onnx_model import OnnxPoseModel, is_onnx
 from dmpose.predict.boxes import as_box_array
 from dmpose.predict.media import iter_video, load_image
 from dmpose.spec import PoseSpec, SpecError
+from dmpose.weights import REGISTRY, is_url, resolve_checkpoint
 
 __all__ = [
     "BOX_PADDING",
@@ -149,19 +151,22 @@ class Predictor:
     """Load a checkpoint once; predict people in images, batches of images and videos.
 
     Args:
-        ckpt: a dmpose checkpoint (.safetensors) whose metadata holds the pose spec, or an ONNX file exported by
-            `dmpose export` (run by onnxruntime on the CPU).
+        ckpt: a dmpose checkpoint (.safetensors) whose metadata holds the pose spec, an ONNX file exported by
+            `dmpose export` (run by onnxruntime on the CPU), or a published model's name or URL (fetched once into
+            the cache: `dmpose.weights`).
         device: "cpu", "cuda", "cuda:1", ...; default cuda when available.
         flip: the flip test (as evaluation).
         batch_size: crops per forward pass.
         detector: finds the people in an image given without boxes (anything with `detect(rgb_image) -> (N, 5)
-            [x, y, w, h, score]`, e.g. `dmpose.detect.PersonDetector`); None: such an image is one person filling
-            the frame.
+            [x, y, w, h, score]`, e.g. `dmpose.detect.PersonDetector`, or what `load_person_detector` takes: a
+            published name, a URL, a file); None: such an image is one person filling the frame.
     """
 
     def __init__(self, ckpt: str | os.PathLike, device: str | None = None, flip: bool = True, batch_size: int = 32,
                  detector: Any = None):
         self.ckpt = Path(ckpt)
+        if not self.ckpt.exists() and (is_url(str(ckpt)) or str(ckpt) in REGISTRY):
+            self.ckpt = resolve_checkpoint(str(ckpt), what="Predictor ckpt")  # published: fetched once
         if not self.ckpt.is_file():
             raise FileNotFoundError(f"checkpoint not found: {self.ckpt}")
         device = _default_device(device)
@@ -192,7 +197,8 @@ class Predictor:
         if isinstance(model, torch.nn.Module):
             model.eval()
         self.model, self.spec, self.flip, self.device, self.batch_size = model, spec, flip, device, batch_size
-        self.detector = detector
+        self.detector = detector if detector is None or hasattr(detector, "detect") else \
+            load_person_detector(detector, device=device)
         self._transform = TopDownTransform.from_spec(spec, padding=BOX_PADDING)
         self._topdown = TopDownPredictor(model, spec, flip=flip, device=device)
 
