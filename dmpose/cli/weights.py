@@ -14,7 +14,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from dmpose.cli.errors import reported
-from dmpose.weights import REGISTRY, cached_file, fetch, get_entry, import_file, is_url, resolve_checkpoint
+from dmpose.weights import REGISTRY, cached_file, fetch, get_entry, import_file, is_published, resolve_checkpoint
 
 __all__ = ["download_progress", "resolve_ckpt_option", "weights_app"]
 
@@ -37,8 +37,7 @@ def download_progress(label: str, out: Console | None = None) -> Iterator:
 def resolve_ckpt_option(text: str, out: Console | None = None, what: str = "--ckpt", kind: str = "pose") -> Path:
     """--ckpt (or --detector, kind detector): a path, a published name (`dmpose weights list`) or an http(s)
     URL, fetched with a progress bar on first use (and said so)."""
-    local = Path(text).expanduser()
-    if local.exists() or not (is_url(text) or text in REGISTRY):
+    if not is_published(text):
         return resolve_checkpoint(text, what=what, kind=kind)
     entry = REGISTRY.get(text)
     if entry is not None and cached_file(entry).is_file():

@@ -26,7 +26,7 @@ from dmpose.detect.fcos import (
 )
 from dmpose.detect.nms import select_boxes
 from dmpose.models.convert import read_foreign_state_dict
-from dmpose.weights import REGISTRY, is_url, resolve_checkpoint
+from dmpose.weights import is_published, resolve_checkpoint
 
 __all__ = ["DEFAULT_DET_THR", "DEFAULT_NMS_THR", "PersonDetector", "load_person_detector", "read_state_dict"]
 
@@ -136,7 +136,7 @@ def load_person_detector(source: str | os.PathLike | PersonDetector, **kwargs: A
     if isinstance(source, PersonDetector):
         return source
     path = Path(source)
-    if not path.is_file() and (is_url(str(source)) or str(source) in REGISTRY):
+    if is_published(source):
         path = resolve_checkpoint(str(source), what="detector", kind="detector")  # fetched once into the cache
     if not path.is_file():
         raise FileNotFoundError(f"detector weights not found: {path} (a .pth or .safetensors file of torchvision's "

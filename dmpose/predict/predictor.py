@@ -45,7 +45,7 @@ from dmpose.models.onnx_model import OnnxPoseModel, is_onnx
 from dmpose.predict.boxes import as_box_array
 from dmpose.predict.media import iter_video, load_image
 from dmpose.spec import PoseSpec, SpecError
-from dmpose.weights import REGISTRY, is_url, resolve_checkpoint
+from dmpose.weights import is_published, resolve_checkpoint
 
 __all__ = [
     "BOX_PADDING",
@@ -165,7 +165,7 @@ class Predictor:
     def __init__(self, ckpt: str | os.PathLike, device: str | None = None, flip: bool = True, batch_size: int = 32,
                  detector: Any = None):
         self.ckpt = Path(ckpt)
-        if not self.ckpt.exists() and (is_url(str(ckpt)) or str(ckpt) in REGISTRY):
+        if is_published(ckpt):
             self.ckpt = resolve_checkpoint(str(ckpt), what="Predictor ckpt")  # published: fetched once
         if not self.ckpt.is_file():
             raise FileNotFoundError(f"checkpoint not found: {self.ckpt}")

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dmpose.data.transforms import AugmentConfig
 from dmpose.models.registry import OUTPUT_STRIDE
 from dmpose.spec import CodecSpec, DMLossOptions, KeypointSpec, Normalisation, PoseSpec, SpecError, describe_error
-from dmpose.weights import REGISTRY, is_url
+from dmpose.weights import is_published
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "apply_overrides", "check_paths",
            "resolve_config_path", "packaged_configs", "config_to_yaml"]
@@ -547,7 +547,7 @@ def check_paths(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.root: the data root does not exist: {d.root} (set data.root, e.g. "
                           f"--set data.root=/path/to/{d.dataset})")
     pretrained = cfg.model.pretrained
-    if pretrained is not None and not (pretrained == "imagenet" or is_url(pretrained) or pretrained in REGISTRY):
+    if pretrained is not None and not (pretrained == "imagenet" or is_published(pretrained)):
         pretrained = Path(pretrained).expanduser()
     else:
         pretrained = None  # fetched when the network is built (dmpose.weights)

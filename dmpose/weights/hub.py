@@ -44,6 +44,7 @@ __all__ = [
     "fetch",
     "fetch_url",
     "import_file",
+    "is_published",
     "is_url",
     "resolve_checkpoint",
     "resolve_pretrained",
@@ -75,6 +76,13 @@ def cached_file(entry: WeightsEntry) -> Path:
 
 def is_url(text: str) -> bool:
     return urlparse(str(text)).scheme in ("http", "https")
+
+
+def is_published(text: str | os.PathLike) -> bool:
+    """Whether `text` names weights to fetch (an http(s) URL or a published name) rather than a local file: an
+    existing path always wins."""
+    text = str(text)
+    return not Path(text).expanduser().exists() and (is_url(text) or text in REGISTRY)
 
 
 def _mirrored(url: str) -> str:
