@@ -7,7 +7,8 @@ right, y down.
 Per joint, the suppliers are S = phi(H) / ||phi(H)||_1 over the pixels (phi = softplus by default,
 relu in the paper; `dmpose.suppliers`), the demanders are placed
 around the ground-truth dot (see `demanders`), the cost is the Euclidean distance between pixel
-centres and demanders, and the loss is <C, P> for the entropic plan P (Sinkhorn, regularisation eps).
+centres and demanders (raised to `cost_power`, 1 by default: the paper's), and the loss is <C, P> for
+the entropic plan P (Sinkhorn, regularisation eps).
 Joints are summed (the paper's Eq. 5), then the batch is reduced.
 """
 
@@ -162,8 +163,8 @@ def _solve_labelled(heatmaps: Tensor, keypoints: Tensor, flat_w: Tensor, idx: Te
             rows = torch.arange(b * k) if everything else idx
             cost, grad, record["marginal_error"], record["iterations"] = dm_sinkhorn_cpu(
                 heatmaps.reshape(-1, h, w), xy, mass, eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol,
-                grad=grad_mode, supplier=opts.suppliers, beta=opts.supplier_beta, rows=rows,
-                grad_out=grad, grad_weight=select(flat_w))
+                grad=grad_mode, supplier=opts.suppliers, beta=opts.supplier_beta, cost_power=opts.cost_power,
+                rows=rows, grad_out=grad, grad_weight=select(flat_w))
             values[rows] = cost * select(flat_w)
             return values, grad
     if backend == "triton":
@@ -172,7 +173,7 @@ def _solve_labelled(heatmaps: Tensor, keypoints: Tensor, flat_w: Tensor, idx: Te
         xy, mass = xy.float(), mass.float()  # the kernels take fp32 coordinates and masses
         grad_mode = opts.grad  # one launch gives value and gradient
     hm_sel = select(heatmaps.reshape(-1, h, w))
-    common = dict(eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol, grad=grad_mode)
+    common = dict(eps=opts.eps, max_iters=opts.max_iters, tol=opts.tol, grad=grad_mode, cost_power=opts.cost_power)
     sup, beta = opts.suppliers, opts.supplier_beta
     if backend == "triton" and sup != "relu":
         # the kernel normalises relu(X): give it the (positive) supplier map and chain the gradient
@@ -262,7 +263,9 @@ def dm_loss(
             supplier_beta, default 8; never dies in training) or "relu" (the paper's exact form, whose maps die
             when a network is trained from scratch: docs/training.md). A DM model's decode reads
             the same map (`dmpose.suppliers.decoded_map`, named in the spec's codec). Only relu is
-            scale-invariant. cost: reserved, "l2" only (the Euclidean distance in heatmap pixels).
+            scale-invariant. cost: "l2" only (the Euclidean distance d in heatmap pixels); cost_power p in
+            (0, 1]: the cost is d ** p (1, the default, is the paper's; p < 1 is concave, so the last pixel
+            onto the dot earns more than a pixel far away: docs/findings.md).
         grad: "exact" (default): the gradient of <C, P*> itself (implicit differentiation). At eps 1
             the optimum of this loss over a free heatmap decodes ~0.1 px from the dot (the entropic
             plan blurs), at eps 0.25 on it. "envelope": cheaper, but the gradient of a different

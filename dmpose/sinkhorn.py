@@ -266,14 +266,16 @@ def envelope_grad_a(res: SinkhornResult) -> Tensor:
     return res.f
 
 
-def pixel_demander_cost(height: int, width: int, demander_xy: Tensor) -> Tensor:
-    """Euclidean distance (P, M, H*W) from each demander (x, y) to every pixel centre (x=j, y=i)."""
+def pixel_demander_cost(height: int, width: int, demander_xy: Tensor, power: float = 1.0) -> Tensor:
+    """Cost (P, M, H*W) d ** power, d the Euclidean distance from each demander (x, y) to every pixel centre
+    (x=j, y=i); power 1 (the paper's) is d itself."""
     dt, dev = demander_xy.dtype, demander_xy.device
     # the direct sqrt(dx^2 + dy^2) form (a matrix-product form cancels and is inexact near a demander), built
     # separably: the same numbers as torch.cdist's direct mode, bit for bit, about 5x faster on the CPU
     dx = torch.arange(width, dtype=dt, device=dev) - demander_xy[..., 0:1]  # (P, M, W)
     dy = torch.arange(height, dtype=dt, device=dev) - demander_xy[..., 1:2]  # (P, M, H)
-    return (dy.square().unsqueeze(-1) + dx.square().unsqueeze(-2)).sqrt_().flatten(-2)  # row-major pixels
+    d = (dy.square().unsqueeze(-1) + dx.square().unsqueeze(-2)).sqrt_().flatten(-2)  # row-major pixels
+    return d if power == 1.0 else d.pow_(power)
 
 
 def _scaled_suppliers(heatmaps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -309,12 +311,13 @@ def dm_sinkhorn_torch(
     grad: str,
     supplier: str = "relu",
     beta: float | None = None,
+    cost_power: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Loss and gradient of P heatmap-vs-demanders problems (the torch twin of the Triton kernel).
 
     supplier / beta: the supplier map (`dmpose.suppliers.supplier_map`): "relu" (the paper's, the
     kernel's) or "softplus" (phi = softplus(beta H) / beta, then the same normalisation; the gradient is
-    chained through sigmoid(beta H)).
+    chained through sigmoid(beta H)). cost_power: the cost is distance ** cost_power (1: the paper's).
 
     Args:
         heatmaps: (P, H, W) any float dtype; arithmetic in fp32 (fp64 if the input is fp64).
@@ -330,7 +333,7 @@ def dm_sinkhorn_torch(
     hm = raw if supplier == "relu" else supplier_map(raw, supplier, beta)  # > 0: the relu below is the identity
     a, total, scale, dead = _scaled_suppliers(hm)  # total = S * scale (finite for any finite input)
     b = demander_mass.to(dtype)
-    C = pixel_demander_cost(h, w, demander_xy.to(dtype))
+    C = pixel_demander_cost(h, w, demander_xy.to(dtype), cost_power)
     res = sinkhorn(a, C, b, eps=eps, max_iters=max_iters, tol=tol)
     if grad == "none":  # value only (dm_loss under torch.no_grad())
         return res.cost, None, res.marginal_error, res.iterations

@@ -116,7 +116,11 @@ class Normalisation(BaseModel):
 class DMLossOptions(BaseModel):
     """The distribution-matching loss options, validated once (see `dmpose.loss.dm_loss` for meaning).
 
-    `cost` is reserved: only "l2" (Euclidean distance in heatmap pixels) exists. `nonfinite`: "raise"
+    The cost is the Euclidean distance d in heatmap pixels ("l2", the paper's) raised to `cost_power` p in (0, 1]:
+    p = 1 is the paper's; p < 1 is concave (d^p is still a metric), so moving mass the last pixel onto the dot
+    earns more than moving it a pixel far away (docs/findings.md). p > 1 is refused: its costs to the four
+    demanders differ by more than sqrt(2) far from the dot, which the row-shifted fp32 kernels cannot take.
+    `nonfinite`: "raise"
     (a NaN/Inf heatmap is a ValueError naming its (batch, joint)) or "mask" (such joints are left out
     and counted in the loss's stats).
     """
@@ -130,6 +134,7 @@ class DMLossOptions(BaseModel):
     suppliers: SupplierMap = "softplus"  # relu, the paper's, dies from scratch (docs/training.md)
     supplier_beta: float = Field(default=8.0, gt=0.0, allow_inf_nan=False)  # softplus(beta H) / beta
     cost: Literal["l2"] = "l2"
+    cost_power: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)  # C = d ** cost_power
     grad: GradMode = "exact"
     backend: LossBackend = "auto"
     reduction: Reduction = "mean"

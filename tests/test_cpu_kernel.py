@@ -60,6 +60,21 @@ def test_the_kernel_on_the_default_jobs_heatmap_size_and_at_other_eps():
 
 
 @needs_kernel
+@pytest.mark.parametrize("power", [0.5, 0.25])
+@pytest.mark.parametrize("supplier,grad", [("softplus", "exact"), ("relu", "envelope")])
+def test_the_kernel_with_a_concave_cost_matches_the_float64_torch_solver(power, supplier, grad):
+    hm, dxy, mass = _problems(4, 12, 32, 24)
+    kw = dict(eps=1.0, max_iters=1000, tol=1e-5, grad=grad, supplier=supplier, beta=8.0, cost_power=power)
+    ref = dm_sinkhorn_torch(hm.double(), dxy.double(), mass.double(), **kw)
+    got = cpu_kernel.dm_sinkhorn_cpu(hm, dxy, mass, **kw)
+    torch.testing.assert_close(got[0].double(), ref[0], rtol=1e-6, atol=1e-7)
+    assert torch.equal(got[3], ref[3])
+    torch.testing.assert_close(got[1].double(), ref[1], rtol=1e-5, atol=1e-6)
+    plain = cpu_kernel.dm_sinkhorn_cpu(hm, dxy, mass, **{**kw, "cost_power": 1.0})
+    assert not torch.allclose(got[0], plain[0])  # the power reaches the kernel's cost table
+
+
+@needs_kernel
 @pytest.mark.parametrize("grad", ["exact", "envelope"])
 def test_dm_loss_on_the_cpu_backend_equals_float64_torch_value_and_gradient(grad):
     torch.manual_seed(2)

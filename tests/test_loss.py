@@ -127,6 +127,9 @@ def test_half_precision_inputs():
         (dict(tol=-1e-3), "tol must be"),
         (dict(demander_mode="bilinear"), "demander_mode must be one of"),
         (dict(cost="l1"), "cost must be one of"),
+        (dict(cost_power=0.0), "cost_power"),
+        (dict(cost_power=2.0), "cost_power"),
+        (dict(cost_power=float("nan")), "cost_power"),
         (dict(grad="autograd"), "grad must be one of"),
         (dict(reduction="avg"), "reduction must be one of"),
         (dict(backend="cuda"), "backend must be one of"),
@@ -233,6 +236,43 @@ def test_exact_gradient_optimum_decodes_onto_the_dot():
     assert fit(0.25, "exact") < 0.02
     exact_eps1, envelope_eps1 = fit(1.0, "exact"), fit(1.0, "envelope")
     assert 0.02 < exact_eps1 < envelope_eps1
+
+
+def test_concave_cost_optimum_decodes_onto_the_dot_and_power_one_is_the_paper():
+    """cost_power < 1 keeps the loss's optimum on the dot (eps 0.25, as the paper's cost above), and
+    cost_power 1 is exactly the default."""
+    torch.manual_seed(0)
+    hm = torch.randn(2, 3, 16, 12, dtype=torch.float64)
+    kp = torch.rand(2, 3, 2, dtype=torch.float64) * 10
+    assert torch.equal(dm_loss(hm, kp, cost_power=1.0), dm_loss(hm, kp))
+    for power in (0.5, 0.25):
+        hm = (0.01 * torch.rand(1, 1, 14, 12, dtype=torch.float64)).requires_grad_(True)
+        kp = torch.tensor([[[7.3, 5.7]]], dtype=torch.float64)
+        opt = torch.optim.Adam([hm], lr=0.01)
+        for _ in range(500):
+            opt.zero_grad()
+            dm_loss(hm, kp, eps=0.25, tol=1e-7, suppliers="relu", cost_power=power).backward()
+            opt.step()
+        coords, _ = decode_2x2(hm.detach())
+        assert (coords[0, 0].double() - kp[0, 0]).norm().item() < 0.05, power
+
+
+def test_concave_cost_gives_the_push_reach_near_the_dot():
+    """On a uniform map the push -dL/dH is the pixel potential centred: with the paper's cost the step from
+    1 px to the dot earns what a step from 10 px to 9 px earns; with cost_power 0.5 it earns several times more."""
+    h, w = 32, 24
+    kp = torch.tensor([[[12.0, 16.0]]], dtype=torch.float64)  # on a pixel centre: one demander
+    ring = {r: (r, 0) for r in (0, 1, 9, 10)}  # pixels r px right of the dot
+
+    def push(power):
+        hm = torch.zeros(1, 1, h, w, dtype=torch.float64, requires_grad=True)
+        dm_loss(hm, kp, suppliers="softplus", cost_power=power, tol=1e-10).backward()
+        g = -hm.grad[0, 0]
+        at = {r: g[16 + dy, 12 + dx].item() for r, (dx, dy) in ring.items()}
+        return (at[0] - at[1]) / (at[9] - at[10])
+
+    assert push(1.0) == pytest.approx(1.0, rel=0.05)
+    assert push(0.5) > 2.5  # sqrt: (1 - 0) / (sqrt 10 - 3) = 6.2 for the cost alone
 
 
 # ---- the MSE baseline --------------------------------------------------------------------------------

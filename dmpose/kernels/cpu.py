@@ -107,7 +107,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
         return None, f"loading {path} failed: {e}"
-    lib.dm_loss_f32.argtypes = [_I64, _I64, _I64, _P, _P, _P, _P, _INT, _F64, _F64, _I64, _F64, _INT, _P,
+    lib.dm_loss_f32.argtypes = [_I64, _I64, _I64, _P, _P, _P, _P, _INT, _F64, _F64, _F64, _I64, _F64, _INT, _P,
                                 _P, _P, _P, _P, _P, _I64, _I64, _P, _P]
     lib.dm_loss_f32.restype = None
     lib.demander_ce_f32.argtypes = [_I64, _I64, _P, _P, _P, _P, _P, _F64, _P, _P, _P]
@@ -156,13 +156,13 @@ def cpu_kernel_skip_reason(heatmaps: Tensor, demander_xy: Tensor, eps: float) ->
 
 def dm_sinkhorn_cpu(heatmaps: Tensor, demander_xy: Tensor, demander_mass: Tensor, *, eps: float, max_iters: int,
                     tol: float, grad: str, supplier: str = "relu", beta: float | None = None,
-                    rows: Tensor | None = None,
+                    cost_power: float = 1.0, rows: Tensor | None = None,
                     grad_out: Tensor | None = None, grad_weight: Tensor | None = None
                     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """`dmpose.sinkhorn.dm_sinkhorn_torch`'s contract on the compiled kernel: heatmaps (P, H, W) (float32, or
     fp16/bf16, read as float32), demander_xy (P, 4, 2) on pixel centres, demander_mass (P, 4). Returns cost
     (P,) float32, d cost / d heatmaps (P, H, W) float32 (None for grad="none"), marginal error (P,) and
-    iterations (P,) int32. Arithmetic in double.
+    iterations (P,) int32. Arithmetic in double. cost_power: the cost is distance ** cost_power (1: the paper's).
 
     rows (P,) int64: solve the maps heatmaps[rows] (heatmaps then (R, H, W)) without gathering them; the
     gradient of problem q, times grad_weight[q], is then written into grad_out[rows[q]] (a float32 (R, H, W)
@@ -199,7 +199,8 @@ def dm_sinkhorn_cpu(heatmaps: Tensor, demander_xy: Tensor, demander_mass: Tensor
     table = torch.empty(2, th * (2 * tw - 1), dtype=torch.float64)
     if p:
         lib.dm_loss_f32(p, h, w, hm.data_ptr(), _ptr(rows), xy.data_ptr(), mass.data_ptr(),
-                        int(supplier == "softplus"), float(beta or 1.0), float(eps), int(max_iters), float(tol),
+                        int(supplier == "softplus"), float(beta or 1.0), float(eps), float(cost_power), int(max_iters),
+                        float(tol),
                         modes[grad],
                         _ptr(gw), cost.data_ptr(), _ptr(g), err.data_ptr(), iters.data_ptr(), work.data_ptr(), th, tw,
                         table[0].data_ptr(), table[1].data_ptr())

@@ -6,7 +6,7 @@
  * the cache; the arithmetic is the torch twin's (dmpose.sinkhorn): the same Sinkhorn iteration on the
  * demander scalings, the same stopping rule and iteration count, the exact gradient by implicit
  * differentiation with the same grounded-Laplacian elimination. Kernel and cost rows are copied from one table
- * of exp(-d / eps) and d over integer offsets (demanders sit on pixel centres): no exp per pixel and demander.
+ * of exp(-c / eps) and c (c = d^power) over integer offsets (demanders sit on pixel centres): no exp per pixel and demander.
  * The pixel loops are written for the compiler's vectoriser (`omp simd` reductions, -fopenmp-simd); with
  * DM_MVEC defined, exp/log/log1p are declared `omp declare simd` so that glibc's libmvec serves them vectorised.
  * The caller guarantees max distance / eps <= 600 (no underflow in double) and integer demander positions.
@@ -81,17 +81,19 @@ static void solve_laplacian(const double G[M][M], const int live[M], const doubl
  * supplier: 0 relu (softmax(H) where no pixel is positive), 1 softplus(beta H) / beta.
  * grad_mode: 0 none, 1 exact, 2 envelope. tol: stop once sum |col - m| < tol (0: run max_iters).
  * work: 12 * H*W doubles of scratch. TH, TW: larger than any |y|, |x| offset between a pixel and a demander;
- * table, dtable: TH * (2 TW - 1) doubles each, filled here with exp(-d / eps) and d at offset (dy, dx), dy >= 0,
+ * power: the cost is c = distance^power (1: the distance itself).
+ * table, dtable: TH * (2 TW - 1) doubles each, filled here with exp(-c / eps) and c at offset (dy, dx), dy >= 0,
  * stored at dy * (2 TW - 1) + dx + TW - 1 (mirrored in x, so a kernel row is one contiguous copy).
  * Outputs: cost (n,), grad (n, H*W) float32 (not written for grad_mode 0), err (n,), iters (n,). */
 void dm_loss_f32(int64_t n, int64_t H, int64_t W, const float *hm, const int64_t *rows, const int32_t *dxy,
-                 const double *mass, int supplier, double beta, double eps, int64_t max_iters, double tol,
+                 const double *mass, int supplier, double beta, double eps, double power, int64_t max_iters, double tol,
                  int grad_mode, const double *gw, double *cost, float *grad, double *err, int32_t *iters,
                  double *work, int64_t TH, int64_t TW, double *table, double *dtable) {
     const int64_t N = H * W, TS = 2 * TW - 1;
     for (int64_t dy = 0; dy < TH; dy++)
         for (int64_t dx = -(TW - 1); dx < TW; dx++) {
             double d = sqrt((double)(dx * dx + dy * dy));
+            if (power != 1.0) d = pow(d, power); /* the cost d^power (pow(0, p) = 0 for p > 0) */
             dtable[dy * TS + dx + TW - 1] = d;
             table[dy * TS + dx + TW - 1] = exp(-d / eps);
         }

@@ -46,14 +46,17 @@ HEATMAP_DTYPES = tuple(getattr(torch, name) for name in HEATMAP_DTYPE_NAMES)
 
 
 @triton.jit
-def _costs(offs, W, dx, dy):
-    """C [BLOCK, 4]: distance from pixel ``offs`` (x = offs % W, y = offs // W) to the 4 demanders."""
+def _costs(offs, W, dx, dy, POWER: tl.constexpr):
+    """C [BLOCK, 4]: distance ** POWER from pixel ``offs`` (x = offs % W, y = offs // W) to the 4 demanders."""
     row = offs // W
     px = (offs - row * W).to(tl.float32)
     py = row.to(tl.float32)
     ddx = px[:, None] - dx[None, :]
     ddy = py[:, None] - dy[None, :]
-    return tl.sqrt(ddx * ddx + ddy * ddy)
+    d = tl.sqrt(ddx * ddx + ddy * ddy)
+    if POWER != 1.0:  # compile-time: the paper's cost (POWER 1) is the distance itself
+        d = tl.where(d > 0.0, tl.exp2(POWER * tl.log2(tl.where(d > 0.0, d, 1.0))), 0.0)
+    return d
 
 
 @triton.jit
@@ -75,14 +78,15 @@ def _row_min(C, live):
 
 
 @triton.jit
-def _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, shift, sc, inv, neg_inv_eps,
+def _sweep_multiplicative(h_ptr, N, W, dx, dy, POWER: tl.constexpr, live, u, softmax_mode, shift, sc, inv,
+                          neg_inv_eps,
                           BLOCK: tl.constexpr):
     """v_j = sum_i a_i Kt_ij / s_i for the current u (the column marginals are u_j v_j)."""
     acc = tl.zeros([4], dtype=tl.float32)
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         h, a = _load_supply(h_ptr, offs, N, softmax_mode, shift, sc, inv)
-        C = _costs(offs, W, dx, dy)
+        C = _costs(offs, W, dx, dy, POWER)
         m = _row_min(C, live)
         kt = tl.where(live[None, :], tl.exp((C - m[:, None]) * neg_inv_eps), 0.0)
         s = tl.sum(kt * u[None, :], axis=1)
@@ -91,14 +95,15 @@ def _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, shift, sc,
 
 
 @triton.jit
-def _sweep_log(h_ptr, N, W, dx, dy, live, ell, softmax_mode, shift, sc, inv, inv_eps, BLOCK: tl.constexpr):
+def _sweep_log(h_ptr, N, W, dx, dy, POWER: tl.constexpr, live, ell, softmax_mode, shift, sc, inv, inv_eps,
+               BLOCK: tl.constexpr):
     """log col_j = log sum_i a_i pi_ij(ell) (ell = log u), by a streamed log-sum-exp over pixels."""
     run_max = tl.full([4], -1.0e30, dtype=tl.float32)
     run_sum = tl.zeros([4], dtype=tl.float32)
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         h, a = _load_supply(h_ptr, offs, N, softmax_mode, shift, sc, inv)
-        C = _costs(offs, W, dx, dy)
+        C = _costs(offs, W, dx, dy, POWER)
         m = _row_min(C, live)
         z = tl.where(live[None, :], ell[None, :] - (C - m[:, None]) * inv_eps, -1.0e30)
         zmax = tl.max(z, axis=1)
@@ -187,7 +192,7 @@ def _solve_laplacian(G0, G1, G2, G3, live, rhs):
 @triton.jit
 def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, iters_ptr,
                         N, W, eps, max_iters, tol,
-                        BLOCK: tl.constexpr, LOG_DOMAIN: tl.constexpr, EXACT: tl.constexpr):
+                        BLOCK: tl.constexpr, LOG_DOMAIN: tl.constexpr, EXACT: tl.constexpr, POWER: tl.constexpr):
     p = tl.program_id(0)
     h_ptr += p.to(tl.int64) * N
     grad_ptr += p.to(tl.int64) * N
@@ -226,10 +231,10 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
     go = it < max_iters
     while go:
         if LOG_DOMAIN:
-            log_col = _sweep_log(h_ptr, N, W, dx, dy, live, ell, softmax_mode, hmax, sc, inv, inv_eps, BLOCK)
+            log_col = _sweep_log(h_ptr, N, W, dx, dy, POWER, live, ell, softmax_mode, hmax, sc, inv, inv_eps, BLOCK)
             col = tl.exp(log_col)
         else:
-            v = _sweep_multiplicative(h_ptr, N, W, dx, dy, live, u, softmax_mode, hmax, sc, inv, -inv_eps, BLOCK)
+            v = _sweep_multiplicative(h_ptr, N, W, dx, dy, POWER, live, u, softmax_mode, hmax, sc, inv, -inv_eps, BLOCK)
             col = u * v
         err = tl.sum(tl.where(live, tl.abs(col - b), 0.0), axis=0)
         converged = (tol > 0.0) & (err < tol)
@@ -258,7 +263,7 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         h, a = _load_supply(h_ptr, offs, N, softmax_mode, hmax, sc, inv)
-        C = _costs(offs, W, dx, dy)
+        C = _costs(offs, W, dx, dy, POWER)
         pi, cbar, f = _plan_rows(C, live, ell, eps, inv_eps)
         cost += tl.sum(a * cbar, axis=0)
         ap = a[:, None] * pi
@@ -283,7 +288,7 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         h, a = _load_supply(h_ptr, offs, N, softmax_mode, hmax, sc, inv)
-        C = _costs(offs, W, dx, dy)
+        C = _costs(offs, W, dx, dy, POWER)
         pi, cbar, f = _plan_rows(C, live, ell, eps, inv_eps)
         if EXACT:
             gamma = cbar - tl.sum(pi * w[None, :], axis=1)
@@ -297,7 +302,7 @@ def _dm_sinkhorn_kernel(h_ptr, xy_ptr, mass_ptr, cost_ptr, grad_ptr, err_ptr, it
     tl.store(iters_ptr + p, it)
 
 
-def _check(heatmaps, demander_xy, demander_mass, eps, max_iters, tol, grad) -> None:
+def _check(heatmaps, demander_xy, demander_mass, eps, max_iters, tol, grad, cost_power) -> None:
     if not isinstance(heatmaps, torch.Tensor) or heatmaps.dim() != 3:
         raise ValueError(f"heatmaps must be a (P, H, W) tensor, got {getattr(heatmaps, 'shape', type(heatmaps))}")
     if heatmaps.dtype not in HEATMAP_DTYPES:
@@ -318,6 +323,8 @@ def _check(heatmaps, demander_xy, demander_mass, eps, max_iters, tol, grad) -> N
         raise ValueError(f"tol must be >= 0, got {tol}")
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+    if not 0 < cost_power <= 1:
+        raise ValueError(f"cost_power must be in (0, 1], got {cost_power!r}")
 
 
 def launch_config(n_pixels: int, block: int | None = None, num_warps: int | None = None) -> tuple[int, int]:
@@ -332,7 +339,7 @@ def launch_config(n_pixels: int, block: int | None = None, num_warps: int | None
 
 
 def dm_sinkhorn_triton(heatmaps: torch.Tensor, demander_xy: torch.Tensor, demander_mass: torch.Tensor, *,
-                       eps: float, max_iters: int, tol: float, grad: str = "exact",
+                       eps: float, max_iters: int, tol: float, grad: str = "exact", cost_power: float = 1.0,
                        block: int | None = None, num_warps: int | None = None):
     """Solve P entropic OT problems (heatmap pixels -> 4 demanders) and differentiate them, one launch.
 
@@ -344,13 +351,14 @@ def dm_sinkhorn_triton(heatmaps: torch.Tensor, demander_xy: torch.Tensor, demand
         max_iters: the most u-updates per problem (>= 1).
         tol: stop a problem once its L1 marginal error is below tol; 0 runs exactly max_iters.
         grad: "exact" (gradient of <C, P>) or "envelope" (gradient of <C,P> + eps KL(P | a x b)).
+        cost_power: the cost is distance ** cost_power, in (0, 1] (1: the paper's; a compile-time constant).
         block, num_warps: launch tuning (pixels per streamed block, warps per program); see launch_config.
 
     Returns:
         cost (P,) float32 = <C, P> (both grad modes), grad_heatmaps (P, H, W) float32 = d cost / d heatmaps,
         marginal_error (P,) float32 = sum_j |sum_i P_ij - b_j| of the returned plan, iterations (P,) int32.
     """
-    _check(heatmaps, demander_xy, demander_mass, eps, max_iters, tol, grad)
+    _check(heatmaps, demander_xy, demander_mass, eps, max_iters, tol, grad, cost_power)
     p, h, w = heatmaps.shape
     dev = heatmaps.device
     hm = heatmaps.contiguous()
@@ -367,7 +375,7 @@ def dm_sinkhorn_triton(heatmaps: torch.Tensor, demander_xy: torch.Tensor, demand
     block, num_warps = launch_config(h * w, block, num_warps)
     _dm_sinkhorn_kernel[(p,)](
         hm, xy, mass, cost, grad_h, err, iters, h * w, w, float(eps), int(max_iters), float(tol),
-        BLOCK=block, LOG_DOMAIN=bool(eps < LOG_DOMAIN_BELOW_EPS), EXACT=grad == "exact",
+        BLOCK=block, LOG_DOMAIN=bool(eps < LOG_DOMAIN_BELOW_EPS), EXACT=grad == "exact", POWER=float(cost_power),
         num_warps=num_warps,
     )
     return cost, grad_h, err, iters

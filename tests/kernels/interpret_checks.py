@@ -389,3 +389,18 @@ def test_exact_gradient_of_a_nearly_one_hot_plan():
     fd = torch.stack([(loss(h64 + d) - loss(h64 - d)) / 2e-6
                       for d in torch.eye(4, dtype=torch.float64).mul(1e-6).view(4, 2, 2)])
     assert (out[1].cpu().flatten().double() - fd).abs().max() < 1e-3
+
+
+@pytest.mark.skipif(dm_sinkhorn_torch is None, reason="dmpose.sinkhorn.dm_sinkhorn_torch not on this branch yet")
+@pytest.mark.parametrize("cost_power", [0.5, 0.25])
+@pytest.mark.parametrize("eps,grad", [(1.0, "exact"), (0.03, "exact"), (1.0, "envelope")])
+def test_concave_cost_matches_torch_twin(cost_power, eps, grad):
+    """The cost distance ** cost_power (a compile-time constant in the kernel), both iteration forms."""
+    hm, xy, mass = odd_problems(seed=4)
+    hm[1] = -1.0  # no positive mass: softmax fallback
+    opts = dict(eps=eps, max_iters=60, tol=1e-5, grad=grad, cost_power=cost_power)
+    out = dm_sinkhorn_triton(hm.to(DEVICE), xy.to(DEVICE), mass.to(DEVICE), **opts)
+    twin = dm_sinkhorn_torch(hm.double(), xy.double(), mass.double(), **opts)
+    compare(out, twin, iterations_equal=False)
+    assert not torch.allclose(out[0].cpu(), dm_sinkhorn_triton(hm.to(DEVICE), xy.to(DEVICE), mass.to(DEVICE),
+                                                              **{**opts, "cost_power": 1.0})[0].cpu())
