@@ -2,9 +2,10 @@
 
 Measures, for one batch of 32 augmented training crops of the synthetic COCO set (128x96 input, 32x24 heatmaps)
 through a freshly initialised hrnet_tiny (seed 0), the descent direction -dL/dH of every labelled joint's map,
-normalised by that map's mean |dL/dH| and averaged per 1-px ring of distance from the dot, for five losses: MSE
+normalised by that map's mean |dL/dH| and averaged per 1-px ring of distance from the dot, for seven losses: MSE
 (unbiased Gaussian, sigma 1), DM with softplus suppliers at beta 1 and beta 8 (the default), the demander
-cross-entropy at beta 8 (the `loss.aux_ce` term) and DM with the paper's relu suppliers. "share up within 2 px"
+cross-entropy at beta 8 (the `loss.aux_ce` term), DM with the paper's relu suppliers, and DM (beta 8) with the
+concave costs sqrt(d) and d^0.25 (`loss.dm.cost_power`). "share up within 2 px"
 is the share of a map's total upward push (the positive part of -dL/dH) that lands within 2 px of the dot.
 Prints a markdown table and draws docs/dm_push_profile.png. `--weights CKPT` profiles a trained hrnet_tiny's
 heatmaps instead (e.g. a DM-alone run's last.safetensors; no plot then).
@@ -96,7 +97,9 @@ def main(argv=None):
             "DM softplus beta 1": lambda hh: dm_loss(hh, kp, w, suppliers="softplus", supplier_beta=1.0),
             "DM softplus beta 8 (default)": lambda hh: dm_loss(hh, kp, w, suppliers="softplus", supplier_beta=8.0),
             "cross-entropy, beta 8 (loss.aux_ce)": lambda hh: demander_cross_entropy(hh, kp, w, supplier_beta=8.0),
-            "DM relu (paper)": lambda hh: dm_loss(hh, kp, w, suppliers="relu")}
+            "DM relu (paper)": lambda hh: dm_loss(hh, kp, w, suppliers="relu"),
+            "DM beta 8, cost sqrt(d) (cost_power 0.5)": lambda hh: dm_loss(hh, kp, w, cost_power=0.5),
+            "DM beta 8, cost d^0.25 (cost_power 0.25)": lambda hh: dm_loss(hh, kp, w, cost_power=0.25)}
     res = {}
     for name, fn in arms.items():
         hh = h.clone().requires_grad_()

@@ -34,7 +34,9 @@ _DM_HELP = {
     "suppliers": "The map normalised into suppliers (and read by the decode): relu(H), the paper's, or "
                  "softplus(beta H)/beta, which never dies (docs/training.md).",
     "supplier_beta": "beta of the softplus supplier map.",
-    "cost": "Euclidean distance in heatmap pixels (the only cost).",
+    "cost": "Euclidean distance d in heatmap pixels (the only metric), raised to cost_power.",
+    "cost_power": "p in (0, 1]: the cost is d^p. 1 is the paper's; p < 1 is concave, so the last pixel onto the dot "
+                  "earns more than a pixel far away (docs/findings.md).",
     "grad": "exact: gradient of <C, P*> (implicit differentiation); envelope: cheaper, biased.",
     "backend": "auto: Triton for CUDA tensors; on the CPU the compiled C kernel (dmpose.kernels.cpu) where it "
                "compiles, else torch. cpu: that kernel or an error.",
