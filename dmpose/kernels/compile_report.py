@@ -26,7 +26,7 @@ __all__ = ["KernelBuild", "compile_all", "kernel_variants", "markdown_table"]
 _SINKHORN_SIGNATURE = {
     "h_ptr": None, "xy_ptr": "*fp32", "mass_ptr": "*fp32", "cost_ptr": "*fp32", "grad_ptr": "*fp32",
     "err_ptr": "*fp32", "iters_ptr": "*i32", "N": "i32", "W": "i32", "eps": "fp32", "max_iters": "i32",
-    "tol": "fp32", "BLOCK": "constexpr", "LOG_DOMAIN": "constexpr", "EXACT": "constexpr",
+    "tol": "fp32", "BLOCK": "constexpr", "LOG_DOMAIN": "constexpr", "EXACT": "constexpr", "POWER": "constexpr",
 }
 _DECODE_SIGNATURE = {"h_ptr": None, "coords_ptr": "*fp32", "conf_ptr": "*fp32", "H": "i32", "W": "i32",
                      "BLOCK": "constexpr"}
@@ -49,7 +49,8 @@ class KernelBuild:
 def kernel_variants(full: bool = True) -> list[tuple[str, str, object, dict, dict, int]]:
     """(name, variant, jit function, signature, constexprs, num_warps) of the production builds.
 
-    full=False keeps one build per code path (both solver forms x both gradients, bf16 input; decode)
+    full=False keeps one build per code path (both solver forms x both gradients, bf16 input; the concave cost in
+    both forms; decode)
     for a quick check; full=True adds the fp32/fp16 inputs.
     """
     from dmpose.kernels.decode import MAX_BLOCK as DECODE_BLOCK
@@ -65,14 +66,20 @@ def kernel_variants(full: bool = True) -> list[tuple[str, str, object, dict, dic
                 sig = dict(_SINKHORN_SIGNATURE, h_ptr=f"*{dtype}")
                 variant = (f"h={dtype} {'log-sum-exp' if log_domain else 'multiplicative'} "
                            f"{'exact' if exact else 'envelope'} BLOCK={DEFAULT_BLOCK}")
-                consts = {"BLOCK": DEFAULT_BLOCK, "LOG_DOMAIN": log_domain, "EXACT": exact}
+                consts = {"BLOCK": DEFAULT_BLOCK, "LOG_DOMAIN": log_domain, "EXACT": exact, "POWER": 1.0}
                 out.append(("dm_sinkhorn", variant, _dm_sinkhorn_kernel, sig, consts, DEFAULT_WARPS))
+    # the concave cost d^p (loss.dm.cost_power < 1) is its own build: one per solver form
+    for log_domain in (False, True):
+        sig = dict(_SINKHORN_SIGNATURE, h_ptr="*bf16")
+        variant = f"h=bf16 {'log-sum-exp' if log_domain else 'multiplicative'} exact cost d^0.5 BLOCK={DEFAULT_BLOCK}"
+        consts = {"BLOCK": DEFAULT_BLOCK, "LOG_DOMAIN": log_domain, "EXACT": True, "POWER": 0.5}
+        out.append(("dm_sinkhorn", variant, _dm_sinkhorn_kernel, sig, consts, DEFAULT_WARPS))
     if full:  # other launch shapes, for comparison (the bench's --configs times them on a GPU)
         for block, warps in ((256, 4), (1024, 8), (4096, 8)):
             for log_domain in (False, True):
                 sig = dict(_SINKHORN_SIGNATURE, h_ptr="*bf16")
                 variant = f"h=bf16 {'log-sum-exp' if log_domain else 'multiplicative'} exact BLOCK={block}"
-                consts = {"BLOCK": block, "LOG_DOMAIN": log_domain, "EXACT": True}
+                consts = {"BLOCK": block, "LOG_DOMAIN": log_domain, "EXACT": True, "POWER": 1.0}
                 out.append(("dm_sinkhorn", variant, _dm_sinkhorn_kernel, sig, consts, warps))
     for dtype in ("fp32", "bf16") if full else ("fp32",):
         sig = dict(_DECODE_SIGNATURE, h_ptr=f"*{dtype}")
