@@ -73,7 +73,8 @@ REGIMES = {r.name: r for r in [
         "dm": ("DM alone (softplus beta 8, eps 1)", _DM),
         "dmce1": ("DM + 1 x CE: DM's gradient share about a half", ("loss.aux_ce=1",)),
         "dm10": ("DM + 10 x CE (the shipped loss)", ()),
-    }, reference="ce", pairs=(("dm10", "mse"),)),
+        "dmp025": _CONCAVE["dmp025"],
+    }, reference="ce", pairs=(("dm10", "mse"), ("dmp025", "dm"))),
     Regime("finetune", "Fine-tuning a CE-trained default-job model (660 steps, Adam 2e-4 constant)", _FT, {
         "ce": ("CE alone: the control for the extra steps", _CE),
         "dm": ("DM alone, eps 1", _DM),
