@@ -44,6 +44,10 @@ LOSSES = {
     "DM eps 1": lambda h, kp, w: dm_loss(h, kp, w, eps=1.0, supplier_beta=BETA, tol=1e-7, reduction="sum"),
     "DM eps 0.25": lambda h, kp, w: dm_loss(h, kp, w, eps=0.25, supplier_beta=BETA, tol=1e-7, max_iters=3000,
                                             reduction="sum"),
+    "DM eps 1, cost sqrt(d)": lambda h, kp, w: dm_loss(h, kp, w, eps=1.0, supplier_beta=BETA, tol=1e-7,
+                                                       cost_power=0.5, reduction="sum"),
+    "DM eps 1, cost d^0.25": lambda h, kp, w: dm_loss(h, kp, w, eps=1.0, supplier_beta=BETA, tol=1e-7,
+                                                      cost_power=0.25, reduction="sum"),
     "CE": lambda h, kp, w: demander_cross_entropy(h, kp, w, supplier_beta=BETA, reduction="sum"),
 }
 
